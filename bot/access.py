@@ -1,0 +1,73 @@
+"""Roles: who may do what, decided only from the signed actor id and the admins' settings."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from bot.config import AccessSettings, Role
+
+ROLES: tuple[Role, ...] = get_args(Role)
+_RANK = {role: rank for rank, role in enumerate(ROLES)}
+GUEST_KINDS = frozenset({"guests", "emails", "federated_users"})
+
+
+def role_rank(role: Role) -> int:
+    return _RANK[role]
+
+
+def at_least(role: Role, minimum: Role) -> bool:
+    return _RANK[role] >= _RANK[minimum]
+
+
+def parse_role(text: str) -> Role | None:
+    lowered = text.strip().lower()
+    return next((role for role in ROLES if role == lowered), None)
+
+
+class Access:
+    """Maps an actor id to a role: config admins, then admin-set overrides, then config.
+
+    Display names, message text and model output never reach this class (W13, A02).
+    """
+
+    def __init__(self, settings: AccessSettings, overrides: dict[str, Role] | None = None) -> None:
+        self._settings = settings
+        self._overrides: dict[str, Role] = dict(overrides or {})
+
+    @property
+    def settings(self) -> AccessSettings:
+        return self._settings
+
+    def reconfigure(self, settings: AccessSettings) -> None:
+        self._settings = settings
+
+    def set_override(self, uid: str, role: Role | None) -> None:
+        if role is None:
+            self._overrides.pop(uid, None)
+        else:
+            self._overrides[uid] = role
+
+    def overrides(self) -> dict[str, Role]:
+        return dict(self._overrides)
+
+    def is_config_admin(self, uid: str) -> bool:
+        return uid in self._settings.admins
+
+    def role_of(self, actor_id: str) -> Role:
+        kind, sep, uid = actor_id.partition("/")
+        if not sep or not uid:
+            return "none"
+        if kind in GUEST_KINDS:
+            return self._settings.guest_role
+        if kind != "users":
+            return "none"
+        return self.user_role(uid)
+
+    def user_role(self, uid: str) -> Role:
+        if uid in self._settings.admins:
+            return "admin"
+        if uid in self._overrides:
+            return self._overrides[uid]
+        if self._settings.users and uid not in self._settings.users:
+            return "none"
+        return "user"

@@ -1,0 +1,1 @@
+"""The agent: the model client, the prompts and the tool loop that returns the next step."""

@@ -1,0 +1,200 @@
+"""The OpenAI-compatible chat client: one bounded call in, a Completion or a typed LLMError out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx2
+import openai
+import structlog
+
+from bot.config import LLMSettings
+from bot.errors import LLMError
+
+log = structlog.get_logger(__name__)
+
+LLMErrorKind = Literal["unavailable", "timeout", "rate_limited", "bad_response", "auth"]
+MAX_RETRIES = 2  # the SDK retries 408/409/429/5xx and connection errors, honouring Retry-After
+MIN_REDACTED_SECRET = 8  # shorter "keys" would mangle ordinary text
+REDACTED = "[redacted]"
+
+
+class LLMCallError(LLMError):
+    """An LLMError with the ``kind`` the user notice is chosen by."""
+
+    def __init__(self, kind: LLMErrorKind, reason: str) -> None:
+        self.kind: LLMErrorKind = kind
+        self.reason = reason
+        super().__init__(f"{kind}: {reason}")
+
+
+@dataclass(frozen=True)
+class ToolCallRequest:
+    id: str | None  # None when the server sent none; the loop assigns one
+    name: str
+    arguments: str  # as the model wrote it; may be anything
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str | None
+    tool_calls: tuple[ToolCallRequest, ...]
+    finish_reason: str | None
+
+
+def endpoint_url(settings: LLMSettings) -> str:
+    """The SDK base URL: Open WebUI serves chat completions under /api."""
+    return f"{settings.base_url}/api" if settings.flavor == "openwebui" else settings.base_url
+
+
+class LLM:
+    """One chat-completions endpoint. ``timeout_s`` bounds each call, retries included."""
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self._model = settings.model
+        self._max_tokens = settings.max_tokens
+        self._timeout_s = settings.timeout_s
+        self._secret = settings.api_key.get_secret_value()
+        self._client = openai.AsyncOpenAI(
+            base_url=endpoint_url(settings),
+            api_key=self._secret or "not-needed",
+            timeout=settings.timeout_s,
+            max_retries=MAX_RETRIES,
+            http_client=openai.DefaultAioHttpClient(timeout=settings.timeout_s),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def complete(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> Completion:
+        payload: dict[str, Any] = {"model": self._model, "messages": messages}
+        if tools:  # many servers reject an empty list
+            payload["tools"] = tools
+        if self._max_tokens is not None:
+            payload["max_tokens"] = self._max_tokens
+        payload = self._without_secret(payload)
+        started = time.perf_counter()
+        try:
+            body = await self._post(payload)
+            completion = parse_completion(body)
+        except LLMCallError as exc:
+            log.warning("llm.failed", kind=exc.kind, reason=exc.reason, ms=_ms_since(started))
+            raise
+        log.info(
+            "llm.done",
+            finish=completion.finish_reason,
+            tool_calls=len(completion.tool_calls),
+            ms=_ms_since(started),
+        )
+        return completion
+
+    async def _post(self, payload: dict[str, Any]) -> bytes:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._client.post(
+                    "/chat/completions", body=payload, cast_to=httpx2.Response
+                )
+                return await response.aread()
+        except TimeoutError:
+            raise LLMCallError("timeout", f"no answer within {self._timeout_s:g} s") from None
+        except openai.APIStatusError as exc:
+            raise _status_error(exc.status_code) from None
+        except openai.APIConnectionError as exc:
+            raise _connection_error(exc) from None
+        except openai.OpenAIError as exc:
+            raise LLMCallError("bad_response", type(exc).__name__) from None
+
+    def _without_secret(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The API key never goes into a prompt, whatever put it into the messages."""
+        secret = self._secret
+        if len(secret) < MIN_REDACTED_SECRET or secret not in json.dumps(payload):
+            return payload
+        log.warning("llm.secret_redacted")
+        redacted: dict[str, Any] = _redact(payload, secret)
+        return redacted
+
+
+def _redact(value: Any, secret: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(secret, REDACTED)
+    if isinstance(value, dict):
+        return {key: _redact(item, secret) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redact(item, secret) for item in value]
+    return value
+
+
+def _status_error(status: int) -> LLMCallError:
+    if status in (401, 403):
+        return LLMCallError("auth", f"the model server refused the credentials (HTTP {status})")
+    if status == 429:  # noqa: PLR2004 - HTTP status
+        return LLMCallError("rate_limited", "the model server is rate limiting (HTTP 429)")
+    if status >= 500:  # noqa: PLR2004 - HTTP status class
+        return LLMCallError("unavailable", f"the model server failed (HTTP {status})")
+    return LLMCallError("bad_response", f"the model server rejected the request (HTTP {status})")
+
+
+def _connection_error(exc: openai.APIConnectionError) -> LLMCallError:
+    # The aiohttp transport reports a refused connection as a connect *timeout*;
+    # the OSError underneath tells the two apart.
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            return LLMCallError("unavailable", "cannot connect to the model server")
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, openai.APITimeoutError):
+        return LLMCallError("timeout", "the model server did not answer in time")
+    return LLMCallError("unavailable", "lost the connection to the model server")
+
+
+def parse_completion(body: bytes) -> Completion:
+    """The first choice of a chat.completion body; anything else is a bad_response."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise LLMCallError("bad_response", "the answer is not JSON") from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise LLMCallError("bad_response", "the answer has no choices")
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        raise LLMCallError("bad_response", "the answer has no message")
+    content = message.get("content")
+    finish = choices[0].get("finish_reason")
+    return Completion(
+        text=content if isinstance(content, str) else None,
+        tool_calls=_parse_tool_calls(message.get("tool_calls")),
+        finish_reason=finish if isinstance(finish, str) else None,
+    )
+
+
+def _parse_tool_calls(raw: Any) -> tuple[ToolCallRequest, ...]:
+    if not isinstance(raw, list):
+        return ()
+    calls = []
+    for item in raw:
+        function = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(function, dict):
+            continue
+        name, arguments, call_id = function.get("name"), function.get("arguments"), item.get("id")
+        if not isinstance(arguments, str):
+            # Some servers send the arguments as an object; keep everything a string.
+            arguments = "" if arguments is None else json.dumps(arguments)
+        calls.append(
+            ToolCallRequest(
+                id=call_id if isinstance(call_id, str) and call_id else None,
+                name=name if isinstance(name, str) else "",
+                arguments=arguments,
+            )
+        )
+    return tuple(calls)
+
+
+def _ms_since(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)

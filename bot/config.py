@@ -1,0 +1,407 @@
+"""Settings: the TOML file, TALKBOT_* overrides and *_file secrets, validated once."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bot.errors import ConfigError
+
+Role = Literal["none", "guest", "user", "admin"]
+Approver = Literal["requester", "admin", "either"]
+
+ENV_PREFIX = "TALKBOT_"
+EVERY_PATTERN = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+TOKEN_PATTERN = re.compile(r"^[a-z0-9]{4,30}$")
+# Secret fields that may also be read from "<name>_file" (systemd LoadCredential=).
+SECRET_FIELDS: dict[str, tuple[str, ...]] = {
+    "nextcloud": ("bot_secret",),
+    "llm": ("api_key",),
+}
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8585, ge=0, le=65535)
+    webhook_path: str = "/webhook"
+    public_url: str = ""
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Source addresses allowed to post webhooks (CIDRs); empty allows any.
+    allowed_sources: tuple[str, ...] = ()
+
+    @field_validator("webhook_path")
+    @classmethod
+    def _path_is_absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+    @field_validator("allowed_sources")
+    @classmethod
+    def _sources_are_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress  # noqa: PLC0415 - only needed for this check
+
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP network") from None
+        return value
+
+    def webhook_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}{self.webhook_path}"
+
+
+class NextcloudSettings(Frozen):
+    url: str = Field(min_length=1)
+    bot_secret: SecretStr
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("bot_secret")
+    @classmethod
+    def _secret_length(cls, value: SecretStr) -> SecretStr:
+        length = len(value.get_secret_value().encode())
+        if not 40 <= length <= 128:  # noqa: PLR2004 - Talk's own limits
+            raise ValueError(f"must be 40-128 characters (Talk's limit), got {length}")
+        return value
+
+
+class LLMSettings(Frozen):
+    base_url: str = "http://127.0.0.1:11434/v1"
+    api_key: SecretStr = SecretStr("")
+    model: str = "qwen3:8b"
+    flavor: Literal["openai", "openwebui"] = "openai"
+    max_rounds: int = Field(default=8, ge=1, le=50)
+    timeout_s: float = Field(default=60, gt=0, le=600)
+    max_tokens: int | None = Field(default=None, ge=1)
+    # Turns talking to the model at once, over all rooms.
+    concurrency: int = Field(default=4, ge=1, le=256)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_is_http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class AccessSettings(Frozen):
+    admins: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    guest_role: Literal["none", "guest"] = "none"
+    admin_room: str = ""
+    command_prefix: str = Field(default="!", min_length=1, max_length=3)
+
+    @field_validator("admin_room")
+    @classmethod
+    def _token_shape(cls, value: str) -> str:
+        if value and not TOKEN_PATTERN.match(value):
+            raise ValueError("must be a Talk room token ([a-z0-9]{4,30})")
+        return value
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA timezone {value!r}") from None
+    return value
+
+
+class ChatSettings(Frozen):
+    bot_name: str = Field(default="talkbot", min_length=1)
+    respond_in_groups: Literal["mention", "all"] = "mention"
+    history_messages: int = Field(default=30, ge=0, le=500)
+    history_chars: int = Field(default=24_000, ge=0)
+    persona: str = "You are a helpful assistant for our team."
+    timezone: str = "UTC"
+    greeting: str = ""
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        return _check_timezone(value)
+
+
+class ConfirmSettings(Frozen):
+    ttl_s: int = Field(default=600, ge=10)
+    yes_words: tuple[str, ...] = ("yes", "y", "confirm", "ok")
+    no_words: tuple[str, ...] = ("no", "n", "cancel")
+
+    @model_validator(mode="after")
+    def _words_disjoint(self) -> ConfirmSettings:
+        yes = {w.casefold() for w in self.yes_words}
+        no = {w.casefold() for w in self.no_words}
+        if not yes:
+            raise ValueError("yes_words must not be empty")
+        if overlap := yes & no:
+            raise ValueError(f"yes_words and no_words share {sorted(overlap)}")
+        return self
+
+
+class StorageSettings(Frozen):
+    path: Path = Path("talkbot.sqlite3")
+
+
+class ToolPolicy(BaseModel):
+    """Per-tool overrides from ``[tools.<name>]``; None keeps the tool's own default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool | None = None
+    roles: tuple[Role, ...] | None = None
+    confirm: bool | None = None
+    approver: Approver | None = None
+
+
+class FilesToolSettings(ToolPolicy):
+    root: Path = Path("/srv/talkbot/files")
+    max_read_bytes: int = Field(default=256_000, ge=1)
+    max_write_bytes: int = Field(default=1_000_000, ge=1)
+
+
+class WebSearchSettings(ToolPolicy):
+    searxng_url: str = ""
+    max_results: int = Field(default=5, ge=1, le=20)
+
+
+class HttpFetchSettings(ToolPolicy):
+    max_bytes: int = Field(default=2_000_000, ge=1)
+    max_chars: int = Field(default=20_000, ge=100)
+    timeout_s: float = Field(default=15, gt=0)
+
+
+class ToolsSettings(BaseModel):
+    """``[tools]``: family settings by name, any other table is a per-tool policy."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    files: FilesToolSettings = FilesToolSettings()
+    web_search: WebSearchSettings = WebSearchSettings()
+    http_fetch: HttpFetchSettings = HttpFetchSettings()
+    # Python modules exporting make_tools(deps) -> list[Tool], for a deployment's own tools.
+    modules: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extras_are_policies(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        known = set(cls.model_fields)
+        return {
+            key: value if key in known else ToolPolicy.model_validate(value)
+            for key, value in data.items()
+        }
+
+    def policy(self, tool_name: str) -> ToolPolicy:
+        if tool_name in type(self).model_fields:
+            value = getattr(self, tool_name)
+        else:
+            value = (self.model_extra or {}).get(tool_name)
+        return value if isinstance(value, ToolPolicy) else ToolPolicy()
+
+
+class ScheduleSettings(Frozen):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    cron: str | None = None
+    every: str | None = None
+    at: str | None = None
+    timezone: str | None = None
+    room: str
+    message: str | None = None
+    prompt: str | None = None
+    misfire: Literal["once", "skip"] = "once"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str | None) -> str | None:
+        return None if value is None else _check_timezone(value)
+
+    @field_validator("room")
+    @classmethod
+    def _room(cls, value: str) -> str:
+        if not TOKEN_PATTERN.match(value):
+            raise ValueError("must be a Talk room token ([a-z0-9]{4,30})")
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:  # noqa: PLR2004 - crontab fields
+            raise ValueError("must have five fields: minute hour day month day-of-week")
+        return value
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str | None) -> str | None:
+        if value is not None:
+            match = EVERY_PATTERN.match(value)
+            if not match or int(match.group(1)) == 0:
+                raise ValueError("must be a number and a unit, like 90s, 30m, 2h or 1d")
+        return value
+
+    @field_validator("at")
+    @classmethod
+    def _at(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError("must be an ISO date-time like 2026-12-24T09:00") from None
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ScheduleSettings:
+        triggers = [name for name in ("cron", "every", "at") if getattr(self, name)]
+        if len(triggers) != 1:
+            raise ValueError("give exactly one of cron, every or at")
+        if (self.message is None) == (self.prompt is None):
+            raise ValueError("give exactly one of message or prompt")
+        return self
+
+
+class Settings(Frozen):
+    server: ServerSettings = ServerSettings()
+    nextcloud: NextcloudSettings
+    llm: LLMSettings = LLMSettings()
+    access: AccessSettings = AccessSettings()
+    chat: ChatSettings = ChatSettings()
+    confirm: ConfirmSettings = ConfirmSettings()
+    storage: StorageSettings = StorageSettings()
+    tools: ToolsSettings = ToolsSettings()
+    schedules: tuple[ScheduleSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_schedule_ids(self) -> Settings:
+        seen: set[str] = set()
+        for schedule in self.schedules:
+            if schedule.id in seen:
+                raise ValueError(f"schedule id {schedule.id!r} is used twice")
+            seen.add(schedule.id)
+        return self
+
+
+def default_config_path(environ: Mapping[str, str]) -> Path:
+    return Path(environ.get("TALKBOT_CONFIG") or "talkbot.toml")
+
+
+def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, override and validate; every problem is raised together as ConfigError."""
+    environ = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([(str(path), "config file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([(str(path), f"cannot read: {exc}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from None
+    return settings_from_mapping(raw, environ)
+
+
+def settings_from_mapping(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
+    data = _apply_env(raw, environ)
+    problems = _read_secret_files(data)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        problems += [(_field_name(err["loc"]), _reason(err)) for err in exc.errors()]
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    data: dict[str, Any] = _deep_copy(raw)
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name or name == "TALKBOT_CONFIG":
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        node = data
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[keys[-1]] = _parse_env_value(value)
+    return data
+
+
+def _parse_env_value(value: str) -> Any:
+    """A TOML value if it parses as one (numbers, booleans, lists), else the plain string."""
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _read_secret_files(data: dict[str, Any]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for section, fields in SECRET_FIELDS.items():
+        table = data.get(section)
+        if not isinstance(table, dict):
+            continue
+        for field in fields:
+            file_key = f"{field}_file"
+            if file_key not in table:
+                continue
+            path = Path(str(table.pop(file_key))).expanduser()
+            try:
+                table[field] = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                problems.append((f"{section}.{file_key}", f"cannot read {path}: {reason}"))
+    return problems
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _deep_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(item) for item in value]
+    return value
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts[-1] = f"{parts[-1]}[{part}]" if parts else f"[{part}]"
+        else:
+            parts.append(part)
+    return ".".join(parts) or "(top level)"
+
+
+def _reason(error: Any) -> str:
+    if error["type"] == "missing":
+        return "required"
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")

@@ -1,0 +1,56 @@
+"""The exception types every layer shares; each names an expected failure."""
+
+from __future__ import annotations
+
+
+class TalkbotError(Exception):
+    """Base of every expected talkbot failure."""
+
+
+class ConfigError(TalkbotError):
+    """The configuration is invalid; ``problems`` holds (field, reason) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{field}: {reason}" for field, reason in problems))
+
+    def one_line(self) -> str:
+        field, reason = self.problems[0]
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        return f"invalid config: {field}: {reason}{more}"
+
+
+class StoreError(TalkbotError):
+    """The store could not be opened or is locked by another process."""
+
+
+class TalkError(TalkbotError):
+    """A bot API call to Nextcloud Talk failed."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class TalkAuthError(TalkError):
+    """401: wrong secret, bot not enabled in the room, or unknown room. Never retried."""
+
+
+class TalkRejectedError(TalkError):
+    """4xx other than 401/429: the request itself is wrong. Never retried."""
+
+
+class TalkRateLimitedError(TalkError):
+    """429 after retries: Talk's brute-force protection is throttling this address."""
+
+
+class TalkUnavailableError(TalkError):
+    """5xx, timeout or connection failure after retries."""
+
+
+class LLMError(TalkbotError):
+    """The model endpoint failed or answered something unusable."""
+
+
+class ToolError(TalkbotError):
+    """A tool's expected failure; its text goes back to the model."""

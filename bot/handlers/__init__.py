@@ -1,0 +1,154 @@
+"""Handle one inbox event: classify it, then hand it to the admin, confirm or chat handler."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from bot import replies
+from bot.access import Access
+from bot.agent.history import History
+from bot.config import Role
+from bot.handlers.chat import ChatHandler, Poster
+from bot.routing import PendingRef, Route, RouteKind, RoutingPolicy, classify
+from bot.store import InboxItem, Store
+from bot.talk.events import Event, parse_event
+
+log = structlog.get_logger(__name__)
+
+# A handler for one route kind: (event, role, route) -> None.
+RouteHandler = Callable[[Event, Role, Route], Awaitable[None]]
+PendingLookup = Callable[[str], Awaitable[tuple[PendingRef, ...]]]
+
+
+@dataclass
+class Greeting:
+    text: str
+
+
+class EventHandler:
+    """The dispatcher's ``handle``: parse, remember the room, route, act."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        access: Access,
+        policy: RoutingPolicy,
+        history: History,
+        chat: ChatHandler,
+        poster: Poster,
+        greeting: str = "",
+    ) -> None:
+        self._store = store
+        self._access = access
+        self.policy = policy
+        self._history = history
+        self._chat = chat
+        self._poster = poster
+        self.greeting = greeting
+        self._routes: dict[RouteKind, RouteHandler] = {
+            RouteKind.CHAT: self._on_chat,
+            RouteKind.ROOM_COMMAND: self._on_room_command,
+            RouteKind.REFUSE_COMMAND: self._on_refused_command,
+        }
+        self._pending_lookup: PendingLookup | None = None
+        self._extra_room_commands: dict[str, RouteHandler] = {}
+
+    def register(self, kind: RouteKind, handler: RouteHandler) -> None:
+        """Wire a handler for a route kind (app.py, for admin and confirmations)."""
+        self._routes[kind] = handler
+
+    def register_room_command(self, name: str, handler: RouteHandler) -> None:
+        self._extra_room_commands[name] = handler
+
+    def set_pending_lookup(self, lookup: PendingLookup) -> None:
+        self._pending_lookup = lookup
+
+    async def handle(self, item: InboxItem) -> None:
+        event = parse_event(item.body)
+        role = self._access.role_of(event.actor.id)
+        await self._remember_room(event)
+        room = await self._store.get_room(event.room.token)
+        pending = await self._pending_lookup(event.room.token) if self._pending_lookup else ()
+        route = classify(
+            event,
+            role=role,
+            policy=self.policy,
+            room_mode=room.mode if room else None,
+            pending=pending,
+        )
+        log.info("event.routed", type=event.type, route=route.kind.value, actor_role=role)
+        if route.kind is RouteKind.MEMBERSHIP:
+            await self._on_membership(event)
+            return
+        if route.kind in (RouteKind.CHAT, RouteKind.IGNORE, RouteKind.REMEMBER):
+            await self._record(event, role)
+        handler = self._routes.get(route.kind)
+        if handler is not None:
+            await handler(event, role, route)
+
+    async def _remember_room(self, event: Event) -> None:
+        if event.type in ("Join", "Leave"):
+            return
+        await self._store.record_room(
+            event.room.token, name=event.room.name, one_to_one=event.room.is_one_to_one
+        )
+
+    async def _record(self, event: Event, role: Role) -> None:
+        message = event.message
+        if event.type not in ("Create", "Activity") or message is None or role == "none":
+            return
+        if event.type == "Activity" and not message.files:
+            return
+        await self._history.record_message(
+            event.room.token,
+            actor_id=event.actor.id,
+            actor_name=event.actor.name,
+            text=message.text,
+            message_id=message.id,
+        )
+
+    async def _on_membership(self, event: Event) -> None:
+        joined = event.type == "Join"
+        await self._store.record_room(
+            event.room.token,
+            name=event.room.name,
+            one_to_one=event.room.is_one_to_one,
+            joined=joined,
+        )
+        log.info("room.joined" if joined else "room.left", room=event.room.token)
+        if joined and self.greeting:
+            await self._chat.say(event, self.greeting)
+
+    async def _on_chat(self, event: Event, role: Role, route: Route) -> None:
+        note = (
+            "The user did not confirm the pending action; it was not run."
+            if (route.cancels_pending)
+            else None
+        )
+        await self._chat.handle(event, role, note=note)
+
+    async def _on_room_command(self, event: Event, role: Role, route: Route) -> None:
+        prefix = self.policy.access.command_prefix
+        if route.command in self._extra_room_commands:
+            await self._extra_room_commands[route.command](event, role, route)
+        elif route.command == "forget":
+            count = await self._history.forget(event.room.token)
+            await self._chat.say(event, replies.forgot(count))
+        elif route.command == "mode":
+            mode = route.args.strip().lower()
+            if mode not in ("all", "mention"):
+                await self._chat.say(event, replies.mode_usage(prefix))
+                return
+            await self._store.set_room_mode(event.room.token, mode)
+            await self._chat.say(event, replies.mode_set(mode))
+        else:
+            moderator = event.actor.is_moderator or role == "admin"
+            await self._chat.say(event, replies.room_help(prefix, moderator=moderator))
+
+    async def _on_refused_command(self, event: Event, _role: Role, route: Route) -> None:
+        prefix = self.policy.access.command_prefix
+        await self._chat.say(event, replies.command_refused(prefix + route.command, route.reason))

@@ -1,0 +1,190 @@
+"""A chat turn: build the prompt, run the agent loop, and answer in the room."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from bot import replies
+from bot.agent.history import History
+from bot.agent.llm import LLM
+from bot.agent.loop import GaveUp, NeedsConfirmation, Reply, run_turn
+from bot.agent.prompts import system_prompt
+from bot.clock import Clock
+from bot.config import ChatSettings, LLMSettings, Role
+from bot.errors import TalkError
+from bot.metrics import Metrics
+from bot.talk.events import Event
+from bot.tools import ToolContext, Toolbox
+
+log = structlog.get_logger(__name__)
+
+WORKING_REACTION = "👀"
+WORKING_AFTER_S = 2.0
+
+TurnResult = Reply | NeedsConfirmation | GaveUp
+
+
+class Poster(Protocol):
+    """Where answers go: the Talk client, or the console's local transport."""
+
+    async def send_message(
+        self,
+        token: str,
+        message: str,
+        *,
+        reply_to: int | str | None = None,
+        reference_id: str | None = None,
+        silent: bool = False,
+    ) -> list[str]: ...
+
+    async def react(self, token: str, message_id: int | str, reaction: str) -> None: ...
+
+    async def unreact(self, token: str, message_id: int | str, reaction: str) -> None: ...
+
+
+# Called with the paused turn; posts the prompt and stores the pending actions.
+OnConfirmation = Callable[[Event, ToolContext, NeedsConfirmation], Awaitable[None]]
+
+
+@dataclass
+class ChatDeps:
+    llm: LLM
+    toolbox: Toolbox
+    history: History
+    poster: Poster
+    clock: Clock
+    metrics: Metrics
+    chat: ChatSettings
+    llm_settings: LLMSettings
+    on_confirmation: OnConfirmation | None = None
+
+
+class ChatHandler:
+    def __init__(self, deps: ChatDeps) -> None:
+        self._deps = deps
+        self._model_slots = asyncio.Semaphore(deps.llm_settings.concurrency)
+
+    def reconfigure(self, chat: ChatSettings, llm_settings: LLMSettings) -> None:
+        self._deps.chat = chat
+        self._deps.llm_settings = llm_settings
+
+    def context_for(self, event: Event, role: Role, *, tainted: bool = False) -> ToolContext:
+        return ToolContext(
+            requester=event.actor.id,
+            role=role,
+            room=event.room.token,
+            unattended=False,
+            tainted=tainted,
+            now=self._deps.clock.now,
+            timezone=self._deps.chat.timezone,
+        )
+
+    async def handle(self, event: Event, role: Role, *, note: str | None = None) -> None:
+        """One turn for one message; ``note`` tells the model something first (a cancel)."""
+        deps = self._deps
+        ctx = self.context_for(event, role)
+        messages = [{"role": "system", "content": self._system_prompt(event, role)}]
+        messages += await deps.history.messages(event.room.token)
+        if note:
+            messages.append({"role": "system", "content": note})
+        started = time.monotonic()
+        async with self._working(event), self._model_slots:
+            result = await run_turn(
+                deps.llm, deps.toolbox, ctx, messages, max_rounds=deps.llm_settings.max_rounds
+            )
+        deps.metrics.turn_seconds.observe(time.monotonic() - started)
+        await self.finish(event, ctx, result)
+
+    async def finish(self, event: Event, ctx: ToolContext, result: TurnResult) -> None:
+        """Answer in the room with what the loop produced (also after a confirmation)."""
+        deps = self._deps
+        outcome = type(result).__name__.lower()
+        deps.metrics.turns.labels(outcome=outcome).inc()
+        if isinstance(result, NeedsConfirmation):
+            if deps.on_confirmation is None:
+                await self.say(event, replies.apology())
+                return
+            await deps.on_confirmation(event, ctx, result)
+            return
+        text = result.text if isinstance(result, Reply) else _gave_up_text(result)
+        await self.say(event, text)
+        if isinstance(result, Reply):
+            await deps.history.record_reply(event.room.token, text)
+
+    async def say(self, event: Event, text: str) -> None:
+        reply_to = event.message.id if event.message is not None else None
+        try:
+            await self._deps.poster.send_message(
+                event.room.token,
+                replies.defuse_mentions(text),
+                reply_to=reply_to,
+                reference_id=f"talkbot-{event.room.token}-{reply_to or 'x'}",
+            )
+        except TalkError as exc:
+            log.warning("chat.reply_failed", status=exc.status, error=type(exc).__name__)
+
+    def _system_prompt(self, event: Event, role: Role) -> str:
+        chat = self._deps.chat
+        return system_prompt(
+            chat.persona,
+            bot_name=chat.bot_name,
+            requester_name=event.actor.name,
+            requester_id=event.actor.id,
+            role=role,
+            room_name=event.room.name,
+            room_is_one_to_one=event.room.is_one_to_one,
+            now=datetime.fromtimestamp(self._deps.clock.now(), ZoneInfo(chat.timezone)),
+            timezone=chat.timezone,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _working(self, event: Event) -> AsyncIterator[None]:
+        """React with 👀 when a turn takes a while, and take it back when done."""
+        message = event.message
+        if message is None:
+            yield
+            return
+        reacted = asyncio.Event()
+        task = asyncio.create_task(self._react_later(event.room.token, message.id, reacted))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if reacted.is_set():
+                await self._quietly(self._deps.poster.unreact, event.room.token, message.id)
+
+    async def _react_later(self, token: str, message_id: str, reacted: asyncio.Event) -> None:
+        await asyncio.sleep(WORKING_AFTER_S)
+        if await self._quietly(self._deps.poster.react, token, message_id):
+            reacted.set()
+
+    async def _quietly(
+        self, call: Callable[[str, Any, str], Awaitable[None]], token: str, message_id: str
+    ) -> bool:
+        try:
+            await call(token, message_id, WORKING_REACTION)
+        except TalkError as exc:
+            log.info("chat.reaction_failed", status=exc.status)
+            return False
+        return True
+
+
+def _gave_up_text(result: GaveUp) -> str:
+    if result.reason == "llm_error":
+        return replies.llm_notice(result.llm_error_kind)
+    if result.reason == "max_rounds":
+        return result.text or replies.gave_up_rounds(())
+    if result.reason == "length":
+        return replies.cut_off()
+    return result.text or replies.empty_answer()

@@ -1,0 +1,152 @@
+"""Structured logging: configured once by the CLI, redacted, with a ring of recent lines."""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+REDACTED = "[redacted]"
+# Keys whose values are secrets: always redacted.
+SECRET_KEYS = frozenset(
+    {"secret", "bot_secret", "api_key", "authorization", "password", "signature", "random"}
+)
+# Keys whose values are what people wrote or what tools got: redacted unless debug.
+CONTENT_KEYS = frozenset({"text", "message", "content", "args", "arguments", "prompt", "reply"})
+
+
+class LogRing:
+    """The last N rendered log lines, already redacted; read by !logs and bot_logs."""
+
+    def __init__(self, size: int = 2000) -> None:
+        self._lines: collections.deque[str] = collections.deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def append(self, line: str) -> None:
+        with self._lock:
+            self._lines.append(line)
+
+    def tail(self, count: int) -> list[str]:
+        with self._lock:
+            if count <= 0:
+                return []
+            return list(self._lines)[-count:]
+
+
+class Redactor:
+    """A structlog processor that removes secrets (by key and by value) and content."""
+
+    def __init__(self, secrets: Iterable[str] = (), *, debug: bool = False) -> None:
+        self._secrets: tuple[str, ...] = ()
+        self.debug = debug
+        self.add_secrets(secrets)
+
+    def add_secrets(self, secrets: Iterable[str]) -> None:
+        # Short values would redact ordinary words; real secrets are long.
+        found = {s for s in secrets if len(s) >= 8}  # noqa: PLR2004 - see above
+        self._secrets = tuple(sorted(set(self._secrets) | found, key=len, reverse=True))
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def __call__(
+        self, _logger: Any, _name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key in list(event):
+            lowered = key.lower()
+            if lowered in SECRET_KEYS:
+                event[key] = REDACTED
+            elif lowered in CONTENT_KEYS and not self.debug:
+                event[key] = _describe(event[key])
+            else:
+                event[key] = self._clean(event[key])
+        return event
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, BaseException):
+            return self.scrub(repr(value))
+        if isinstance(value, dict):
+            return {
+                k: REDACTED if str(k).lower() in SECRET_KEYS else self._clean(v)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self._clean(v) for v in value]
+        return value
+
+
+def _describe(value: Any) -> str:
+    """What is left of redacted content: its size, which helps debugging without leaking."""
+    size = len(value) if isinstance(value, str | bytes | list | dict | tuple) else 0
+    return f"[{size} chars]" if isinstance(value, str) else f"[redacted {type(value).__name__}]"
+
+
+class RingWriter:
+    """Renders each event to one JSON line for the ring, newlines escaped (L01)."""
+
+    def __init__(self, ring: LogRing) -> None:
+        self._ring = ring
+
+    def __call__(
+        self, _logger: Any, _name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        self._ring.append(json.dumps(dict(event), default=str, ensure_ascii=False))
+        return event
+
+
+def _escape_newlines(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str) and ("\n" in value or "\r" in value) and key != "exception":
+            event[key] = value.replace("\r", "\\r").replace("\n", "\\n")
+    return event
+
+
+def configure_logging(
+    *,
+    redactor: Redactor,
+    ring: LogRing,
+    debug: bool = False,
+    stream: TextIO | None = None,
+    json_lines: bool | None = None,
+) -> None:
+    """JSON lines off a TTY, readable console output on one; called once by the CLI."""
+    stream = stream or sys.stderr
+    as_json = (not stream.isatty()) if json_lines is None else json_lines
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redactor,
+            _escape_newlines,
+            RingWriter(ring),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if debug else logging.INFO
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries that log through the standard library: warnings and up, same stream.
+    logging.basicConfig(stream=stream, level=logging.WARNING, force=True)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

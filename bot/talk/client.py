@@ -1,0 +1,316 @@
+"""Outgoing Talk bot API calls: signed messages and reactions, split, retried, typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import unicodedata
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+
+from bot.clock import Clock, SystemClock
+from bot.config import TOKEN_PATTERN
+from bot.errors import (
+    TalkAuthError,
+    TalkError,
+    TalkRateLimitedError,
+    TalkRejectedError,
+    TalkUnavailableError,
+)
+from bot.talk.signature import sign_bot_request
+
+log = structlog.get_logger(__name__)
+
+API_PATH = "/ocs/v2.php/apps/spreed/api/v1/bot"
+MAX_REFERENCE_ID = 64  # Talk cuts referenceId to 64 characters
+MESSAGE_ID_PATTERN = re.compile(r"^[0-9]+$")
+# PHP trim(): what Talk strips before counting the length.
+PHP_TRIM = " \t\n\r\0\x0b"
+_OK = frozenset({200, 201})
+_AUTH_STATUS = 401
+_NOT_FOUND = 404
+_RATE_LIMITED = 429
+_SERVER_ERROR = 500
+_ZWJ = "\u200d"
+_REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a call is retried; ``timeout`` bounds one request."""
+
+    attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.timeout <= 0 or self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError("RetryPolicy needs attempts >= 1, timeout > 0, delays >= 0")
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max_delay, base_delay * 2**(attempt-1))]."""
+        cap = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return secrets.SystemRandom().uniform(0, cap)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """One failed attempt and whether another attempt may help."""
+
+    error: type[TalkError]
+    status: int | None
+    reason: str
+    retryable: bool = True
+    retry_after: float | None = None
+
+
+class TalkClient:
+    """Signs and sends bot API calls to one Nextcloud; the session belongs to the caller."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        secret: str,
+        *,
+        max_length: int = 32000,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock | None = None,
+    ) -> None:
+        self._session = session
+        self._api = base_url.rstrip("/") + API_PATH
+        self._secret = secret
+        self._max_length = max_length
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._clock = clock or SystemClock()
+        self.failures = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+
+    async def send_message(
+        self,
+        token: str,
+        message: str,
+        *,
+        reply_to: int | str | None = None,
+        reference_id: str | None = None,
+        silent: bool = False,
+    ) -> list[str]:
+        """Post ``message`` (split if too long) and return the referenceId of each part."""
+        _check_token(token)
+        parts = split_message(message, self._max_length)
+        if not parts:
+            raise TalkRejectedError("message is empty")
+        reply = _message_id(reply_to) if reply_to is not None else None
+        base = reference_id or secrets.token_hex(20)
+        refs = [_part_reference(base, index) for index in range(len(parts))]
+        for index, (part, ref) in enumerate(zip(parts, refs, strict=True)):
+            body: dict[str, object] = {"message": part, "referenceId": ref}
+            if reply is not None and index == 0:
+                body["replyTo"] = reply
+            if silent:
+                body["silent"] = True
+            await self._call("POST", token, f"{token}/message", part, body)
+        return refs
+
+    async def react(self, token: str, message_id: int | str, reaction: str) -> None:
+        """Add ``reaction`` to a message; an existing identical reaction is success."""
+        await self._reaction("POST", token, message_id, reaction, _OK)
+
+    async def unreact(self, token: str, message_id: int | str, reaction: str) -> None:
+        """Remove the bot's ``reaction``; a reaction that is already gone is success."""
+        await self._reaction("DELETE", token, message_id, reaction, _OK | {_NOT_FOUND})
+
+    async def _reaction(
+        self, method: str, token: str, message_id: int | str, reaction: str, ok: frozenset[int]
+    ) -> None:
+        _check_token(token)
+        if not reaction.strip():
+            raise TalkRejectedError("reaction is empty")
+        path = f"{token}/reaction/{_message_id(message_id)}"
+        await self._call(method, token, path, reaction, {"reaction": reaction}, ok=ok)
+
+    async def _call(
+        self,
+        method: str,
+        token: str,
+        path: str,
+        value: str,
+        body: dict[str, object],
+        *,
+        ok: frozenset[int] = _OK,
+    ) -> None:
+        """One logical call: fresh signature per attempt, retried by the policy."""
+        data = json.dumps(body).encode()
+        failure = _Failure(TalkUnavailableError, None, "no attempt made")
+        attempt = 0
+        while attempt < self._retry.attempts:
+            attempt += 1
+            failure_or_ok = await self._attempt(method, path, value=value, data=data, ok=ok)
+            if failure_or_ok is None:
+                return
+            failure = failure_or_ok
+            delay = self._delay(failure, attempt)
+            if delay is None:
+                break
+            log.warning(
+                "talk.retry",
+                room=token,
+                status=failure.status,
+                reason=failure.reason,
+                attempt=attempt,
+                delay=round(delay, 3),
+            )
+            await self._sleep(delay)
+        raise self._give_up(token, failure, attempt)
+
+    async def _attempt(
+        self, method: str, path: str, *, value: str, data: bytes, ok: frozenset[int]
+    ) -> _Failure | None:
+        """Send once; None on success, else what went wrong."""
+        headers = {
+            "OCS-APIRequest": "true",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            **sign_bot_request(self._secret, value),
+        }
+        timeout = aiohttp.ClientTimeout(total=self._retry.timeout)
+        try:
+            async with self._session.request(
+                method,
+                f"{self._api}/{path}",
+                data=data,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,  # a signed call goes to the configured URL only
+            ) as response:
+                await response.read()
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return _Failure(TalkUnavailableError, None, type(exc).__name__)
+        if status in ok:
+            return None
+        return _classify(status, retry_after)
+
+    def _delay(self, failure: _Failure, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt, or None when there is none."""
+        if not failure.retryable or attempt >= self._retry.attempts:
+            return None
+        if failure.retry_after is None:
+            return self._retry.backoff(attempt)
+        if failure.retry_after > self._retry.max_delay:
+            return None  # retrying earlier than Talk asked only lengthens the throttle
+        return failure.retry_after
+
+    def _give_up(self, token: str, failure: _Failure, attempts: int) -> TalkError:
+        self.failures += 1
+        self.last_error = f"{failure.status or failure.reason}: {failure.error.__name__}"
+        self.last_error_at = self._clock.now()
+        log.error(
+            "talk.call_failed",
+            room=token,
+            status=failure.status,
+            reason=failure.reason,
+            error=failure.error.__name__,
+            attempts=attempts,
+        )
+        status = failure.status or "no answer"
+        return failure.error(f"Talk bot API: {status} ({failure.reason})", failure.status)
+
+
+def _classify(status: int, retry_after: str | None) -> _Failure:
+    """401 is never retried: each one feeds Talk's per-IP brute-force throttle."""
+    if status == _RATE_LIMITED:
+        return _Failure(TalkRateLimitedError, status, "rate limited", True, _seconds(retry_after))
+    if status >= _SERVER_ERROR:
+        return _Failure(TalkUnavailableError, status, "server error")
+    error = TalkAuthError if status == _AUTH_STATUS else TalkRejectedError
+    return _Failure(error, status, "rejected", retryable=False)
+
+
+def split_message(text: str, max_length: int) -> list[str]:
+    """Cut ``text`` into trimmed parts of at most ``max_length`` characters each.
+
+    Cuts prefer a paragraph break, then a line break, then a space in the second half of
+    the window, and never fall inside a character sequence that draws one symbol.
+    """
+    parts: list[str] = []
+    rest = text.strip(PHP_TRIM)
+    while len(rest) > max_length:
+        cut = _cut_position(rest, max_length)
+        parts.append(rest[:cut].strip(PHP_TRIM))
+        rest = rest[cut:].strip(PHP_TRIM)
+    if rest:
+        parts.append(rest)
+    return [part for part in parts if part]
+
+
+def _cut_position(text: str, max_length: int) -> int:
+    window = text[: max_length + 1]
+    for separator in ("\n\n", "\n", " "):
+        position = window.rfind(separator, max_length // 2)
+        if position > 0:
+            return position
+    cut = max_length
+    while cut > 0 and _joins(text, cut):
+        cut -= 1
+    return cut or max_length
+
+
+def _joins(text: str, cut: int) -> bool:
+    """True when cutting before ``text[cut]`` would break one visible symbol apart."""
+    before, after = text[cut - 1], text[cut]
+    if "\ud800" <= before <= "\udbff" or _ZWJ in {before, after}:
+        return True
+    if unicodedata.category(after) in {"Mn", "Mc", "Me", "Sk"} and not after.isascii():
+        return True
+    if "\ufe00" <= after <= "\ufe0f" or "\U000e0020" <= after <= "\U000e007f":
+        return True
+    if ord(before) in _REGIONAL_INDICATORS and ord(after) in _REGIONAL_INDICATORS:
+        return _regional_run(text, cut) % 2 == 1
+    return False
+
+
+def _regional_run(text: str, cut: int) -> int:
+    """How many regional indicators directly precede ``cut`` (flags come in pairs)."""
+    count = 0
+    while cut - count > 0 and ord(text[cut - count - 1]) in _REGIONAL_INDICATORS:
+        count += 1
+    return count
+
+
+def _part_reference(base: str, index: int) -> str:
+    suffix = f"-{index}"
+    return base[: MAX_REFERENCE_ID - len(suffix)] + suffix
+
+
+def _check_token(token: str) -> None:
+    if not TOKEN_PATTERN.fullmatch(token):
+        raise TalkRejectedError("not a Talk room token")
+
+
+def _message_id(value: int | str) -> int:
+    text = str(value)
+    if not MESSAGE_ID_PATTERN.fullmatch(text):
+        raise TalkRejectedError("not a Talk message id")
+    return int(text)
+
+
+def _seconds(value: str | None) -> float | None:
+    """Retry-After as seconds; an HTTP date or junk counts as absent."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return max(seconds, 0.0)

@@ -1,0 +1,291 @@
+"""The tool abstraction and the Toolbox: role filtering, argument validation, safe execution."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Generic, TypeVar
+
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from bot.config import Approver, Role, ToolsSettings
+from bot.errors import ToolError
+
+log = structlog.get_logger(__name__)
+
+ROLE_ORDER: tuple[Role, ...] = ("none", "guest", "user", "admin")
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_RESULT_CHARS = 8000
+MAX_ARGS_CHARS = 100_000
+GENERIC_FAILURE = "the tool failed"
+NOT_ALLOWED = "not allowed: this tool is not available to you"
+
+A = TypeVar("A", bound=BaseModel)
+
+
+def role_at_least(role: Role, minimum: Role) -> bool:
+    return ROLE_ORDER.index(role) >= ROLE_ORDER.index(minimum)
+
+
+def roles_from(minimum: Role) -> frozenset[Role]:
+    """Every role at or above ``minimum``: ``roles_from("user") == {"user", "admin"}``."""
+    return frozenset(role for role in ROLE_ORDER if role_at_least(role, minimum))
+
+
+class ToolRefusedError(ToolError):
+    """The tool is unknown or the requester's role may not use it."""
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """Who a tool runs for, and where. Built per turn by the caller."""
+
+    requester: str  # actor id, e.g. "users/alice"
+    role: Role
+    room: str  # room token
+    now: Callable[[], float]  # epoch seconds, from the injected clock
+    timezone: str = "UTC"
+    unattended: bool = False  # scheduled turn: nobody can confirm anything
+    tainted: bool = False  # untrusted content (a fetched page...) entered this turn
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    text: str
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class Tool(Generic[A]):
+    """A tool is data plus policy; declared next to its code."""
+
+    name: str
+    description: str
+    args: type[A]
+    run: Callable[[A, ToolContext], Awaitable[str]]
+    roles: frozenset[Role]
+    confirm: bool = False
+    approver: Approver = "requester"
+    timeout_s: float = 30
+    egress: bool = False  # sends data out of the room or writes: confirm it in a tainted turn
+    untrusted_output: bool = False  # its output taints the rest of the turn
+    confirm_when: Callable[[A, ToolContext], bool] | None = None
+
+    def parameters(self) -> dict[str, Any]:
+        """The JSON schema of the arguments, shaped for OpenAI function calling."""
+        schema: dict[str, Any] = _function_schema(self.args.model_json_schema())
+        schema.setdefault("properties", {})
+        return schema
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters(),
+            },
+        }
+
+
+def _function_schema(node: Any) -> Any:
+    """Drop pydantic's titles and close every object (additionalProperties: false)."""
+    if isinstance(node, list):
+        return [_function_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "title" and isinstance(value, str):
+            continue
+        if key in ("properties", "$defs"):
+            out[key] = {name: _function_schema(sub) for name, sub in value.items()}
+        else:
+            out[key] = _function_schema(value)
+    if out.get("type") == "object":
+        out.setdefault("additionalProperties", False)
+    return out
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A short, model-readable list of what is wrong with the arguments."""
+    problems = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(part) for part in error["loc"]) or "arguments"
+        problems.append(f"{where}: {error['msg']}")
+    return "invalid arguments: " + "; ".join(problems)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def parse_arguments(raw: str) -> dict[str, Any]:
+    """Strict JSON object from a model's argument string; '' means no arguments."""
+    if len(raw) > MAX_ARGS_CHARS:
+        raise ToolError(f"arguments are too long ({len(raw)} characters)")
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise ToolError(f"arguments are not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ToolError("arguments must be a JSON object")
+    return value
+
+
+def canonical_json(args: BaseModel) -> str:
+    """The stable form of validated arguments: what is shown, stored and executed."""
+    return json.dumps(
+        args.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+
+
+def cap_text(text: str, limit: int = MAX_RESULT_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n[truncated: {len(text) - limit} more characters]"
+
+
+def _with_policy(tool: Tool[Any], settings: ToolsSettings) -> Tool[Any] | None:
+    policy = settings.policy(tool.name)
+    if policy.enabled is False:
+        return None
+    changes: dict[str, Any] = {}
+    if policy.roles is not None:
+        changes["roles"] = frozenset(policy.roles)
+    if policy.confirm is not None:
+        changes["confirm"] = policy.confirm
+    if policy.approver is not None:
+        changes["approver"] = policy.approver
+    return replace(tool, **changes) if changes else tool
+
+
+class Toolbox:
+    """The tools of this deployment, with the config's policy applied; fails closed."""
+
+    def __init__(
+        self,
+        tools: Iterable[Tool[Any]],
+        settings: ToolsSettings | None = None,
+        *,
+        max_result_chars: int = MAX_RESULT_CHARS,
+    ) -> None:
+        settings = settings or ToolsSettings()
+        self._tools: dict[str, Tool[Any]] = {}
+        self._specs: dict[str, dict[str, Any]] = {}
+        self._max_result_chars = max_result_chars
+        for declared in tools:
+            if not TOOL_NAME.match(declared.name):
+                raise ValueError(f"tool name {declared.name!r} must match {TOOL_NAME.pattern}")
+            if declared.name in self._tools:
+                raise ValueError(f"tool {declared.name!r} is declared twice")
+            tool = _with_policy(declared, settings)
+            if tool is not None:
+                self._tools[tool.name] = tool
+                self._specs[tool.name] = tool.spec()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._tools)
+
+    def get(self, name: str) -> Tool[Any] | None:
+        return self._tools.get(name)
+
+    def specs_for(self, role: Role, *, unattended: bool = False) -> list[dict[str, Any]]:
+        """OpenAI ``tools`` for this role; unattended turns are not offered confirm tools."""
+        return [
+            self._specs[tool.name]
+            for tool in self._tools.values()
+            if role in tool.roles and not (unattended and tool.confirm)
+        ]
+
+    def authorize(self, name: str, ctx: ToolContext) -> Tool[Any]:
+        """The tool if ctx's role may use it; otherwise audit-log and raise ToolRefusedError."""
+        tool = self._tools.get(name)
+        if tool is not None and ctx.role in tool.roles:
+            return tool
+        reason = "unknown_tool" if tool is None else "role"
+        log.warning(
+            "tool.refused",
+            tool=name[:64],
+            reason=reason,
+            actor=ctx.requester,
+            role=ctx.role,
+            room=ctx.room,
+        )
+        if tool is None:
+            raise ToolRefusedError(f"unknown tool {name[:64]!r}")
+        raise ToolRefusedError(NOT_ALLOWED)
+
+    def validate(self, name: str, raw_args: str) -> BaseModel:
+        """Parse and validate a model's argument string; ToolError says what is wrong."""
+        tool = self._tools.get(name)
+        if tool is None:
+            raise ToolError(f"unknown tool {name[:64]!r}")
+        data = parse_arguments(raw_args)
+        try:
+            args: BaseModel = tool.args.model_validate(data)
+        except ValidationError as exc:
+            raise ToolError(describe_validation_error(exc)) from None
+        return args
+
+    def needs_confirmation(self, tool: Tool[Any], args: BaseModel, ctx: ToolContext) -> bool:
+        """Decided from the tool and the policy only, never from what the model says."""
+        if tool.confirm or (ctx.tainted and tool.egress):
+            return True
+        if tool.confirm_when is None:
+            return False
+        try:
+            return bool(tool.confirm_when(args, ctx))
+        except Exception:
+            log.exception("tool.confirm_rule_failed", tool=tool.name)
+            return True
+
+    async def execute(
+        self, name: str, args: BaseModel, ctx: ToolContext, *, confirmed: bool = False
+    ) -> ToolResult:
+        """Run one call; every expected failure and every tool bug becomes a failed result.
+
+        ``confirmed`` is passed only by the confirmation handler after a human said yes.
+        """
+        try:
+            tool = self.authorize(name, ctx)
+        except ToolRefusedError as exc:
+            return ToolResult(str(exc), ok=False)
+        if not isinstance(args, tool.args):
+            return ToolResult("invalid arguments for this tool", ok=False)
+        if not confirmed and self.needs_confirmation(tool, args, ctx):
+            log.warning("tool.refused", tool=name, reason="unconfirmed", actor=ctx.requester)
+            return ToolResult("refused: this action needs a confirmation first", ok=False)
+        started = time.perf_counter()
+        result = await self._run(tool, args, ctx)
+        log.info(
+            "tool.done",
+            tool=name,
+            ok=result.ok,
+            ms=round((time.perf_counter() - started) * 1000),
+        )
+        return ToolResult(cap_text(result.text, self._max_result_chars), result.ok)
+
+    async def _run(self, tool: Tool[Any], args: BaseModel, ctx: ToolContext) -> ToolResult:
+        try:
+            async with asyncio.timeout(tool.timeout_s):
+                text = await tool.run(args, ctx)
+        except TimeoutError:
+            log.warning("tool.timeout", tool=tool.name, timeout_s=tool.timeout_s)
+            return ToolResult(f"the tool timed out after {tool.timeout_s:g} s", ok=False)
+        except ToolError as exc:
+            return ToolResult(str(exc) or GENERIC_FAILURE, ok=False)
+        except ValidationError as exc:
+            return ToolResult(describe_validation_error(exc), ok=False)
+        except Exception:
+            log.exception("tool.crashed", tool=tool.name)
+            return ToolResult(GENERIC_FAILURE, ok=False)
+        return ToolResult(text)

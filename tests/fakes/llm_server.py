@@ -1,0 +1,240 @@
+"""A scripted OpenAI-compatible chat server on 127.0.0.1 that records every request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+DEFAULT_REPLY = "ok"
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the fake received, as it came over the wire."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    raw: str
+    body: Any
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return list(self.body.get("messages", [])) if isinstance(self.body, dict) else []
+
+    @property
+    def tools(self) -> list[dict[str, Any]] | None:
+        """The ``tools`` the client offered; None when the key was absent."""
+        if not isinstance(self.body, dict) or "tools" not in self.body:
+            return None
+        return list(self.body["tools"])
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [tool["function"]["name"] for tool in self.tools or []]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+def _completion(message: dict[str, Any], finish_reason: str | None) -> str:
+    return json.dumps(
+        {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 1_780_000_000,
+            "model": "fake-model",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    )
+
+
+def _tool_call(name: str, args: Mapping[str, Any] | str, call_id: str | None) -> dict[str, Any]:
+    arguments = args if isinstance(args, str) else json.dumps(dict(args))
+    call: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": arguments}}
+    if call_id is not None:
+        call["id"] = call_id
+    return call
+
+
+class FakeLLM:
+    """Answers POST /v1/chat/completions (and /api/chat/completions) from a script.
+
+    Each request takes the next scripted answer; an empty script answers ``default``.
+    """
+
+    def __init__(self, api_key: str | None = None) -> None:
+        self.api_key = api_key
+        self.default = DEFAULT_REPLY
+        self.requests: list[RecordedRequest] = []
+        self._script: deque[_Answer] = deque()
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+        self._closing = asyncio.Event()
+        self._arrived = asyncio.Condition()
+        self._auto_id = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> FakeLLM:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/api/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._port = self._runner.addresses[0][1]
+        return self
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeLLM:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def refuse_connections(self) -> None:
+        """Stop listening, so the next request meets a closed port."""
+        await self.close()
+
+    @property
+    def server_url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.server_url}/v1"
+
+    # -- script ----------------------------------------------------------------------
+
+    def reply(self, text: str | None, *, finish_reason: str = "stop") -> None:
+        message = {"role": "assistant", "content": text}
+        self._push(200, _completion(message, finish_reason))
+
+    def call(self, name: str, args: Mapping[str, Any] | str, id: str | None = None) -> None:
+        self.calls([(name, args, id)])
+
+    def calls(
+        self,
+        calls: Iterable[tuple[str, Mapping[str, Any] | str, str | None]],
+        *,
+        text: str | None = None,
+        auto_ids: bool = True,
+    ) -> None:
+        """One answer with several tool calls; missing ids are generated unless auto_ids=False."""
+        items = []
+        for name, args, given_id in calls:
+            call_id = given_id
+            if call_id is None and auto_ids:
+                self._auto_id += 1
+                call_id = f"call_fake_{self._auto_id}"
+            items.append(_tool_call(name, args, call_id))
+        message = {"role": "assistant", "content": text, "tool_calls": items}
+        self._push(200, _completion(message, "tool_calls"))
+
+    def raw(
+        self, status: int, body: str | Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> None:
+        text = body if isinstance(body, str) else json.dumps(dict(body))
+        content_type = "application/json" if not isinstance(body, str) else "text/html"
+        merged = {"Content-Type": content_type, **(headers or {})}
+        self._script.append(_Answer(status, text, merged))
+
+    def hang(self, seconds: float) -> None:
+        """The next request gets no answer for ``seconds`` (or until the fake closes)."""
+        self._script.append(_Answer(200, _completion(_text(self.default), "stop"), delay_s=seconds))
+
+    def _push(self, status: int, body: str) -> None:
+        self._script.append(_Answer(status, body, {"Content-Type": "application/json"}))
+
+    @property
+    def pending_script(self) -> int:
+        return len(self._script)
+
+    # -- observation -----------------------------------------------------------------
+
+    async def wait_for_requests(
+        self,
+        count: int,
+        timeout: float = 5.0,  # noqa: ASYNC109 - a fake's wait always carries its deadline
+    ) -> list[RecordedRequest]:
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.requests) >= count)
+        return self.requests
+
+    def all_sent_text(self) -> str:
+        """Every request body as received, for scanning for secrets."""
+        return "\n".join(request.raw for request in self.requests)
+
+    # -- handlers --------------------------------------------------------------------
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        answer = self._script.popleft() if self._script else None
+        if answer is None:
+            return _json_response(200, _completion(_text(self.default), "stop"))
+        if answer.delay_s:
+            try:
+                async with asyncio.timeout(answer.delay_s):
+                    await self._closing.wait()
+            except TimeoutError:
+                pass
+        return web.Response(status=answer.status, text=answer.body, headers=dict(answer.headers))
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        body = {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
+        return _json_response(200, json.dumps(body))
+
+    async def _record(self, request: web.Request) -> None:
+        raw = await request.text()
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        recorded = RecordedRequest(request.method, request.path, dict(request.headers), raw, body)
+        async with self._arrived:
+            self.requests.append(recorded)
+            self._arrived.notify_all()
+
+
+def _text(content: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": content}
+
+
+def _json_response(status: int, body: str) -> web.Response:
+    return web.Response(status=status, text=body, content_type="application/json")
+
+
+def closed_port_url() -> str:
+    """A loopback URL on a port nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
