@@ -10,7 +10,6 @@ from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, sign
 from tests.harness import SECRET, Daemon, create_event, dm_event, php_json, signed_headers
 from tests.talk.fixtures import all_webhooks
 
-pytestmark = pytest.mark.asyncio
 
 
 async def test_dm_message_gets_exactly_one_signed_reply(daemon: Daemon) -> None:

@@ -65,18 +65,23 @@ class TurnState:
     def from_json(cls, text: str) -> TurnState:
         """Raises ValueError when the text is not a state this version wrote."""
         try:
-            data = json.loads(text)
-            if data["v"] != STATE_VERSION or not all(isinstance(m, dict) for m in data["messages"]):
-                raise ValueError("unsupported turn state")
-            return cls(
-                messages=tuple(data["messages"]),
-                rounds=int(data["rounds"]),
-                tainted=bool(data["tainted"]),
-                tools_used=tuple(str(name) for name in data["tools_used"]),
-                pending=tuple(PendingCall(**call) for call in data["pending"]),
-            )
-        except (KeyError, TypeError) as exc:
+            return cls._from_dict(json.loads(text))
+        except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"not a turn state: {exc}") from None
+
+    @classmethod
+    def _from_dict(cls, data: Any) -> TurnState:
+        if data["v"] != STATE_VERSION:
+            raise ValueError(f"version {data['v']!r} is not {STATE_VERSION}")
+        if not all(isinstance(message, dict) for message in data["messages"]):
+            raise ValueError("messages must be objects")
+        return cls(
+            messages=tuple(data["messages"]),
+            rounds=int(data["rounds"]),
+            tainted=bool(data["tainted"]),
+            tools_used=tuple(str(name) for name in data["tools_used"]),
+            pending=tuple(PendingCall(**call) for call in data["pending"]),
+        )
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,11 @@ class FakeLLM:
         self._closing = asyncio.Event()
         self._arrived = asyncio.Condition()
         self._auto_id = 0
+        # Unscripted answers: echo the last message back, after latency_s (load tests).
+        self.echo = False
+        self.latency_s = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -195,10 +200,23 @@ class FakeLLM:
     # -- handlers --------------------------------------------------------------------
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        await self._record(request)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        recorded = await self._record(request)
         answer = self._script.popleft() if self._script else None
         if answer is None:
-            return _json_response(200, _completion(_text(self.default), "stop"))
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            text = self.default
+            if self.echo and recorded.messages:
+                text = str(recorded.messages[-1].get("content", ""))
+            return _json_response(200, _completion(_text(text), "stop"))
         if answer.delay_s:
             try:
                 async with asyncio.timeout(answer.delay_s):
@@ -212,7 +230,7 @@ class FakeLLM:
         body = {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
         return _json_response(200, json.dumps(body))
 
-    async def _record(self, request: web.Request) -> None:
+    async def _record(self, request: web.Request) -> RecordedRequest:
         raw = await request.text()
         try:
             body: Any = json.loads(raw) if raw else None
@@ -222,6 +240,7 @@ class FakeLLM:
         async with self._arrived:
             self.requests.append(recorded)
             self._arrived.notify_all()
+        return recorded
 
 
 def _text(content: str) -> dict[str, Any]:

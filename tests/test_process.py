@@ -1,0 +1,152 @@
+"""The real `talkbot serve` process: kill -9 after the 200, SIGTERM mid-turn (R08, R09, W04)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import tomllib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.fakes.llm_server import FakeLLM
+from tests.fakes.talk_server import FakeTalk
+from tests.harness import base_config, dm_event, free_port, php_json, signed_headers
+
+STARTUP_TIMEOUT_S = 20.0
+
+
+def write_toml(path: Path, data: dict[str, Any]) -> None:
+    lines: list[str] = []
+    _write_tables(lines, "", data)
+    path.write_text("\n".join(lines) + "\n")
+    assert tomllib.loads(path.read_text()) == data  # the test's own guard
+
+
+def _write_tables(lines: list[str], prefix: str, table: dict[str, Any]) -> None:
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    if prefix:
+        lines.append(f"[{prefix}]")
+    lines.extend(f"{key} = {_toml_value(value)}" for key, value in scalars.items())
+    for key, value in table.items():
+        if isinstance(value, dict):
+            _write_tables(lines, f"{prefix}.{key}" if prefix else key, value)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Process:
+    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
+        self.proc = proc
+        self.url = url
+
+    async def post(self, body: bytes) -> int:
+        async with aiohttp.ClientSession() as session, session.post(
+            f"{self.url}/webhook", data=body, headers=signed_headers(body)
+        ) as resp:
+            return resp.status
+
+
+@asynccontextmanager
+async def serve(config: Path) -> AsyncIterator[Process]:
+    data = tomllib.loads(config.read_text())
+    url = f"http://127.0.0.1:{data['server']['port']}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "serve", "--config", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
+    )
+    try:
+        await _wait_healthy(url, proc)
+        yield Process(proc, url)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _wait_healthy(url: str, proc: asyncio.subprocess.Process) -> None:
+    deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT_S
+    async with aiohttp.ClientSession() as session:
+        while asyncio.get_running_loop().time() < deadline:
+            if proc.returncode is not None:
+                stderr = await proc.stderr.read() if proc.stderr else b""
+                raise AssertionError(f"talkbot exited early: {stderr.decode()}")
+            try:
+                async with session.get(f"{url}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("talkbot did not become ready")
+
+
+def make_config(tmp_path: Path, talk: FakeTalk, llm: FakeLLM) -> Path:
+    config = tmp_path / "talkbot.toml"
+    data = base_config(tmp_path, talk, llm, port=free_port())
+    data["llm"]["timeout_s"] = 30
+    write_toml(config, data)
+    return config
+
+
+async def test_r09_kill_9_after_the_200_still_answers_exactly_once(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM
+) -> None:
+    config = make_config(tmp_path, talk, llm)
+    body = php_json(dm_event("please answer this even if you crash", message_id=500))
+    llm.hang(30)  # the first process is mid-turn when it dies
+    async with serve(config) as first:
+        assert await first.post(body) == 200
+        await llm.wait_for_requests(1)
+        first.proc.send_signal(signal.SIGKILL)
+        await first.proc.wait()
+    assert talk.messages == []
+    llm.reply("answered after the restart")
+    async with serve(config) as second:
+        await talk.wait_for_messages(1, timeout=15)
+        assert await second.post(body) == 200  # W04: the replay is acknowledged, not answered
+        await asyncio.sleep(0)  # let a (wrong) second turn start if it were going to
+    assert talk.texts() == ["answered after the restart"]
+
+
+async def test_r08_sigterm_mid_turn_finishes_the_turn_and_exits_0(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM
+) -> None:
+    config = make_config(tmp_path, talk, llm)
+    llm.hang(1.0)
+    async with serve(config) as daemon:
+        assert await daemon.post(php_json(dm_event("slow one", message_id=600))) == 200
+        await llm.wait_for_requests(1)
+        daemon.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(daemon.proc.wait(), timeout=20)
+    assert code == 0
+    assert len(talk.messages) == 1
+
+
+async def test_bad_config_is_one_line_naming_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[nextcloud]\nurl = "https://cloud.example.com"\nbot_secret = "short"\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "serve", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await proc.communicate()
+    assert proc.returncode == 78
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1
+    assert "nextcloud.bot_secret" in lines[0]
+    assert "Traceback" not in err.decode()
