@@ -190,34 +190,41 @@ class WebSearchSettings(ToolPolicy):
     searxng_url: str = ""
     max_results: int = Field(default=5, ge=1, le=20)
 
+    @field_validator("searxng_url")
+    @classmethod
+    def _url_is_http(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be empty or start with http:// or https://")
+        return value
+
 
 class HttpFetchSettings(ToolPolicy):
     max_bytes: int = Field(default=2_000_000, ge=1)
     max_chars: int = Field(default=20_000, ge=100)
     timeout_s: float = Field(default=15, gt=0)
+    # Ports http_fetch may connect to; addresses must be public whatever the port.
+    ports: tuple[int, ...] = Field(default=(80, 443), min_length=1)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports_in_range(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 1 <= port <= 65535 for port in value):  # noqa: PLR2004 - TCP port range
+            raise ValueError("ports must be between 1 and 65535")
+        return value
 
 
 class ToolsSettings(BaseModel):
     """``[tools]``: family settings by name, any other table is a per-tool policy."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
+    # Any other [tools.<name>] table is that tool's policy, validated as one.
+    __pydantic_extra__: dict[str, ToolPolicy] = Field(init=False)
 
     files: FilesToolSettings = FilesToolSettings()
     web_search: WebSearchSettings = WebSearchSettings()
     http_fetch: HttpFetchSettings = HttpFetchSettings()
     # Python modules exporting make_tools(deps) -> list[Tool], for a deployment's own tools.
     modules: tuple[str, ...] = ()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _extras_are_policies(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        known = set(cls.model_fields)
-        return {
-            key: value if key in known else ToolPolicy.model_validate(value)
-            for key, value in data.items()
-        }
 
     def policy(self, tool_name: str) -> ToolPolicy:
         if tool_name in type(self).model_fields:

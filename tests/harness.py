@@ -39,7 +39,7 @@ def actor(uid: str, name: str | None = None, participant_type: str | None = "3")
     data: dict[str, Any] = {
         "type": "Person",
         "id": uid if "/" in uid else f"users/{uid}",
-        "name": name if name is not None else uid.split("/")[-1].title(),
+        "name": name if name is not None else uid.rsplit("/", maxsplit=1)[-1].title(),
     }
     if participant_type is not None:
         data["talkParticipantType"] = participant_type
@@ -75,7 +75,7 @@ def create_event(
 
 
 def dm_event(text: str, *, sender: str = "alice", other: str = "bob", **kw: Any) -> dict[str, Any]:
-    names = sorted([sender.split("/")[-1], other])
+    names = sorted([sender.rsplit("/", maxsplit=1)[-1], other])
     return create_event(text, sender=sender, room=ONE2ONE, room_name=json.dumps(names), **kw)
 
 

@@ -11,7 +11,6 @@ from tests.harness import SECRET, Daemon, create_event, dm_event, php_json, sign
 from tests.talk.fixtures import all_webhooks
 
 
-
 async def test_dm_message_gets_exactly_one_signed_reply(daemon: Daemon) -> None:
     daemon.llm.reply("Hello Alice!")
     texts = await daemon.say(dm_event("hi there"))

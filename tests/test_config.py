@@ -1,0 +1,153 @@
+"""Config: TOML, TALKBOT_* overrides, *_file secrets, and every bad field named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import load_settings, settings_from_mapping
+from bot.errors import ConfigError
+
+SECRET = "x" * 48
+MINIMAL = f'[nextcloud]\nurl = "https://cloud.example.com/"\nbot_secret = "{SECRET}"\n'
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "talkbot.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL), {})
+    assert settings.nextcloud.url == "https://cloud.example.com"
+    assert settings.server.host == "127.0.0.1"  # W15: loopback by default
+    assert settings.server.port == 8585
+    assert settings.server.webhook_url() == "http://127.0.0.1:8585/webhook"
+    assert settings.llm.max_rounds == 8
+    assert settings.access.guest_role == "none"
+    assert settings.confirm.yes_words == ("yes", "y", "confirm", "ok")
+
+
+def test_env_overrides_parse_as_toml_values(tmp_path: Path) -> None:
+    env = {
+        "TALKBOT_LLM__MAX_ROUNDS": "3",
+        "TALKBOT_ACCESS__ADMINS": '["alice", "bob"]',
+        "TALKBOT_CHAT__PERSONA": "plain words, not TOML",
+        "TALKBOT_TOOLS__FILES__ROOT": "/srv/x",
+        "UNRELATED": "1",
+    }
+    settings = load_settings(write(tmp_path, MINIMAL), env)
+    assert settings.llm.max_rounds == 3
+    assert settings.access.admins == ("alice", "bob")
+    assert settings.chat.persona == "plain words, not TOML"
+    assert str(settings.tools.files.root) == "/srv/x"
+
+
+def test_secret_from_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "bot_secret"
+    secret_file.write_text("f" * 64 + "\n")
+    text = f'[nextcloud]\nurl = "https://c.example"\nbot_secret_file = "{secret_file}"\n'
+    settings = load_settings(write(tmp_path, text), {})
+    assert settings.nextcloud.bot_secret.get_secret_value() == "f" * 64
+
+
+def test_unreadable_secret_file_names_the_field(tmp_path: Path) -> None:
+    text = '[nextcloud]\nurl = "https://c.example"\nbot_secret_file = "/nonexistent/secret"\n'
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), {})
+    fields = [field for field, _ in info.value.problems]
+    assert "nextcloud.bot_secret_file" in fields
+
+
+def test_every_bad_field_is_named_together() -> None:
+    raw = {
+        "nextcloud": {"url": "cloud.example.com", "bot_secret": "short"},
+        "llm": {"flavor": "anthropic", "max_rounds": 0},
+        "chat": {"timezone": "Mars/Olympus"},
+        "access": {"admin_room": "Not A Token"},
+        "typo_section": {},
+        "schedules": [{"id": "a", "room": "abcd", "cron": "0 9 * *", "message": "m"}],
+    }
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(raw, {})
+    fields = {field for field, _ in info.value.problems}
+    assert fields >= {
+        "nextcloud.url",
+        "nextcloud.bot_secret",
+        "llm.flavor",
+        "llm.max_rounds",
+        "chat.timezone",
+        "access.admin_room",
+        "typo_section",
+        "schedules[0].cron",
+    }
+    assert info.value.one_line().startswith("invalid config: ")
+    assert SECRET not in str(info.value)
+
+
+def test_secret_values_never_appear_in_errors() -> None:
+    raw = {"nextcloud": {"url": "ftp://x", "bot_secret": "s" * 200}}
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(raw, {})
+    assert "s" * 50 not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "reason"),
+    [
+        ({"every": "30m", "cron": "* * * * *", "message": "m"}, "exactly one of cron"),
+        ({"every": "30m"}, "exactly one of message or prompt"),
+        ({"every": "0s", "message": "m"}, "like 90s"),
+        ({"every": "soon", "message": "m"}, "like 90s"),
+        ({"at": "tomorrow", "message": "m"}, "ISO date-time"),
+        ({"every": "1h", "message": "m", "timezone": "Nowhere/City"}, "IANA"),
+    ],
+)
+def test_bad_schedules_are_explained(schedule: dict[str, str], reason: str) -> None:
+    raw = {
+        "nextcloud": {"url": "https://x", "bot_secret": SECRET},
+        "schedules": [{"id": "s1", "room": "abcd", **schedule}],
+    }
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(raw, {})
+    assert reason in str(info.value)
+
+
+def test_duplicate_schedule_ids_are_refused() -> None:
+    job = {"id": "same", "room": "abcd", "every": "1h", "message": "m"}
+    raw = {"nextcloud": {"url": "https://x", "bot_secret": SECRET}, "schedules": [job, job]}
+    with pytest.raises(ConfigError, match="used twice"):
+        settings_from_mapping(raw, {})
+
+
+def test_per_tool_policy_tables() -> None:
+    raw = {
+        "nextcloud": {"url": "https://x", "bot_secret": SECRET},
+        "tools": {
+            "file_write": {"roles": ["admin"], "approver": "either"},
+            "files": {"root": "/srv/f", "confirm": True},
+        },
+    }
+    tools = settings_from_mapping(raw, {}).tools
+    assert tools.policy("file_write").approver == "either"
+    assert tools.policy("files").confirm is True
+    assert tools.policy("unknown_tool").roles is None
+
+
+def test_bad_tool_policy_is_named() -> None:
+    raw = {
+        "nextcloud": {"url": "https://x", "bot_secret": SECRET},
+        "tools": {"file_write": {"roles": ["superuser"]}},
+    }
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(raw, {})
+    assert info.value.problems[0][0] == "tools.file_write.roles[0]"
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "absent.toml", {})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[server\nport = 1"), {})
