@@ -140,7 +140,12 @@ async def build_parts(
         on_overflow=busy,
     )
     webhook = WebhookReceiver(
-        settings.server, lambda: secret, store, dispatcher, runtime.metrics, clock
+        settings=settings.server,
+        secret=lambda: secret,
+        store=store,
+        dispatcher=dispatcher,
+        metrics=runtime.metrics,
+        clock=clock,
     )
     return Parts(
         store=store,

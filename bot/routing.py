@@ -69,29 +69,38 @@ def classify(
     pending: tuple[PendingRef, ...] = (),
 ) -> Route:
     """Decide what to do with one event; no I/O, table-tested."""
+    if event.type != "Create" or event.message is None:
+        return _not_a_message(event, role, pending)
+    if role == "none":
+        return _ignore("no role")
+    text = event.message.text.strip()
+    if command := _command(text, policy.access.command_prefix):
+        return _route_command(event, role, policy, *command)
+    if pending and (answer := _pending_answer(event, text, policy.confirm, pending)):
+        return answer
+    if not _is_addressed(event, text, policy, room_mode):
+        return _ignore("not addressed to the bot")
+    return Route(RouteKind.CHAT)
+
+
+def _not_a_message(event: Event, role: Role, pending: tuple[PendingRef, ...]) -> Route:
     if event.type in ("Join", "Leave"):
         return Route(RouteKind.MEMBERSHIP)
     if event.type in ("Like", "Undo"):
         return Route(RouteKind.REACTION) if pending else _ignore("reaction")
     if event.type == "Activity":
         return _activity(event, role)
-    if event.type != "Create" or event.message is None:
-        return _ignore(f"event type {event.type}")
-    if role == "none":
-        return _ignore("no role")
-    text = event.message.text.strip()
-    if command := _command(text, policy.access.command_prefix):
-        return _route_command(event, role, policy, *command)
-    if pending:
-        answer = _confirmation_answer(event, text, policy.confirm, pending)
-        if answer is not None:
-            return answer
-        if _is_requester(event, pending):
-            # Anything else from the requester ends the wait and is a new turn (§5).
-            return Route(RouteKind.CHAT, cancels_pending=True)
-    if not _is_addressed(event, text, policy, room_mode):
-        return _ignore("not addressed to the bot")
-    return Route(RouteKind.CHAT)
+    return _ignore(f"event type {event.type}")
+
+
+def _pending_answer(
+    event: Event, text: str, confirm: ConfirmSettings, pending: tuple[PendingRef, ...]
+) -> Route | None:
+    answer = _confirmation_answer(event, text, confirm, pending)
+    if answer is None and _is_requester(event, pending):
+        # Anything else from the requester ends the wait and is a new turn (§5).
+        return Route(RouteKind.CHAT, cancels_pending=True)
+    return answer
 
 
 def _ignore(reason: str) -> Route:

@@ -33,6 +33,7 @@ class WebhookReceiver:
 
     def __init__(
         self,
+        *,
         settings: ServerSettings,
         secret: Callable[[], str],
         store: Store,
@@ -55,23 +56,10 @@ class WebhookReceiver:
         return web.Response(status=status)
 
     async def _receive(self, request: web.Request) -> tuple[int, str]:
-        if not self._source_allowed(request.remote):
-            log.warning("webhook.source_refused", remote=request.remote)
-            return 403, "unknown"
-        try:
-            body = await self._read_body(request)
-        except BodyTooLargeError:
-            log.warning("webhook.too_large", length=request.content_length)
-            return 413, "unknown"
-        except TimeoutError:
-            log.warning("webhook.body_timeout")
-            return 408, "unknown"
-        random = request.headers.get(RANDOM_HEADER)
-        signature = request.headers.get(SIGNATURE_HEADER)
-        if not verify_webhook(self._secret(), random, body, signature):
-            log.warning("webhook.bad_signature", remote=request.remote)
-            return 401, "unknown"
-        assert random is not None  # noqa: S101 - verify_webhook refuses a missing random
+        admitted = await self._admit(request)
+        if isinstance(admitted, int):
+            return admitted, "unknown"
+        body, random = admitted
         try:
             event = parse_event(body)
         except EventParseError as exc:
@@ -90,18 +78,38 @@ class WebhookReceiver:
         )
         if item_id is None:
             log.info("webhook.duplicate", room=event.room.token, type=event.type)
-            return 200, event.type
-        self._dispatcher.submit(
-            InboxItem(
-                id=item_id,
-                room=event.room.token,
-                kind=event.type,
-                body=body,
-                received_at=self.last_webhook_at,
-                attempts=0,
+        else:
+            self._dispatcher.submit(
+                InboxItem(
+                    id=item_id,
+                    room=event.room.token,
+                    kind=event.type,
+                    body=body,
+                    received_at=self.last_webhook_at,
+                    attempts=0,
+                )
             )
-        )
         return 200, event.type
+
+    async def _admit(self, request: web.Request) -> tuple[bytes, str] | int:
+        """The verified raw body and its random, or the status that refuses it."""
+        if not self._source_allowed(request.remote):
+            log.warning("webhook.source_refused", remote=request.remote)
+            return 403
+        try:
+            body = await self._read_body(request)
+        except BodyTooLargeError:
+            log.warning("webhook.too_large", length=request.content_length)
+            return 413
+        except TimeoutError:
+            log.warning("webhook.body_timeout")
+            return 408
+        random = request.headers.get(RANDOM_HEADER)
+        signature = request.headers.get(SIGNATURE_HEADER)
+        if random is None or not verify_webhook(self._secret(), random, body, signature):
+            log.warning("webhook.bad_signature", remote=request.remote)
+            return 401
+        return body, random
 
     def _source_allowed(self, remote: str | None) -> bool:
         if not self._sources:

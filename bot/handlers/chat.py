@@ -23,7 +23,7 @@ from bot.config import ChatSettings, LLMSettings, Role
 from bot.errors import TalkError
 from bot.metrics import Metrics
 from bot.talk.events import Event
-from bot.tools import ToolContext, Toolbox
+from bot.tools import Toolbox, ToolContext
 
 log = structlog.get_logger(__name__)
 
