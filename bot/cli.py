@@ -95,14 +95,18 @@ def _serve(args: argparse.Namespace) -> int:
         [settings.nextcloud.bot_secret.get_secret_value(), settings.llm.api_key.get_secret_value()]
     )
     configure_logging(redactor=redactor, ring=ring, debug=args.debug)
+    path = _config_path(args)
     try:
-        return asyncio.run(_run_daemon(settings, ring, redactor))
+        return asyncio.run(_run_daemon(settings, ring, redactor, path))
     except TalkbotError as exc:
         return _fail(str(exc))
 
 
-async def _run_daemon(settings: Settings, ring: LogRing, redactor: Redactor) -> int:
+async def _run_daemon(
+    settings: Settings, ring: LogRing, redactor: Redactor, config_path: Path
+) -> int:
     runtime = new_runtime(settings, ring=ring, redactor=redactor)
+    runtime.load_settings = lambda: load_settings(config_path)
     app = build_app(runtime)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

@@ -1,0 +1,225 @@
+"""Admin commands: parsed without the model, one small function each, answered as Markdown."""
+
+from __future__ import annotations
+
+import difflib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from bot import __version__
+from bot.access import Access, parse_role
+from bot.config import Role
+from bot.logs import LogRing
+from bot.routing import Route
+from bot.store import Store
+from bot.talk.events import Event
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_LOG_LINES = 20
+MAX_LOG_LINES = 200
+LOG_LINE_CHARS = 300
+
+Say = Callable[[Event, str], Awaitable[None]]
+# A command: (event, args) -> the Markdown answer.
+Command = Callable[[Event, str], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    usage: str
+    summary: str
+    run: Command
+
+
+@dataclass
+class AdminDeps:
+    store: Store
+    access: Access
+    ring: LogRing
+    say: Say
+    status: Callable[[], Awaitable[dict[str, Any]]]
+    reload: Callable[[], Awaitable[str]]
+    prefix: Callable[[], str]
+    # Commands other features contribute (confirmations: pending/approve/cancel/restart;
+    # schedules: jobs/job), registered by app.py with ``add``.
+    extra: dict[str, CommandSpec] = field(default_factory=dict)
+
+
+class AdminCommands:
+    """The admin room's commands; routing already checked the room and the role."""
+
+    def __init__(self, deps: AdminDeps) -> None:
+        self._deps = deps
+        self._commands: dict[str, CommandSpec] = {
+            "help": CommandSpec("help [COMMAND]", "every command, or one in detail", self._help),
+            "status": CommandSpec("status", "health, model, rooms, backlog", self._status),
+            "roles": CommandSpec("roles", "who has which role", self._roles),
+            "role": CommandSpec(
+                "role UID none|guest|user|admin|default", "set or clear a role", self._role
+            ),
+            "logs": CommandSpec(
+                "logs [N]",
+                f"the last N log lines (default {DEFAULT_LOG_LINES}, max "
+                f"{MAX_LOG_LINES}), redacted",
+                self._logs,
+            ),
+            "reload": CommandSpec("reload", "re-read the config file", self._reload),
+            "rooms": CommandSpec("rooms", "rooms the bot is in", self._rooms),
+        }
+
+    def add(self, name: str, spec: CommandSpec) -> None:
+        self._commands[name] = spec
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted(self._commands))
+
+    async def handle(self, event: Event, _role: Role, route: Route) -> None:
+        spec = self._commands.get(route.command)
+        if spec is None:
+            answer = self._unknown(route.command)
+        else:
+            log.info("admin.command", command=route.command, actor=event.actor.id)
+            answer = await spec.run(event, route.args)
+        await self._deps.say(event, answer)
+
+    def _unknown(self, name: str) -> str:
+        prefix = self._deps.prefix()
+        close = difflib.get_close_matches(name, self._commands, n=1)
+        hint = f" Did you mean `{prefix}{close[0]}`?" if close else ""
+        return f"Unknown command `{prefix}{name}`.{hint} `{prefix}help` lists them all."
+
+    async def _help(self, _event: Event, args: str) -> str:
+        prefix = self._deps.prefix()
+        wanted = args.strip().lstrip(prefix).lower()
+        if wanted:
+            spec = self._commands.get(wanted)
+            if spec is None:
+                return self._unknown(wanted)
+            return f"`{prefix}{spec.usage}` — {spec.summary}"
+        lines = ["**Admin commands**"]
+        lines += [
+            f"- `{prefix}{self._commands[name].usage}` — {self._commands[name].summary}"
+            for name in self.names
+        ]
+        return "\n".join(lines)
+
+    async def _status(self, _event: Event, _args: str) -> str:
+        facts = await self._deps.status()
+        lines = [f"**talkbot {__version__}**"]
+        lines += [f"- {key}: {_show(value)}" for key, value in facts.items()]
+        return "\n".join(lines)
+
+    async def _roles(self, _event: Event, _args: str) -> str:
+        settings = self._deps.access.settings
+        overrides = await self._deps.store.role_overrides()
+        lines = ["**Roles**", f"- admins (config): {_names(settings.admins)}"]
+        users = _names(settings.users) if settings.users else "everyone with an account"
+        lines.append(f"- users (config): {users}")
+        lines.append(f"- guests, e-mail guests, federated users: {settings.guest_role}")
+        if overrides:
+            lines.append("- set in chat:")
+            lines += [
+                f"  - {uid}: {o.role} (by {o.set_by}, {_when(o.set_at)})"
+                for uid, o in sorted(overrides.items())
+            ]
+        return "\n".join(lines)
+
+    async def _role(self, event: Event, args: str) -> str:
+        prefix = self._deps.prefix()
+        parts = args.split()
+        if len(parts) != 2:  # noqa: PLR2004 - UID and ROLE
+            return f"Usage: `{prefix}role UID none|guest|user|admin|default`"
+        uid, wanted = parts[0].removeprefix("users/"), parts[1].lower()
+        access = self._deps.access
+        if access.is_config_admin(uid):
+            return f"{uid} is an admin in the config file; change it there, not in chat."
+        if wanted == "default":
+            removed = await self._deps.store.remove_role_override(uid)
+            access.set_override(uid, None)
+            await self._audit(event, uid, "default")
+            current = access.user_role(uid)
+            return (
+                f"{uid} is back to the config's role ({current})."
+                if removed
+                else (f"{uid} had no role set in chat; their role is {current}.")
+            )
+        role = parse_role(wanted)
+        if role is None:
+            return f"Unknown role `{wanted}`: use none, guest, user, admin or default."
+        await self._deps.store.set_role_override(uid, role, set_by=event.actor.id)
+        access.set_override(uid, role)
+        await self._audit(event, uid, role)
+        return f"{uid} now has the role **{role}**."
+
+    async def _audit(self, event: Event, uid: str, role: str) -> None:
+        await self._deps.store.audit(
+            actor=event.actor.id,
+            room=event.room.token,
+            action="role.set",
+            outcome=role,
+            detail=uid,
+        )
+        log.info("admin.role_set", uid=uid, role=role, by=event.actor.id)
+
+    async def _logs(self, _event: Event, args: str) -> str:
+        try:
+            count = int(args) if args.strip() else DEFAULT_LOG_LINES
+        except ValueError:
+            return f"Usage: `{self._deps.prefix()}logs [N]` with N a number."
+        count = max(1, min(count, MAX_LOG_LINES))
+        lines = [_short(line) for line in self._deps.ring.tail(count)]
+        if not lines:
+            return "No log lines yet."
+        body = "\n".join(line.replace("```", "'''") for line in lines)
+        return f"Last {len(lines)} log lines:\n```\n{body}\n```"
+
+    async def _reload(self, _event: Event, _args: str) -> str:
+        return await self._deps.reload()
+
+    async def _rooms(self, _event: Event, _args: str) -> str:
+        rooms = await self._deps.store.list_rooms()
+        if not rooms:
+            return "I don't know any rooms yet (they appear when I'm added or spoken to)."
+        lines = ["**Rooms**"]
+        for room in rooms:
+            kind = "one-to-one" if room.one_to_one else "group"
+            mode = room.mode or "default"
+            state = "" if room.joined else " — bot removed"
+            lines.append(
+                f"- `{room.token}` {room.name or '(no name)'}: {kind}, answers {mode}{state}"
+            )
+        return "\n".join(lines)
+
+
+def _names(values: tuple[str, ...]) -> str:
+    return ", ".join(values) if values else "(none)"
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _short(line: str) -> str:
+    return line if len(line) <= LOG_LINE_CHARS else line[:LOG_LINE_CHARS] + "…"
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and value > 1e9:  # noqa: PLR2004 - an epoch timestamp
+        return _when(value)
+    return str(value)
+
+
+def uptime_text(started_at: float, now: float | None = None) -> str:
+    seconds = int((now if now is not None else time.time()) - started_at)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d {hours}h {rest // 60}m"
