@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,11 +18,13 @@ from bot.agent.llm import LLM
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.dispatch import Dispatcher
+from bot.errors import ConfigError
 from bot.handlers import EventHandler
+from bot.handlers.admin import AdminCommands, AdminDeps, uptime_text
 from bot.handlers.chat import ChatDeps, ChatHandler, Poster
 from bot.logs import LogRing, Redactor
 from bot.metrics import CONTENT_TYPE, Metrics
-from bot.routing import RoutingPolicy
+from bot.routing import RouteKind, RoutingPolicy
 from bot.store import InboxItem, Store
 from bot.talk.client import TalkClient
 from bot.talk.events import bot_actor_id, parse_event
@@ -49,6 +51,10 @@ class Runtime:
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int = 0
     parts: Parts | None = None
+    # How !reload reads the config again (the CLI sets it to re-read the file).
+    load_settings: Callable[[], Settings] | None = None
+    # Called with the new settings after a successful reload, by parts that keep state.
+    reload_hooks: list[Callable[[Settings], Awaitable[None]]] = field(default_factory=list)
 
     def request_stop(self, exit_code: int = 0) -> None:
         self.exit_code = exit_code
@@ -75,9 +81,21 @@ class Parts:
     handler: EventHandler
     dispatcher: Dispatcher
     webhook: WebhookReceiver
+    admin: AdminCommands | None = None
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
+# Sections a running process cannot change in place.
+RESTART_SECTIONS = ("server", "nextcloud", "storage")
+
+
+def routing_policy(settings: Settings) -> RoutingPolicy:
+    return RoutingPolicy(
+        access=settings.access,
+        chat=settings.chat,
+        confirm=settings.confirm,
+        bot_actor_id=bot_actor_id(settings.server.webhook_url()),
+    )
 
 
 def build_tools(settings: Settings) -> list[Tool[Any]]:
@@ -109,16 +127,10 @@ async def build_parts(
             llm_settings=settings.llm,
         )
     )
-    policy = RoutingPolicy(
-        access=settings.access,
-        chat=settings.chat,
-        confirm=settings.confirm,
-        bot_actor_id=bot_actor_id(settings.server.webhook_url()),
-    )
     handler = EventHandler(
         store=store,
         access=access,
-        policy=policy,
+        policy=routing_policy(settings),
         history=history,
         chat=chat,
         poster=poster,
@@ -147,7 +159,7 @@ async def build_parts(
         metrics=runtime.metrics,
         clock=clock,
     )
-    return Parts(
+    parts = Parts(
         store=store,
         session=session,
         talk=talk,
@@ -161,6 +173,80 @@ async def build_parts(
         dispatcher=dispatcher,
         webhook=webhook,
     )
+    wire_admin(runtime, parts)
+    return parts
+
+
+def wire_admin(runtime: Runtime, parts: Parts) -> AdminCommands:
+    """The admin room's commands, with what they may see and change."""
+    admin = AdminCommands(
+        AdminDeps(
+            store=parts.store,
+            access=parts.access,
+            ring=runtime.ring,
+            say=parts.chat.say,
+            status=lambda: status_facts(runtime),
+            reload=lambda: reload_settings(runtime),
+            prefix=lambda: runtime.settings.access.command_prefix,
+        )
+    )
+    parts.handler.register(RouteKind.ADMIN_COMMAND, admin.handle)
+    parts.admin = admin
+    return admin
+
+
+async def status_facts(runtime: Runtime) -> dict[str, Any]:
+    """What !status shows; never a secret."""
+    parts, settings = runtime.running, runtime.settings
+    rooms = await parts.store.list_rooms()
+    return {
+        "uptime": uptime_text(runtime.started_at, runtime.clock.now()),
+        "model": f"{settings.llm.model} at {settings.llm.base_url}",
+        "rooms": sum(1 for room in rooms if room.joined),
+        "turns": int(sum(_samples(runtime.metrics.turns))),
+        "inbox backlog": await parts.store.inbox_backlog(),
+        "last webhook": parts.webhook.last_webhook_at,
+        "send failures": parts.talk.failures,
+        "last send error": parts.talk.last_error,
+    }
+
+
+def _samples(counter: Any) -> list[float]:
+    return [
+        sample.value
+        for metric in counter.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    ]
+
+
+async def reload_settings(runtime: Runtime) -> str:
+    """Re-read the config; a bad one is refused and the running one kept."""
+    if runtime.load_settings is None:
+        return "Reload is not available: this process was not started from a config file."
+    try:
+        new = runtime.load_settings()
+    except ConfigError as exc:
+        log.warning("config.reload_refused", reason=exc.one_line())
+        return f"Config not reloaded, the running one stays. {exc.one_line()}"
+    old, parts = runtime.settings, runtime.running
+    parts.access.reconfigure(new.access)
+    parts.history.reconfigure(new.chat)
+    parts.handler.policy = routing_policy(new)
+    parts.handler.greeting = new.chat.greeting
+    if new.tools != old.tools:
+        parts.toolbox = Toolbox(build_tools(new), new.tools)
+    if new.llm != old.llm:
+        old_llm, parts.llm = parts.llm, LLM(new.llm)
+        await old_llm.aclose()
+    parts.chat.reconfigure(new.chat, new.llm, llm=parts.llm, toolbox=parts.toolbox)
+    runtime.settings = new
+    for hook in runtime.reload_hooks:
+        await hook(new)
+    log.info("config.reloaded")
+    later = [name for name in RESTART_SECTIONS if getattr(new, name) != getattr(old, name)]
+    note = f" Changes to {', '.join(later)} take effect after `!restart`." if later else ""
+    return f"Config reloaded.{note}"
 
 
 async def close_parts(parts: Parts) -> None:

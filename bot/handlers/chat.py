@@ -73,9 +73,18 @@ class ChatHandler:
         self._deps = deps
         self._model_slots = asyncio.Semaphore(deps.llm_settings.concurrency)
 
-    def reconfigure(self, chat: ChatSettings, llm_settings: LLMSettings) -> None:
+    def reconfigure(
+        self,
+        chat: ChatSettings,
+        llm_settings: LLMSettings,
+        *,
+        llm: LLM | None = None,
+        toolbox: Toolbox | None = None,
+    ) -> None:
         self._deps.chat = chat
         self._deps.llm_settings = llm_settings
+        self._deps.llm = llm or self._deps.llm
+        self._deps.toolbox = toolbox or self._deps.toolbox
 
     def context_for(self, event: Event, role: Role, *, tainted: bool = False) -> ToolContext:
         return ToolContext(
