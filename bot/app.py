@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -14,28 +15,54 @@ from aiohttp import web
 from bot import __version__, replies
 from bot.access import Access
 from bot.agent.history import History
-from bot.agent.llm import LLM
+from bot.agent.llm import LLM, Completion, LLMCallError
 from bot.clock import Clock, SystemClock
-from bot.config import Settings
+from bot.config import ConfirmSettings, LLMSettings, Role, Settings, ToolsSettings
+from bot.confirmations import Confirmations, Verdict
 from bot.dispatch import Dispatcher
-from bot.errors import ConfigError
+from bot.errors import (
+    ConfigError,
+    TalkAuthError,
+    TalkError,
+    TalkRateLimitedError,
+    TalkRejectedError,
+)
 from bot.handlers import EventHandler
-from bot.handlers.admin import AdminCommands, AdminDeps, uptime_text
+from bot.handlers.admin import AdminCommands, AdminDeps, CommandSpec, uptime_text
 from bot.handlers.chat import ChatDeps, ChatHandler, Poster
+from bot.handlers.confirm import ConfirmHandler
 from bot.logs import LogRing, Redactor
 from bot.metrics import CONTENT_TYPE, Metrics
-from bot.routing import RouteKind, RoutingPolicy
-from bot.store import InboxItem, Store
+from bot.routing import Route, RouteKind, RoutingPolicy
+from bot.scheduler import (
+    Deliver,
+    JobDelivery,
+    ScheduledJob,
+    Scheduler,
+    Skipped,
+    check_schedules,
+    config_rooms,
+)
+from bot.store import InboxItem, PendingAction, Store
 from bot.talk.client import TalkClient
-from bot.talk.events import bot_actor_id, parse_event
-from bot.tools import Tool, Toolbox
+from bot.talk.events import Event, bot_actor_id, parse_event
+from bot.tools import Tool, Toolbox, ToolContext, ToolResult
 from bot.tools.clock import make_clock_tools
+from bot.tools.files import FileArea, make_file_tools
+from bot.tools.netguard import AddressPolicy
+from bot.tools.ops import make_ops_tools
+from bot.tools.plugins import ToolDeps as PluginDeps
+from bot.tools.plugins import load_plugin_tools
+from bot.tools.schedule import make_schedule_tools
+from bot.tools.talk import RoomDirectory, make_talk_tools
+from bot.tools.web import HttpFetcher, make_fetch_tools, make_search_tools
 from bot.webhook import WebhookReceiver
 
 log = structlog.get_logger(__name__)
 
 STOP_DEADLINE_S = 60.0  # below systemd's TimeoutStopSec (90 s by default)
 EXIT_RESTART = 75  # EX_TEMPFAIL: systemd's Restart=on-failure starts us again
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -55,6 +82,12 @@ class Runtime:
     load_settings: Callable[[], Settings] | None = None
     # Called with the new settings after a successful reload, by parts that keep state.
     reload_hooks: list[Callable[[Settings], Awaitable[None]]] = field(default_factory=list)
+    # Tools added to the configured ones: the composition root's injection point (tests,
+    # embedding); ordinary deployments use [tools] modules instead.
+    extra_tools: tuple[Tool[Any], ...] = ()
+    # Where http_fetch may connect; None: public addresses on [tools.http_fetch] ports.
+    # Tests inject a loopback allow-list here, nothing else should.
+    fetch_policy: AddressPolicy | None = None
 
     def request_stop(self, exit_code: int = 0) -> None:
         self.exit_code = exit_code
@@ -81,12 +114,149 @@ class Parts:
     handler: EventHandler
     dispatcher: Dispatcher
     webhook: WebhookReceiver
+    scheduler: Scheduler
+    tool_deps: ToolDeps
     admin: AdminCommands | None = None
+    confirm: ConfirmHandler | None = None
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
 # Sections a running process cannot change in place.
 RESTART_SECTIONS = ("server", "nextcloud", "storage")
+
+
+class MeteredLLM(LLM):
+    """The model client, timing every request and counting failures by kind."""
+
+    def __init__(self, settings: LLMSettings, metrics: Metrics) -> None:
+        super().__init__(settings)
+        self._metrics = metrics
+
+    async def complete(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> Completion:
+        started = time.perf_counter()
+        try:
+            return await super().complete(messages, tools)
+        except LLMCallError as exc:
+            self._metrics.llm_errors.labels(kind=exc.kind).inc()
+            raise
+        finally:
+            self._metrics.llm_seconds.observe(time.perf_counter() - started)
+
+
+class MeteredToolbox(Toolbox):
+    """The toolbox, counting every executed call by tool and outcome."""
+
+    def __init__(
+        self, tools: Sequence[Tool[Any]], settings: ToolsSettings, *, metrics: Metrics
+    ) -> None:
+        super().__init__(tools, settings)
+        self._metrics = metrics
+
+    async def execute(
+        self, name: str, args: Any, ctx: ToolContext, *, confirmed: bool = False
+    ) -> ToolResult:
+        result = await super().execute(name, args, ctx, confirmed=confirmed)
+        label = name if name in self.names else "unknown"  # model-chosen names stay bounded
+        self._metrics.tool_calls.labels(tool=label, outcome="ok" if result.ok else "failed").inc()
+        return result
+
+
+_SEND_OUTCOMES: tuple[tuple[type[TalkError], str], ...] = (
+    (TalkAuthError, "auth"),
+    (TalkRateLimitedError, "rate_limited"),
+    (TalkRejectedError, "rejected"),
+)
+
+
+class MeteredPoster:
+    """Counts every bot API call (talkbot_talk_sends) around whatever poster it wraps."""
+
+    def __init__(self, inner: Poster, metrics: Metrics) -> None:
+        self.inner = inner
+        self._metrics = metrics
+
+    async def send_message(
+        self,
+        token: str,
+        message: str,
+        *,
+        reply_to: int | str | None = None,
+        reference_id: str | None = None,
+        silent: bool = False,
+    ) -> list[str]:
+        call = self.inner.send_message(
+            token, message, reply_to=reply_to, reference_id=reference_id, silent=silent
+        )
+        return await self._count(call)
+
+    async def react(self, token: str, message_id: int | str, reaction: str) -> None:
+        await self._count(self.inner.react(token, message_id, reaction))
+
+    async def unreact(self, token: str, message_id: int | str, reaction: str) -> None:
+        await self._count(self.inner.unreact(token, message_id, reaction))
+
+    async def _count(self, call: Awaitable[_T]) -> _T:
+        try:
+            result = await call
+        except TalkError as exc:
+            outcome = next((o for k, o in _SEND_OUTCOMES if isinstance(exc, k)), "unavailable")
+            self._metrics.talk_sends.labels(outcome=outcome).inc()
+            raise
+        self._metrics.talk_sends.labels(outcome="ok").inc()
+        return result
+
+
+class MeteredConfirmations(Confirmations):
+    """Pending actions, counting every decision (talkbot_confirmations) by outcome."""
+
+    def __init__(
+        self, store: Store, clock: Clock, settings: ConfirmSettings, *, metrics: Metrics
+    ) -> None:
+        super().__init__(store, clock, settings)
+        self._metrics = metrics
+
+    async def approve(self, action: PendingAction, *, by: str) -> Verdict:
+        verdict = await super().approve(action, by=by)
+        if verdict is Verdict.OK:
+            self._count("approved")
+        return verdict
+
+    async def deny(self, action: PendingAction, *, by: str) -> bool:
+        return self._count_if(await super().deny(action, by=by), "denied")
+
+    async def expire(self, action: PendingAction) -> bool:
+        return self._count_if(await super().expire(action), "expired")
+
+    async def cancel_for_requester(self, room: str, requester: str) -> list[PendingAction]:
+        cancelled = await super().cancel_for_requester(room, requester)
+        for _action in cancelled:
+            self._count("cancelled")
+        return cancelled
+
+    def _count_if(self, decided: bool, outcome: str) -> bool:
+        if decided:
+            self._count(outcome)
+        return decided
+
+    def _count(self, outcome: str) -> None:
+        self._metrics.confirmations.labels(outcome=outcome).inc()
+
+
+def count_runs(deliver: Deliver, metrics: Metrics) -> Deliver:
+    """The scheduler's delivery, counting each run (talkbot_schedule_runs) by outcome."""
+
+    async def counted(job: ScheduledJob, fire_time: int) -> Skipped | None:
+        try:
+            result = await deliver(job, fire_time)
+        except Exception:
+            metrics.schedule_runs.labels(outcome="failed").inc()
+            raise
+        metrics.schedule_runs.labels(outcome="delivered" if result is None else "skipped").inc()
+        return result
+
+    return counted
 
 
 def routing_policy(settings: Settings) -> RoutingPolicy:
@@ -98,35 +268,100 @@ def routing_policy(settings: Settings) -> RoutingPolicy:
     )
 
 
-def build_tools(settings: Settings) -> list[Tool[Any]]:
-    return [*make_clock_tools()]
+@dataclass(frozen=True)
+class ToolDeps:
+    """What tools need from the running daemon (None of it exists before build_parts)."""
+
+    scheduler: Scheduler
+    rooms: RoomDirectory
+    poster: Poster
+    session: aiohttp.ClientSession  # shared: web_search and deployment tools
+    fetcher: HttpFetcher  # http_fetch's own guarded connector
+    ring: LogRing
+    clock: Clock
+    restart: Callable[[], None]
+    admin_room: Callable[[], str]
+
+
+def build_tools(settings: Settings, deps: ToolDeps | None = None) -> list[Tool[Any]]:
+    """Built-in tools, then [tools] modules; ConfigError when a module is broken."""
+    tools: list[Tool[Any]] = [*make_clock_tools(), *make_file_tools(settings.tools.files)]
+    if deps is not None:
+        tools += make_schedule_tools(deps.scheduler, deps.rooms)
+        tools += make_talk_tools(deps.poster, deps.rooms)
+        tools += make_search_tools(settings.tools.web_search, deps.session)
+        tools += make_fetch_tools(deps.fetcher)
+        tools += make_ops_tools(deps.ring, deps.restart, admin_room=deps.admin_room)
+        plugin_deps = PluginDeps(
+            http=deps.session,
+            fetcher=deps.fetcher,
+            files=FileArea(settings.tools.files),
+            clock=deps.clock,
+            timezone=settings.chat.timezone,
+        )
+        names = [tool.name for tool in tools]
+        tools += load_plugin_tools(settings.tools.modules, plugin_deps, taken=names)
+    return tools
 
 
 async def build_parts(
     runtime: Runtime, *, poster_factory: Callable[[TalkClient], Poster] | None = None
 ) -> Parts:
     settings, clock = runtime.settings, runtime.clock
+    check_schedules(settings.schedules, settings.chat.timezone)
     store = Store.open(settings.storage.path, clock)
     session = aiohttp.ClientSession(trust_env=False)
     secret = settings.nextcloud.bot_secret.get_secret_value()
     talk = TalkClient(session, settings.nextcloud.url, secret, clock=clock)
-    poster: Poster = poster_factory(talk) if poster_factory else talk
-    llm = LLM(settings.llm)
+    inner: Poster = poster_factory(talk) if poster_factory else talk
+    poster: Poster = MeteredPoster(inner, runtime.metrics)
+    llm = MeteredLLM(settings.llm, runtime.metrics)
     access = Access(settings.access, dict((await store.role_overrides()).items()))  # type: ignore[arg-type]
-    toolbox = Toolbox(build_tools(settings), settings.tools)
-    history = History(store, settings.chat)
-    chat = ChatHandler(
-        ChatDeps(
-            llm=llm,
-            toolbox=toolbox,
-            history=history,
-            poster=poster,
-            clock=clock,
-            metrics=runtime.metrics,
-            chat=settings.chat,
-            llm_settings=settings.llm,
-        )
+    delivery = JobDelivery(store=store, poster=poster, role_of=access.role_of)
+    scheduler = Scheduler(
+        store,
+        clock,
+        count_runs(delivery, runtime.metrics),
+        default_timezone=settings.chat.timezone,
     )
+    rooms = RoomDirectory(
+        store, lambda: config_rooms(runtime.settings.access.admin_room, runtime.settings.schedules)
+    )
+    tool_deps = ToolDeps(
+        scheduler=scheduler,
+        rooms=rooms,
+        poster=poster,
+        session=session,
+        fetcher=HttpFetcher(settings.tools.http_fetch, policy=runtime.fetch_policy),
+        ring=runtime.ring,
+        clock=clock,
+        restart=lambda: runtime.request_stop(EXIT_RESTART),
+        admin_room=lambda: runtime.settings.access.admin_room,
+    )
+    try:
+        toolbox = MeteredToolbox(
+            [*build_tools(settings, tool_deps), *runtime.extra_tools],
+            settings.tools,
+            metrics=runtime.metrics,
+        )
+    except ConfigError:  # a broken [tools] module: one line at start, nothing left open
+        await llm.aclose()
+        await session.close()
+        await store.close()
+        raise
+    history = History(store, settings.chat)
+    chat_deps = ChatDeps(
+        llm=llm,
+        toolbox=toolbox,
+        history=history,
+        poster=poster,
+        clock=clock,
+        metrics=runtime.metrics,
+        chat=settings.chat,
+        llm_settings=settings.llm,
+    )
+    chat = ChatHandler(chat_deps)
+    delivery.use_turns(chat.run_unattended)
     handler = EventHandler(
         store=store,
         access=access,
@@ -172,8 +407,12 @@ async def build_parts(
         handler=handler,
         dispatcher=dispatcher,
         webhook=webhook,
+        scheduler=scheduler,
+        tool_deps=tool_deps,
     )
     wire_admin(runtime, parts)
+    wire_schedules(runtime, parts)
+    wire_confirmations(runtime, parts, chat_deps)
     return parts
 
 
@@ -193,6 +432,58 @@ def wire_admin(runtime: Runtime, parts: Parts) -> AdminCommands:
     parts.handler.register(RouteKind.ADMIN_COMMAND, admin.handle)
     parts.admin = admin
     return admin
+
+
+def wire_confirmations(runtime: Runtime, parts: Parts, chat_deps: ChatDeps) -> ConfirmHandler:
+    """Pending actions: the prompt when a turn pauses, the answers, and their lookup."""
+    confirmations = MeteredConfirmations(
+        parts.store, runtime.clock, runtime.settings.confirm, metrics=runtime.metrics
+    )
+    confirm = ConfirmHandler(
+        confirmations=confirmations,
+        chat=parts.chat,
+        toolbox=lambda: parts.toolbox,
+        access=parts.access,
+        history=parts.history,
+        command_prefix=lambda: runtime.settings.access.command_prefix,
+    )
+    chat_deps.on_confirmation = confirm.on_confirmation
+    handler = parts.handler
+    handler.set_pending_lookup(confirm.lookup)
+    handler.register(RouteKind.CONFIRM, confirm.on_answer)
+    handler.register(RouteKind.DENY, confirm.on_answer)
+    handler.register(RouteKind.NOT_REQUESTER, confirm.on_not_requester)
+    handler.register(RouteKind.REACTION, confirm.on_reaction)
+    handler.register(RouteKind.CHAT, confirm.on_chat)  # a requester's new message cancels
+
+    async def reconfigure(new: Settings) -> None:
+        confirmations.reconfigure(new.confirm)
+
+    runtime.reload_hooks.append(reconfigure)
+    parts.confirm = confirm
+    return confirm
+
+
+def wire_schedules(runtime: Runtime, parts: Parts) -> None:
+    """``!jobs``: the asker's own jobs in any room, every job for admins in the admin room."""
+    scheduler = parts.scheduler
+
+    async def own_jobs(event: Event, _role: Role, _route: Route) -> None:
+        await parts.chat.say(event, await scheduler.listing(event.actor.id))
+
+    async def all_jobs(_event: Event, _args: str) -> str:
+        return await scheduler.listing(None)
+
+    async def reconcile(new: Settings) -> None:
+        try:
+            await runtime.running.scheduler.reload(new.schedules)
+        except ConfigError as exc:
+            log.warning("schedule.reload_refused", reason=exc.one_line())
+
+    parts.handler.register_room_command("jobs", own_jobs)
+    if parts.admin is not None:
+        parts.admin.add("jobs", CommandSpec("jobs", "every scheduled job", all_jobs))
+    runtime.reload_hooks.append(reconcile)
 
 
 async def status_facts(runtime: Runtime) -> dict[str, Any]:
@@ -230,14 +521,18 @@ async def reload_settings(runtime: Runtime) -> str:
         log.warning("config.reload_refused", reason=exc.one_line())
         return f"Config not reloaded, the running one stays. {exc.one_line()}"
     old, parts = runtime.settings, runtime.running
+    try:
+        toolbox = rebuilt_toolbox(runtime, old, new)
+    except ConfigError as exc:
+        log.warning("config.reload_refused", reason=exc.one_line())
+        return f"Config not reloaded, the running one stays. {exc.one_line()}"
     parts.access.reconfigure(new.access)
     parts.history.reconfigure(new.chat)
     parts.handler.policy = routing_policy(new)
     parts.handler.greeting = new.chat.greeting
-    if new.tools != old.tools:
-        parts.toolbox = Toolbox(build_tools(new), new.tools)
+    parts.toolbox = toolbox
     if new.llm != old.llm:
-        old_llm, parts.llm = parts.llm, LLM(new.llm)
+        old_llm, parts.llm = parts.llm, MeteredLLM(new.llm, runtime.metrics)
         await old_llm.aclose()
     parts.chat.reconfigure(new.chat, new.llm, llm=parts.llm, toolbox=parts.toolbox)
     runtime.settings = new
@@ -249,11 +544,46 @@ async def reload_settings(runtime: Runtime) -> str:
     return f"Config reloaded.{note}"
 
 
+def rebuilt_toolbox(runtime: Runtime, old: Settings, new: Settings) -> Toolbox:
+    """The toolbox for reloaded settings: the running one when [tools] did not change."""
+    parts = runtime.running
+    if new.tools == old.tools:
+        return parts.toolbox
+    fetcher = parts.tool_deps.fetcher
+    fetcher.reconfigure(new.tools.http_fetch)
+    try:
+        return MeteredToolbox(
+            [*build_tools(new, parts.tool_deps), *runtime.extra_tools],
+            new.tools,
+            metrics=runtime.metrics,
+        )
+    except ConfigError:
+        fetcher.reconfigure(old.tools.http_fetch)
+        raise
+
+
 async def close_parts(parts: Parts) -> None:
+    await parts.scheduler.stop()
     await parts.dispatcher.stop(STOP_DEADLINE_S)
     await parts.llm.aclose()
     await parts.session.close()
+    await parts.tool_deps.fetcher.aclose()
     await parts.store.close()
+
+
+async def start_parts(runtime: Runtime, parts: Parts, *, schedules: bool = True) -> None:
+    """Put built parts to work: recover confirmations, resume the inbox, arm the schedules.
+
+    The console passes ``schedules=False``: scheduled posts belong in Talk, not a terminal.
+    """
+    runtime.parts = parts
+    runtime.started_at = runtime.clock.now()
+    runtime.redactor.add_secrets(_secrets(runtime.settings))
+    if parts.confirm is not None:  # before the inbox resumes: never re-run (A10)
+        await parts.confirm.recover_interrupted()
+    await parts.dispatcher.start()
+    if schedules:
+        await parts.scheduler.start(runtime.settings.schedules)
 
 
 def build_app(
@@ -265,14 +595,11 @@ def build_app(
     app[RUNTIME] = runtime
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        runtime.parts = await build_parts(runtime, poster_factory=poster_factory)
-        runtime.started_at = runtime.clock.now()
-        runtime.redactor.add_secrets(_secrets(settings))
-        await runtime.parts.dispatcher.start()
+        await start_parts(runtime, await build_parts(runtime, poster_factory=poster_factory))
         log.info("talkbot.started", version=__version__, webhook=settings.server.webhook_path)
         yield
         log.info("talkbot.stopping")
-        await close_parts(runtime.parts)
+        await close_parts(runtime.running)
         runtime.parts = None
 
     app.cleanup_ctx.append(lifecycle)
@@ -302,19 +629,23 @@ async def _readyz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     parts = runtime.parts
     if parts is None:
-        return web.json_response({"ready": False}, status=503)
-    backlog = await parts.store.inbox_backlog()
+        return web.json_response({"ready": False, "store": "closed"}, status=503)
+    backlog = await parts.store.inbox_backlog()  # a query: the store answers, not just "open"
+    ready = parts.scheduler.running
     body = {
-        "ready": True,
+        "ready": ready,
         "version": __version__,
+        "uptime_s": round(runtime.clock.now() - runtime.started_at, 3),
         "store": "open",
+        "scheduler": "running" if parts.scheduler.running else "stopped",
         "inbox_backlog": backlog,
+        "turns_in_progress": parts.dispatcher.backlog,
         "last_webhook_at": parts.webhook.last_webhook_at,
         "send_failures": parts.talk.failures,
         "last_send_error": parts.talk.last_error,
         "last_send_error_at": parts.talk.last_error_at,
     }
-    return web.json_response(body)
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -330,10 +661,16 @@ def new_runtime(
     clock: Clock | None = None,
     ring: LogRing | None = None,
     redactor: Redactor | None = None,
+    extra_tools: Sequence[Tool[Any]] = (),
+    fetch_policy: AddressPolicy | None = None,
 ) -> Runtime:
+    """``extra_tools`` join the configured tools (tests inject their own here);
+    ``fetch_policy`` replaces http_fetch's public-internet policy (tests only)."""
     return Runtime(
         settings=settings,
         clock=clock or SystemClock(),
         ring=ring or LogRing(),
         redactor=redactor or Redactor(),
+        extra_tools=tuple(extra_tools),
+        fetch_policy=fetch_policy,
     )

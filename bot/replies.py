@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping, Sequence
 
 ZERO_WIDTH_SPACE = "\u200b"
 _MASS_MENTION = re.compile(r"@(all|here)\b", re.IGNORECASE)
@@ -83,3 +85,166 @@ def room_help(prefix: str, *, moderator: bool) -> str:
             f"- `{prefix}mode all|mention` — answer every message, or only when named",
         ]
     return "\n".join(lines)
+
+
+# -- schedules -----------------------------------------------------------------------
+
+
+def job_line(
+    job_id: str,
+    *,
+    when: str,
+    room: str,
+    what: str,
+    next_run: str | None,
+    paused: bool,
+    owner: str | None = None,
+) -> str:
+    """One job in ``!jobs`` and ``schedule_list``."""
+    state = "paused" if paused else f"next: {next_run}" if next_run else "no further runs"
+    by = f", by {owner}" if owner else ""
+    return f"- `{job_id}` — {when}, {what} in room {room}{by}; {state}"
+
+
+def jobs_list(lines: list[str], *, everyone: bool) -> str:
+    if not lines:
+        return "There are no scheduled jobs." if everyone else "You have no scheduled jobs."
+    title = "**Scheduled jobs**" if everyone else "**Your scheduled jobs**"
+    return "\n".join([title, *lines])
+
+
+# -- confirmations -------------------------------------------------------------------
+
+ARG_PREVIEW_CHARS = 200
+
+
+def _code_span(text: str) -> str:
+    """Inline code that Markdown shows verbatim, whatever backticks the text holds."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    return f"{fence} {text} {fence}" if longest else f"`{text}`"
+
+
+def _arg_value(value: object) -> str:
+    """One argument as it will run: JSON, so quotes and newlines are unambiguous."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if len(text) <= ARG_PREVIEW_CHARS:
+        shown = json.dumps(text, ensure_ascii=False) if isinstance(value, str) else text
+        return _code_span(shown)
+    head = text[:ARG_PREVIEW_CHARS]
+    shown = json.dumps(head, ensure_ascii=False) if isinstance(value, str) else head
+    return f"{_code_span(shown)}… ({len(text)} characters in all)"
+
+
+def confirmation_prompt(
+    *,
+    tool: str,
+    args: Mapping[str, object],
+    args_hash: str,
+    code: str,
+    requester: str,
+    expires: str,
+) -> str:
+    """What will run, exactly, and how to answer (DESIGN.md §5)."""
+    lines = [f"**Confirm before I run `{tool}`** — code **{code}**"]
+    lines += [f"- {name}: {_arg_value(value)}" for name, value in args.items()]
+    if not args:
+        lines.append("- (no arguments)")
+    lines += [
+        f"Arguments sha256: `{args_hash[:12]}`",
+        f"Only {requester} can answer, until {expires}. Reply **yes** or **no** — or "
+        f"**yes {code}** when several are waiting. From Talk 23 on, 👍 or 👎 on this message "
+        "works too.",
+    ]
+    return "\n".join(lines)
+
+
+def confirmation_expired(code: str) -> str:
+    return (
+        f"That request (code {code}) expired before it was confirmed, so I did not run it. "
+        "Ask me again if you still want it."
+    )
+
+
+def only_requester_can_confirm(names: Sequence[str]) -> str:
+    who = " or ".join(dict.fromkeys(name for name in names if name)) or "the person who asked"
+    return f"Only {who} can confirm or cancel this."
+
+
+def confirmation_ambiguous(codes: Sequence[str]) -> str:
+    listed = ", ".join(codes)
+    return (
+        f"Several actions are waiting for your answer ({listed}). Answer **yes CODE** or "
+        "**no CODE**, or reply to the prompt you mean."
+    )
+
+
+def confirmation_too_early(code: str) -> str:
+    return (
+        f"That answer was written before I asked, so it does not confirm {code}. "
+        "Reply yes now if you want it to run."
+    )
+
+
+def confirmation_needs_admin(code: str, prefix: str) -> str:
+    return (
+        f"This action needs an admin's approval: an admin can answer `{prefix}approve {code}` "
+        "in the admin room."
+    )
+
+
+def confirmation_denied(tool: str, code: str) -> str:
+    return f"Cancelled: I will not run `{tool}` (code {code})."
+
+
+def confirmation_step(tool: str, code: str, outcome: str, waiting: Sequence[str]) -> str:
+    """After one of several calls of a turn was decided ("done", "failed" or "denied")."""
+    if outcome == "done":
+        done = f"Done: `{tool}` (code {code}) ran."
+    elif outcome == "failed":
+        done = f"`{tool}` (code {code}) failed."
+    else:
+        done = confirmation_denied(tool, code)
+    return f"{done} Still waiting for your answer on {', '.join(waiting)}."
+
+
+def confirmation_interrupted(tool: str, code: str, requester: str) -> str:
+    return (
+        f"{requester}: I was restarted while `{tool}` (code {code}) was running. I don't know "
+        "whether it finished, and I will not run it again by myself. Please check, and ask "
+        "again if it is still needed."
+    )
+
+
+def admin_no_action(code: str) -> str:
+    return f"There is no confirmation with code {code}."
+
+
+def admin_action_not_waiting(code: str, status: str) -> str:
+    return f"{code} is not waiting for an answer any more (it is {status})."
+
+
+def admin_requester_only(code: str) -> str:
+    return f"Only the person who asked can confirm {code} (the tool's approver is the requester)."
+
+
+def admin_approved(code: str, tool: str, room: str, *, ok: bool) -> str:
+    outcome = "ran" if ok else "failed"
+    return f"Approved {code}: `{tool}` {outcome} in room {room}."
+
+
+def admin_cancelled(code: str) -> str:
+    return f"Cancelled {code}."
+
+
+def pending_line(
+    code: str, *, tool: str, room: str, requester: str, status: str, expires: str
+) -> str:
+    """One open action in ``!pending``."""
+    return f"- **{code}** — `{tool}` for {requester} in room {room}; {status}, until {expires}"
+
+
+def pending_list(lines: Sequence[str]) -> str:
+    if not lines:
+        return "Nothing is waiting for a confirmation."
+    return "\n".join(["**Waiting for confirmation**", *lines])

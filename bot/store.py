@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,71 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
+# Pending actions awaiting a human yes (the confirmations section below).
+# status: pending -> approved -> running -> done | failed; pending -> denied | expired |
+# cancelled. Every change is a compare-and-set on the status (A08).
+CONFIRMATIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending_actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    code TEXT NOT NULL,
+    turn_id TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    room TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    requester_name TEXT NOT NULL DEFAULT '',
+    tool TEXT NOT NULL,
+    args_json TEXT NOT NULL,
+    args_hash TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    state_json TEXT NOT NULL,
+    after_message_id TEXT NOT NULL DEFAULT '',
+    prompt_text TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    decided_by TEXT NOT NULL DEFAULT '',
+    result_text TEXT NOT NULL DEFAULT '',
+    resumed INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS pending_actions_open_code ON pending_actions (code)
+    WHERE status IN ('pending', 'approved', 'running');
+CREATE INDEX IF NOT EXISTS pending_actions_room ON pending_actions (room, status);
+CREATE INDEX IF NOT EXISTS pending_actions_turn ON pending_actions (turn_id);
+"""
+
+# Jobs and their run ledger (the schedules section below).
+SCHEDULES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    room TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    expr TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    message TEXT,
+    prompt TEXT,
+    created_by_role TEXT NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    misfire TEXT NOT NULL DEFAULT 'once',
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    active_since REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, id);
+
+CREATE TABLE IF NOT EXISTS job_runs (
+    job_id TEXT NOT NULL,
+    fire_time INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    detail TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_id, fire_time)
+);
+"""
+
+
 @dataclass(frozen=True)
 class InboxItem:
     id: int
@@ -141,6 +206,87 @@ class AuditEntry:
     detail: str
 
 
+# Statuses of a pending action that still hold its code (not yet finished).
+OPEN_ACTION_STATUSES = ("pending", "approved", "running")
+
+
+@dataclass(frozen=True)
+class NewPendingAction:
+    """One dangerous call to park: exactly this tool with exactly these canonical args."""
+
+    code: str
+    turn_id: str
+    call_id: str
+    room: str
+    requester: str
+    requester_name: str
+    tool: str
+    args_json: str
+    args_hash: str
+    approver: str
+    state_json: str
+    after_message_id: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class PendingAction:
+    """A stored pending action (a confirmation) in whatever state it is now."""
+
+    id: int
+    code: str
+    turn_id: str
+    call_id: str
+    room: str
+    requester: str
+    requester_name: str
+    tool: str
+    args_json: str
+    args_hash: str
+    approver: str
+    state_json: str
+    after_message_id: str
+    prompt_text: str
+    created_at: float
+    expires_at: float
+    status: str
+    decided_by: str
+    result_text: str
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A scheduled job as persisted; the scheduler gives the fields their meaning."""
+
+    id: str
+    owner: str  # actor id of the creator, or "config"
+    room: str
+    kind: str  # "cron" | "every" | "at"
+    expr: str
+    timezone: str
+    message: str | None
+    prompt: str | None
+    created_by_role: str
+    paused: bool
+    misfire: str  # "once" | "skip"
+    source: str  # "config" | "chat" | "admin"
+    created_at: float
+    active_since: float  # fire times before this are neither run nor caught up
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of the run ledger: a job's fire time and what became of it."""
+
+    job_id: str
+    fire_time: int  # epoch seconds
+    status: str  # "running" | "done" | "failed" | "skipped" | "interrupted"
+    started_at: float
+    finished_at: float | None
+    detail: str
+
+
 class Store:
     """The durable state of one talkbot process; ``open`` takes an exclusive lock."""
 
@@ -158,7 +304,8 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(SCHEMA)
+            for script in (SCHEMA, CONFIRMATIONS_SCHEMA, SCHEDULES_SCHEMA):
+                db.executescript(script)
         except sqlite3.Error as exc:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -391,6 +538,203 @@ class Store:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return None if row is None else float(row[0])
 
+    # -- confirmations (pending actions) ----------------------------------------------
+
+    async def create_pending(
+        self, actions: Sequence[NewPendingAction]
+    ) -> list[PendingAction] | None:
+        """Store the pending actions of one turn together; None if a code is already open."""
+        now = self._clock.now()
+        try:
+            with self._transaction() as db:
+                ids = [_insert_pending(db, action, now) for action in actions]
+        except sqlite3.IntegrityError:
+            return None
+        return [action for action_id in ids if (action := await self.get_pending(action_id))]
+
+    async def get_pending(self, action_id: int) -> PendingAction | None:
+        found = self._pending_where("id = ?", (action_id,))
+        return found[0] if found else None
+
+    async def pending_by_code(self, code: str) -> PendingAction | None:
+        """The action with this code: the open one, else the latest that had it."""
+        found = self._pending_where(
+            "code = ? ORDER BY status IN ('pending', 'approved', 'running') DESC, id DESC LIMIT 1",
+            (code.upper(),),
+        )
+        return found[0] if found else None
+
+    async def open_pending(self, room: str) -> list[PendingAction]:
+        """Actions in a room still waiting for an answer (expired or not), oldest first."""
+        return self._pending_where("room = ? AND status = 'pending' ORDER BY id", (room,))
+
+    async def list_open_pending(self) -> list[PendingAction]:
+        """Every action not finished yet, in every room, oldest first (for !pending)."""
+        return self._pending_where("status IN ('pending', 'approved', 'running') ORDER BY id", ())
+
+    async def interrupted_pending(self) -> list[PendingAction]:
+        """Actions approved or running when the process stopped (never re-run, A10)."""
+        return self._pending_where("status IN ('approved', 'running') ORDER BY id", ())
+
+    async def set_pending_prompt(self, action_id: int, prompt_text: str) -> None:
+        self._db.execute(
+            "UPDATE pending_actions SET prompt_text = ? WHERE id = ?", (prompt_text, action_id)
+        )
+
+    async def transition_pending(
+        self,
+        action_id: int,
+        from_status: str,
+        to_status: str,
+        *,
+        decided_by: str | None = None,
+        result_text: str | None = None,
+        unexpired_at: float | None = None,
+    ) -> bool:
+        """Compare-and-set the status; False when it was not ``from_status`` (or expired)."""
+        sql = (
+            "UPDATE pending_actions SET status = ?, updated_at = ?,"
+            " decided_by = COALESCE(?, decided_by), result_text = COALESCE(?, result_text)"
+            " WHERE id = ? AND status = ?"
+        )
+        params: list[Any] = [
+            to_status,
+            self._clock.now(),
+            decided_by,
+            result_text,
+            action_id,
+            from_status,
+        ]
+        if unexpired_at is not None:
+            sql += " AND expires_at > ?"
+            params.append(unexpired_at)
+        return self._db.execute(sql, params).rowcount == 1
+
+    async def claim_turn_resume(self, turn_id: str) -> list[PendingAction] | None:
+        """All actions of a turn, once, when none is open any more; else None."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT count(*) FROM pending_actions WHERE turn_id = ?"
+                " AND status IN ('pending', 'approved', 'running')",
+                (turn_id,),
+            ).fetchone()
+            if int(row[0]) > 0:
+                return None
+            claimed = db.execute(
+                "UPDATE pending_actions SET resumed = 1 WHERE turn_id = ? AND resumed = 0",
+                (turn_id,),
+            )
+            if claimed.rowcount == 0:
+                return None
+        return self._pending_where("turn_id = ? ORDER BY id", (turn_id,))
+
+    def _pending_where(self, where: str, params: Sequence[Any]) -> list[PendingAction]:
+        rows = self._db.execute(
+            f"SELECT {_PENDING_COLUMNS} FROM pending_actions WHERE {where}",  # noqa: S608 - fixed fragments, values bound
+            tuple(params),
+        ).fetchall()
+        return [PendingAction(*row) for row in rows]
+
+    # -- schedules (jobs and run ledger) ------------------------------------------------
+
+    async def save_job(self, job: JobRecord) -> None:
+        """Insert or replace a job definition by id."""
+        self._db.execute(
+            "INSERT INTO jobs (id, owner, room, kind, expr, timezone, message, prompt,"
+            " created_by_role, paused, misfire, source, created_at, active_since)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            " owner = excluded.owner, room = excluded.room, kind = excluded.kind,"
+            " expr = excluded.expr, timezone = excluded.timezone, message = excluded.message,"
+            " prompt = excluded.prompt, created_by_role = excluded.created_by_role,"
+            " paused = excluded.paused, misfire = excluded.misfire, source = excluded.source,"
+            " created_at = excluded.created_at, active_since = excluded.active_since",
+            (
+                job.id,
+                job.owner,
+                job.room,
+                job.kind,
+                job.expr,
+                job.timezone,
+                job.message,
+                job.prompt,
+                job.created_by_role,
+                int(job.paused),
+                job.misfire,
+                job.source,
+                job.created_at,
+                job.active_since,
+            ),
+        )
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._db.execute(f"{_JOB_SELECT} WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    async def list_jobs(
+        self, *, owner: str | None = None, source: str | None = None
+    ) -> list[JobRecord]:
+        """Jobs ordered by id, optionally only one owner's or one source's."""
+        rows = self._db.execute(
+            f"{_JOB_SELECT} WHERE (? IS NULL OR owner = ?) AND (? IS NULL OR source = ?)"
+            " ORDER BY id",
+            (owner, owner, source, source),
+        )
+        return [_job(row) for row in rows]
+
+    async def delete_job(self, job_id: str) -> bool:
+        """Remove a definition; its ledger rows stay, so a reused id never re-runs a fire time."""
+        return self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+
+    async def claim_run(
+        self, job_id: str, fire_time: int, *, status: str = "running", detail: str = ""
+    ) -> bool:
+        """Enter a fire time in the ledger; False when it is there already (never run twice)."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO job_runs (job_id, fire_time, status, started_at, detail)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (job_id, fire_time, status, self._clock.now(), detail),
+        )
+        return cursor.rowcount > 0
+
+    async def finish_run(self, job_id: str, fire_time: int, status: str, detail: str = "") -> None:
+        self._db.execute(
+            "UPDATE job_runs SET status = ?, finished_at = ?, detail = ?"
+            " WHERE job_id = ? AND fire_time = ?",
+            (status, self._clock.now(), detail, job_id, fire_time),
+        )
+
+    async def last_run(self, job_id: str) -> RunRecord | None:
+        """The ledger row with the latest fire time of a job."""
+        row = self._db.execute(
+            f"{_RUN_SELECT} WHERE job_id = ? ORDER BY fire_time DESC LIMIT 1", (job_id,)
+        ).fetchone()
+        return None if row is None else RunRecord(*row)
+
+    async def job_runs(self, job_id: str, limit: int = 20) -> list[RunRecord]:
+        """A job's most recent ledger rows, oldest first."""
+        rows = self._db.execute(
+            f"{_RUN_SELECT} WHERE job_id = ? ORDER BY fire_time DESC LIMIT ?", (job_id, limit)
+        ).fetchall()
+        return [RunRecord(*row) for row in reversed(rows)]
+
+    async def interrupt_running_runs(self) -> int:
+        """At start: runs left 'running' by a crash are over (and never delivered again)."""
+        cursor = self._db.execute(
+            "UPDATE job_runs SET status = 'interrupted', finished_at = ? WHERE status = 'running'",
+            (self._clock.now(),),
+        )
+        return cursor.rowcount
+
+    async def prune_job_runs(self, older_than_s: float) -> int:
+        """Drop old ledger rows, keeping each job's latest (the catch-up starts from it)."""
+        cutoff = self._clock.now() - older_than_s
+        cursor = self._db.execute(
+            "DELETE FROM job_runs WHERE started_at < ? AND fire_time < ("
+            " SELECT max(fire_time) FROM job_runs AS newer WHERE newer.job_id = job_runs.job_id)",
+            (cutoff,),
+        )
+        return cursor.rowcount
+
 
 def _lock(path: Path) -> int:
     """One daemon per store (R12): a second process on the same file refuses to start."""
@@ -417,6 +761,52 @@ def _inbox_item(row: sqlite3.Row) -> InboxItem:
         received_at=row["received_at"],
         attempts=row["attempts"],
     )
+
+
+_JOB_SELECT = (
+    "SELECT id, owner, room, kind, expr, timezone, message, prompt, created_by_role, paused,"
+    " misfire, source, created_at, active_since FROM jobs"
+)
+_RUN_SELECT = "SELECT job_id, fire_time, status, started_at, finished_at, detail FROM job_runs"
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    values = dict(row)
+    values["paused"] = bool(values["paused"])
+    return JobRecord(**values)
+
+
+_PENDING_COLUMNS = (
+    "id, code, turn_id, call_id, room, requester, requester_name, tool, args_json, args_hash,"
+    " approver, state_json, after_message_id, prompt_text, created_at, expires_at, status,"
+    " decided_by, result_text, updated_at"
+)
+
+
+def _insert_pending(db: sqlite3.Connection, action: NewPendingAction, now: float) -> int:
+    cursor = db.execute(
+        "INSERT INTO pending_actions (code, turn_id, call_id, room, requester, requester_name,"
+        " tool, args_json, args_hash, approver, state_json, after_message_id, created_at,"
+        " expires_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            action.code,
+            action.turn_id,
+            action.call_id,
+            action.room,
+            action.requester,
+            action.requester_name,
+            action.tool,
+            action.args_json,
+            action.args_hash,
+            action.approver,
+            action.state_json,
+            action.after_message_id,
+            now,
+            action.expires_at,
+            now,
+        ),
+    )
+    return int(cursor.lastrowid or 0)
 
 
 def _room(row: sqlite3.Row) -> RoomRecord:

@@ -6,7 +6,7 @@ import io
 import itertools
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from bot.app import Runtime, build_app, new_runtime
 from bot.clock import Clock, ManualClock
 from bot.config import Settings, settings_from_mapping
 from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, new_random, sign
+from bot.tools import Tool
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 
@@ -183,9 +184,12 @@ async def running_daemon(
     llm: FakeLLM,
     extra: dict[str, Any] | None = None,
     clock: Clock | None = None,
+    *,
+    extra_tools: Sequence[Tool[Any]] = (),
 ) -> AsyncIterator[Daemon]:
+    """``extra_tools`` are added to the configured ones (a test's own dangerous tool...)."""
     settings = settings_from_mapping(merge(base_config(tmp_path, talk, llm), extra or {}), {})
-    runtime = new_runtime(settings, clock=clock or ManualClock())
+    runtime = new_runtime(settings, clock=clock or ManualClock(), extra_tools=extra_tools)
     app = build_app(runtime)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

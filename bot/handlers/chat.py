@@ -16,7 +16,7 @@ import structlog
 from bot import replies
 from bot.agent.history import History
 from bot.agent.llm import LLM
-from bot.agent.loop import GaveUp, NeedsConfirmation, Reply, run_turn
+from bot.agent.loop import GaveUp, NeedsConfirmation, Reply, TurnState, resume_turn, run_turn
 from bot.agent.prompts import system_prompt
 from bot.clock import Clock
 from bot.config import ChatSettings, LLMSettings, Role
@@ -29,6 +29,12 @@ log = structlog.get_logger(__name__)
 
 WORKING_REACTION = "👀"
 WORKING_AFTER_S = 2.0
+# Said to the model before a scheduled prompt (run_unattended).
+SCHEDULED_TURN_NOTE = (
+    "This is a scheduled task its creator set up earlier; nobody is waiting in the chat. "
+    "Do what the next message asks and write the answer to post in the room. "
+    "Actions that need a confirmation are not available."
+)
 
 TurnResult = Reply | NeedsConfirmation | GaveUp
 
@@ -113,6 +119,22 @@ class ChatHandler:
         deps.metrics.turn_seconds.observe(time.monotonic() - started)
         await self.finish(event, ctx, result)
 
+    async def resume(
+        self, event: Event, ctx: ToolContext, state: TurnState, results: dict[str, str]
+    ) -> None:
+        """Continue a turn paused for confirmation (the confirm handler), then answer."""
+        deps = self._deps
+        async with self._working(event), self._model_slots:
+            result = await resume_turn(
+                deps.llm,
+                deps.toolbox,
+                ctx,
+                state,
+                results,
+                max_rounds=deps.llm_settings.max_rounds,
+            )
+        await self.finish(event, ctx, result)
+
     async def finish(self, event: Event, ctx: ToolContext, result: TurnResult) -> None:
         """Answer in the room with what the loop produced (also after a confirmation)."""
         deps = self._deps
@@ -140,6 +162,46 @@ class ChatHandler:
             )
         except TalkError as exc:
             log.warning("chat.reply_failed", status=exc.status, error=type(exc).__name__)
+
+    async def run_unattended(
+        self, room: str, requester: str, role: Role, prompt: str, timezone: str
+    ) -> str:
+        """A scheduled agent turn: nobody can confirm anything; returns the text to post."""
+        deps = self._deps
+        ctx = ToolContext(
+            requester=requester,
+            role=role,
+            room=room,
+            now=deps.clock.now,
+            timezone=timezone,
+            unattended=True,
+        )
+        system = system_prompt(
+            deps.chat.persona,
+            bot_name=deps.chat.bot_name,
+            requester_name=requester,
+            requester_id=requester,
+            role=role,
+            room_name=room,
+            room_is_one_to_one=False,
+            now=datetime.fromtimestamp(deps.clock.now(), ZoneInfo(timezone)),
+            timezone=timezone,
+        )
+        messages = [{"role": "system", "content": system}]
+        messages += await deps.history.messages(room)
+        messages.append({"role": "system", "content": SCHEDULED_TURN_NOTE})
+        messages.append({"role": "user", "content": prompt})
+        async with self._model_slots:
+            result = await run_turn(
+                deps.llm, deps.toolbox, ctx, messages, max_rounds=deps.llm_settings.max_rounds
+            )
+        deps.metrics.turns.labels(outcome=type(result).__name__.lower()).inc()
+        if isinstance(result, Reply):
+            await deps.history.record_reply(room, result.text)
+            return result.text
+        if isinstance(result, NeedsConfirmation):  # the loop refuses these when unattended
+            return replies.apology()
+        return _gave_up_text(result)
 
     def _system_prompt(self, event: Event, role: Role) -> str:
         chat = self._deps.chat

@@ -1,0 +1,473 @@
+"""Confirmation gates end to end: the real app, the fake Talk, the scripted model (A04-A10)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from bot.agent import prompts
+from bot.clock import ManualClock
+from bot.store import Store
+from bot.talk.events import bot_actor_id
+from bot.tools import Tool, ToolContext, roles_from
+from tests.fakes.llm_server import FakeLLM
+from tests.fakes.talk_server import FakeTalk
+from tests.harness import (
+    GROUP,
+    Daemon,
+    actor,
+    create_event,
+    php_json,
+    running_daemon,
+    signed_headers,
+)
+
+CODE = re.compile(r"code \*\*([A-Z2-9]{5})\*\*")
+TTL = 600
+REQUEST_ID = 500
+
+
+class WriteArgs(BaseModel):
+    path: str
+    content: str = ""
+
+
+@dataclass(frozen=True)
+class Run:
+    path: str
+    content: str
+    requester: str
+    role: str
+
+
+def danger_tool(runs: list[Run]) -> Tool[WriteArgs]:
+    """A test-only tool that needs a confirmation and records every real execution."""
+
+    async def write(args: WriteArgs, ctx: ToolContext) -> str:
+        runs.append(Run(args.path, args.content, ctx.requester, ctx.role))
+        return f"wrote {len(args.content)} characters to {args.path}"
+
+    return Tool(
+        name="danger_write",
+        description="Write a file (test tool).",
+        args=WriteArgs,
+        run=write,
+        roles=roles_from("user"),
+        confirm=True,
+    )
+
+
+@pytest.fixture
+def runs() -> list[Run]:
+    return []
+
+
+@pytest.fixture
+async def bot(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, runs: list[Run]
+) -> AsyncIterator[Daemon]:
+    async with running_daemon(
+        tmp_path,
+        talk,
+        llm,
+        {"confirm": {"ttl_s": TTL}},
+        clock=clock,
+        extra_tools=[danger_tool(runs)],
+    ) as running:
+        yield running
+
+
+def said(text: str, message_id: int, sender: str = "alice", **kw: Any) -> dict[str, Any]:
+    return create_event(text, sender=sender, message_id=message_id, **kw)
+
+
+def like(
+    prompt: str, *, reactor: str, message_id: int, emoji: str = "👍", room: str = GROUP
+) -> dict[str, Any]:
+    """A Like as Talk sends it; ``reactor`` is the actor (the reacting person from Talk 23)."""
+    return {
+        "type": "Like",
+        "actor": actor(reactor, participant_type=None),
+        "object": {
+            "type": "Note",
+            "id": str(message_id),
+            "name": "",
+            "content": json.dumps({"message": prompt, "parameters": []}),
+            "mediaType": "text/markdown",
+        },
+        "target": {"type": "Collection", "id": room, "name": "Project room"},
+        "content": emoji,
+    }
+
+
+def reply_to_bot(bot: Daemon, prompt: str, message_id: int) -> dict[str, Any]:
+    return {
+        "type": "Note",
+        "actor": {
+            "type": "Application",
+            "id": bot_actor_id(bot.settings.server.webhook_url()),
+            "name": "talkbot (bot)",
+        },
+        "object": {
+            "type": "Note",
+            "id": str(message_id),
+            "name": "message",
+            "content": json.dumps({"message": prompt, "parameters": []}),
+            "mediaType": "text/markdown",
+        },
+    }
+
+
+async def ask_for_write(
+    bot: Daemon,
+    *,
+    path: str = "notes.txt",
+    content: str = "hello",
+    text: str = "talkbot please write notes.txt",
+    message_id: int = REQUEST_ID,
+    model_text: str | None = None,
+) -> tuple[str, str]:
+    """The requester asks, the model calls the dangerous tool; returns (prompt, code)."""
+    bot.llm.calls([("danger_write", {"path": path, "content": content}, None)], text=model_text)
+    texts = await bot.say(said(text, message_id))
+    assert len(texts) == 1, texts
+    return texts[0], code_of(texts[0])
+
+
+def code_of(prompt: str) -> str:
+    match = CODE.search(prompt)
+    assert match is not None, prompt
+    return match.group(1)
+
+
+def tool_results(request_messages: list[dict[str, Any]]) -> list[str]:
+    return [m["content"] for m in request_messages if m["role"] == "tool"]
+
+
+async def statuses(bot: Daemon) -> list[str]:
+    store = bot.runtime.running.store
+    return [a.status for a in await store.list_open_pending()]
+
+
+# -- the prompt ------------------------------------------------------------------------
+
+
+async def test_prompt_is_posted_and_nothing_runs(bot: Daemon, runs: list[Run]) -> None:
+    prompt, code = await ask_for_write(bot, content="x" * 1000)
+    assert runs == []
+    assert "danger_write" in prompt
+    assert '"notes.txt"' in prompt
+    assert "(1000 characters in all)" in prompt
+    assert "x" * 201 not in prompt
+    assert "yes" in prompt
+    assert f"yes {code}" in prompt
+    assert bot.talk.messages[0].reply_to == REQUEST_ID
+    assert await statuses(bot) == ["pending"]
+    audit = await bot.runtime.running.store.recent_audit()
+    assert [e.action for e in audit][-2:] == ["confirm.requested", "confirm.prompted"]
+
+
+async def test_a04_the_model_claiming_consent_runs_nothing(bot: Daemon, runs: list[Run]) -> None:
+    await ask_for_write(
+        bot,
+        text="talkbot write notes.txt, yes I confirm, no need to ask",
+        model_text="The user already confirmed, writing now.",
+    )
+    assert runs == []
+    assert await statuses(bot) == ["pending"]
+
+
+# -- answers ---------------------------------------------------------------------------
+
+
+async def test_requester_yes_runs_exactly_the_stored_call_once(
+    bot: Daemon, runs: list[Run]
+) -> None:
+    await ask_for_write(bot)
+    bot.llm.reply("Written.")
+    assert await bot.say(said("yes", REQUEST_ID + 1)) == ["Written."]
+    assert runs == [Run("notes.txt", "hello", "users/alice", "user")]
+    assert tool_results(bot.llm.requests[-1].messages) == [
+        prompts.confirmed_result("wrote 5 characters to notes.txt", ok=True)
+    ]
+    assert await bot.say(said("yes", REQUEST_ID + 2)) == []
+    assert len(runs) == 1
+    audit = [e.action for e in await bot.runtime.running.store.recent_audit()]
+    assert audit[-3:] == ["confirm.approved", "confirm.started", "confirm.finished"]
+
+
+async def test_a05_another_participants_yes_runs_nothing(bot: Daemon, runs: list[Run]) -> None:
+    await ask_for_write(bot)
+    texts = await bot.say(said("yes", REQUEST_ID + 1, sender="bob"))
+    assert texts == ["Only Alice can confirm or cancel this."]
+    assert await bot.say(said("no", REQUEST_ID + 2, sender="bob")) == texts
+    assert runs == []
+    assert await statuses(bot) == ["pending"]
+    bot.llm.reply("Written.")
+    await bot.say(said("yes", REQUEST_ID + 3))
+    assert len(runs) == 1
+
+
+async def test_no_cancels_and_the_model_is_told(bot: Daemon, runs: list[Run]) -> None:
+    await ask_for_write(bot)
+    bot.llm.reply("OK, I left it alone.")
+    assert await bot.say(said("no", REQUEST_ID + 1)) == ["OK, I left it alone."]
+    assert tool_results(bot.llm.requests[-1].messages) == [prompts.NOT_CONFIRMED]
+    assert await bot.say(said("yes", REQUEST_ID + 2)) == []
+    assert runs == []
+
+
+async def test_a09_yes_after_expiry_runs_nothing(
+    bot: Daemon, runs: list[Run], clock: ManualClock
+) -> None:
+    _, code = await ask_for_write(bot)
+    clock.advance(TTL + 1)
+    texts = await bot.say(said("yes", REQUEST_ID + 1))
+    assert len(texts) == 1
+    assert "expired" in texts[0]
+    assert code in texts[0]
+    assert runs == []
+    assert await statuses(bot) == []
+
+
+async def test_requester_new_message_cancels_and_is_a_new_turn(
+    bot: Daemon, runs: list[Run]
+) -> None:
+    await ask_for_write(bot)
+    bot.llm.reply("It is noon.")
+    assert await bot.say(said("what time is it?", REQUEST_ID + 1)) == ["It is noon."]
+    notes = [m["content"] for m in bot.llm.requests[-1].messages if m["role"] == "system"]
+    assert any("did not confirm" in note for note in notes)
+    assert await statuses(bot) == []
+    assert await bot.say(said("yes", REQUEST_ID + 2)) == []
+    assert runs == []
+
+
+async def test_a08_two_yes_webhooks_at_the_same_instant_run_once(
+    bot: Daemon, runs: list[Run]
+) -> None:
+    await ask_for_write(bot)
+    bot.llm.reply("Written.")
+    bodies = [php_json(said("yes", REQUEST_ID + n)) for n in (1, 2)]
+    statuses_ = await asyncio.gather(
+        *(bot.post(body, headers=signed_headers(body)) for body in bodies)
+    )
+    assert statuses_ == [200, 200]
+    await bot.idle()
+    assert len(runs) == 1
+
+
+async def test_a06_the_stored_args_run_even_if_the_model_replans(
+    bot: Daemon, runs: list[Run]
+) -> None:
+    await ask_for_write(bot, path="a.txt")
+    # Resumed, the model tries the same tool on another path: that needs its own yes.
+    bot.llm.calls([("danger_write", {"path": "b.txt", "content": "evil"}, None)])
+    texts = await bot.say(said("yes", REQUEST_ID + 1))
+    assert runs == [Run("a.txt", "hello", "users/alice", "user")]
+    assert len(texts) == 1
+    assert '"b.txt"' in texts[0]
+    assert CODE.search(texts[0]) is not None
+    assert await statuses(bot) == ["pending"]
+
+
+async def test_a07_a_yes_older_than_the_request_does_not_count(
+    bot: Daemon, runs: list[Run]
+) -> None:
+    await ask_for_write(bot)
+    texts = await bot.say(said("yes", REQUEST_ID - 1))  # delivered late, written before
+    assert len(texts) == 1
+    assert "before I asked" in texts[0]
+    assert runs == []
+    bot.llm.reply("Written.")
+    await bot.say(said("yes", REQUEST_ID + 1))
+    assert len(runs) == 1
+
+
+async def test_role_is_checked_again_when_the_yes_arrives(bot: Daemon, runs: list[Run]) -> None:
+    await ask_for_write(bot)
+    bot.runtime.running.access.set_override("alice", "guest")
+    bot.llm.reply("I could not write it.")
+    assert await bot.say(said("yes", REQUEST_ID + 1)) == ["I could not write it."]
+    assert runs == []
+    (result,) = tool_results(bot.llm.requests[-1].messages)
+    assert result.startswith("the confirmed action failed")
+
+
+# -- several at once -----------------------------------------------------------------
+
+
+async def test_several_pending_are_chosen_by_code_or_reply(bot: Daemon, runs: list[Run]) -> None:
+    bot.llm.calls(
+        [
+            ("danger_write", {"path": "a.txt", "content": "1"}, None),
+            ("danger_write", {"path": "b.txt", "content": "2"}, None),
+            ("current_time", {"timezone": "UTC"}, None),
+        ]
+    )
+    prompts_ = await bot.say(said("talkbot write both", REQUEST_ID))
+    assert len(prompts_) == 2
+    code_a, code_b = (code_of(p) for p in prompts_)
+    ambiguous = await bot.say(said("yes", REQUEST_ID + 1))
+    assert code_a in ambiguous[0]
+    assert code_b in ambiguous[0]
+    assert runs == []
+    step = await bot.say(said(f"yes {code_a}", REQUEST_ID + 2))
+    assert [r.path for r in runs] == ["a.txt"]
+    assert code_b in step[0]
+    bot.llm.reply("Wrote a.txt, left b.txt.")
+    reply = {"inReplyTo": reply_to_bot(bot, prompts_[1], REQUEST_ID + 1)}
+    event = said("no", REQUEST_ID + 3)
+    event["object"].update(reply)
+    assert await bot.say(event) == ["Wrote a.txt, left b.txt."]
+    assert [r.path for r in runs] == ["a.txt"]
+    results = tool_results(bot.llm.requests[-1].messages)
+    assert len(results) == 3  # current_time ran at once; both answers come back together
+    assert prompts.NOT_CONFIRMED in results
+    assert prompts.confirmed_result("wrote 1 characters to a.txt", ok=True) in results
+
+
+# -- reactions -------------------------------------------------------------------------
+
+
+async def test_thumbs_up_by_the_requester_on_talk_23_approves(bot: Daemon, runs: list[Run]) -> None:
+    prompt, _ = await ask_for_write(bot)
+    bot.llm.reply("Written.")
+    texts = await bot.say(like(prompt, reactor="alice", message_id=REQUEST_ID + 1))
+    assert texts == ["Written."]
+    assert len(runs) == 1
+
+
+async def test_thumbs_down_by_the_requester_denies(bot: Daemon, runs: list[Run]) -> None:
+    prompt, _ = await ask_for_write(bot)
+    bot.llm.reply("Not written.")
+    await bot.say(like(prompt, reactor="alice", message_id=REQUEST_ID + 1, emoji="👎"))
+    assert runs == []
+    assert await statuses(bot) == []
+
+
+async def test_reaction_on_old_talk_shape_is_refused(bot: Daemon, runs: list[Run]) -> None:
+    prompt, code = await ask_for_write(bot)
+    bot_id = bot_actor_id(bot.settings.server.webhook_url())
+    # Talk <= 22: the actor of a Like is the reacted message's author, here the bot.
+    assert await bot.say(like(prompt, reactor=bot_id, message_id=REQUEST_ID + 1)) == []
+    # ...and the bot's own reaction on the request comes back naming the requester.
+    request = "talkbot please write notes.txt"
+    assert await bot.say(like(request, reactor="alice", message_id=REQUEST_ID)) == []
+    assert await bot.say(like(request, reactor="alice", message_id=REQUEST_ID, emoji="👀")) == []
+    # ...and anyone's 👍 on a message of hers that quotes the code names her too.
+    quoted = f"what does {code} do?"
+    assert await bot.say(like(quoted, reactor="alice", message_id=REQUEST_ID + 2)) == []
+    assert runs == []
+    assert await statuses(bot) == ["pending"]
+
+
+async def test_thumbs_up_by_someone_else_runs_nothing(bot: Daemon, runs: list[Run]) -> None:
+    prompt, _ = await ask_for_write(bot)
+    texts = await bot.say(like(prompt, reactor="bob", message_id=REQUEST_ID + 1))
+    assert texts == ["Only Alice can confirm or cancel this."]
+    assert runs == []
+
+
+# -- restarts --------------------------------------------------------------------------
+
+
+async def test_pending_action_survives_a_restart(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, runs: list[Run]
+) -> None:
+    tools = [danger_tool(runs)]
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
+        await ask_for_write(first)
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as second:
+        llm.reply("Written after the restart.")
+        assert await second.say(said("yes", REQUEST_ID + 1)) == ["Written after the restart."]
+    assert runs == [Run("notes.txt", "hello", "users/alice", "user")]
+    resumed = llm.requests[-1].messages
+    assert any("please write notes.txt" in str(m.get("content")) for m in resumed)
+
+
+async def test_a10_an_interrupted_run_fails_and_is_never_rerun(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, runs: list[Run]
+) -> None:
+    tools = [danger_tool(runs)]
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
+        _, code = await ask_for_write(first)
+        path = first.settings.storage.path
+    # What a crash mid-run leaves behind: the action approved and running.
+    store = Store.open(path, clock)
+    action = await store.pending_by_code(code)
+    assert action is not None
+    assert await store.transition_pending(action.id, "pending", "approved")
+    assert await store.transition_pending(action.id, "approved", "running")
+    await store.close()
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as second:
+        notice = await talk.wait_for_messages(2)
+        assert "restarted" in notice[-1].message
+        assert code in notice[-1].message
+        assert notice[-1].token == GROUP
+        assert notice[-1].reply_to == REQUEST_ID
+        assert await second.say(said("yes", REQUEST_ID + 1)) == []
+        stored = await second.runtime.running.store.pending_by_code(code)
+        assert stored is not None
+        assert stored.status == "failed"
+    assert runs == []
+
+
+# -- policy --------------------------------------------------------------------------
+
+
+async def test_unattended_turns_never_create_pending_actions(bot: Daemon, runs: list[Run]) -> None:
+    bot.llm.call("danger_write", {"path": "cron.txt", "content": "x"})
+    bot.llm.reply("Could not write it.")
+    chat = bot.runtime.running.chat
+    text = await chat.run_unattended(GROUP, "users/alice", "user", "write cron.txt", "UTC")
+    assert text == "Could not write it."
+    assert "danger_write" not in bot.llm.requests[0].tool_names
+    assert tool_results(bot.llm.requests[1].messages) == [prompts.UNATTENDED_REFUSED]
+    assert runs == []
+    assert await statuses(bot) == []
+
+
+async def test_admin_approver_policy_needs_an_admin(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, runs: list[Run]
+) -> None:
+    extra = {"tools": {"danger_write": {"approver": "admin"}}}
+    tools = [danger_tool(runs)]
+    async with running_daemon(tmp_path, talk, llm, extra, clock=clock, extra_tools=tools) as bot:
+        _, code = await ask_for_write(bot)
+        texts = await bot.say(said("yes", REQUEST_ID + 1))
+        assert f"approve {code}" in texts[0]
+        assert runs == []
+        confirm = bot.runtime.running.confirm
+        assert confirm is not None
+        assert code in await confirm.listing()
+        llm.reply("Written with the admin's approval.")
+        answer = await confirm.approve_by_admin(code, "users/root")
+        await bot.idle()
+        assert code in answer
+        assert runs == [Run("notes.txt", "hello", "users/alice", "user")]
+        assert talk.messages[-1].message == "Written with the admin's approval."
+        assert talk.messages[-1].token == GROUP
+        assert talk.messages[-1].reply_to == REQUEST_ID
+        assert "not waiting" in await confirm.approve_by_admin(code, "users/root")
+        assert len(runs) == 1
+
+
+async def test_real_file_write_waits_for_the_admins_yes(daemon: Daemon, tmp_path: Path) -> None:
+    root = tmp_path / "files"
+    root.mkdir(exist_ok=True)
+    daemon.llm.call("file_write", {"path": "hello.txt", "content": "hi there"})
+    texts = await daemon.say(said("talkbot write hello.txt", REQUEST_ID, sender="root"))
+    code = code_of(texts[0])
+    assert not (root / "hello.txt").exists()
+    daemon.llm.reply("Saved.")
+    assert await daemon.say(said(f"yes {code}", REQUEST_ID + 1, sender="root")) == ["Saved."]
+    assert (root / "hello.txt").read_text() == "hi there"
