@@ -248,3 +248,11 @@ def pending_list(lines: Sequence[str]) -> str:
     if not lines:
         return "Nothing is waiting for a confirmation."
     return "\n".join(["**Waiting for confirmation**", *lines])
+
+
+def command_outcome(tool: str, status: str, result: str) -> str:
+    if status == "done":
+        return f"Done: {tool}. {result}".strip()
+    if status == "failed":
+        return f"{tool} failed: {result}".strip()
+    return f"{tool} was not run ({status})."

@@ -14,8 +14,10 @@ import structlog
 from bot import __version__
 from bot.access import Access, parse_role
 from bot.config import Role
+from bot.handlers.confirm import ConfirmHandler
 from bot.logs import LogRing
 from bot.routing import Route
+from bot.scheduler import ScheduledJob, ScheduleError, Scheduler, TriggerKind
 from bot.store import Store
 from bot.talk.events import Event
 
@@ -87,7 +89,8 @@ class AdminCommands:
         else:
             log.info("admin.command", command=route.command, actor=event.actor.id)
             answer = await spec.run(event, route.args)
-        await self._deps.say(event, answer)
+        if answer:
+            await self._deps.say(event, answer)
 
     def _unknown(self, name: str) -> str:
         prefix = self._deps.prefix()
@@ -223,3 +226,144 @@ def uptime_text(started_at: float, now: float | None = None) -> str:
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     return f"{days}d {hours}h {rest // 60}m"
+
+
+class PendingCommands:
+    """``!pending``, ``!approve``, ``!cancel`` and ``!restart``, built on the confirmations."""
+
+    def __init__(
+        self,
+        confirm: ConfirmHandler,
+        *,
+        prefix: Callable[[], str],
+        timezone: Callable[[], str],
+    ) -> None:
+        self._confirm = confirm
+        self._prefix = prefix
+        self._timezone = timezone
+
+    def specs(self) -> dict[str, CommandSpec]:
+        return {
+            "pending": CommandSpec("pending", "open confirmations in every room", self._pending),
+            "approve": CommandSpec(
+                "approve CODE",
+                "run a waiting action for its requester (where allowed)",
+                self._approve,
+            ),
+            "cancel": CommandSpec("cancel CODE", "cancel a waiting action", self._cancel),
+            "restart": CommandSpec(
+                "restart",
+                "stop gracefully so systemd starts a fresh process (asks first)",
+                self._restart,
+            ),
+        }
+
+    async def _restart(self, event: Event, _args: str) -> str:
+        """Asks for a yes like any dangerous tool (its prompt is the answer), then stops."""
+        await self._confirm.request_command(event, "admin", "bot_restart")
+        return ""
+
+    async def _pending(self, _event: Event, _args: str) -> str:
+        return await self._confirm.listing(self._timezone())
+
+    async def _approve(self, event: Event, args: str) -> str:
+        code = args.strip()
+        if not code:
+            return f"Usage: `{self._prefix()}approve CODE` (see `{self._prefix()}pending`)"
+        return await self._confirm.approve_by_admin(code, event.actor.id)
+
+    async def _cancel(self, event: Event, args: str) -> str:
+        code = args.strip()
+        if not code:
+            return f"Usage: `{self._prefix()}cancel CODE` (see `{self._prefix()}pending`)"
+        return await self._confirm.cancel_by_admin(code, event.actor.id)
+
+
+JOB_USAGE = (
+    "job add ID [room=TOKEN] [tz=ZONE] cron M H DOM MON DOW|every 30m|at 2026-12-24T09:00"
+    " -- TEXT (TEXT starting with 'prompt:' runs as a model turn); "
+    "job remove|pause|resume|run ID"
+)
+
+
+class JobCommands:
+    """``!job add|remove|pause|resume|run``: jobs made by admins in the admin room."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        *,
+        prefix: Callable[[], str],
+        admin_room: Callable[[], str],
+        timezone: Callable[[], str],
+    ) -> None:
+        self._scheduler = scheduler
+        self._prefix = prefix
+        self._admin_room = admin_room
+        self._timezone = timezone
+
+    def specs(self) -> dict[str, CommandSpec]:
+        return {"job": CommandSpec(JOB_USAGE, "add or change scheduled jobs", self._job)}
+
+    async def _job(self, event: Event, args: str) -> str:
+        verb, _, rest = args.strip().partition(" ")
+        verb, rest = verb.lower(), rest.strip()
+        if verb == "add":
+            return await self._add(event, rest)
+        actions = {
+            "remove": self._scheduler.remove,
+            "pause": self._scheduler.pause,
+            "resume": self._scheduler.resume,
+        }
+        if verb in actions and rest:
+            found = await actions[verb](rest)
+            return f"Job `{rest}`: {verb}d." if found else f"No job `{rest}`."
+        if verb == "run" and rest:
+            outcome = await self._scheduler.run_now(rest)
+            return f"No job `{rest}`." if outcome is None else f"Job `{rest}` ran: {outcome}."
+        return f"Usage: `{self._prefix()}{JOB_USAGE}`"
+
+    async def _add(self, event: Event, text: str) -> str:
+        try:
+            job = await self._scheduler.add(await self._parse(event, text))
+        except ScheduleError as exc:
+            return f"Job not added: {exc}"
+        except ValueError as exc:
+            return f"Job not added: {exc}. Usage: `{self._prefix()}{JOB_USAGE}`"
+        return f"Added: {self._scheduler.summary(job)}"
+
+    async def _parse(self, event: Event, text: str) -> ScheduledJob:
+        head, sep, body = text.partition(" -- ")
+        words = head.split()
+        if not sep or not body.strip() or len(words) < 3:  # noqa: PLR2004 - ID KIND EXPR
+            raise ValueError("give an id, a kind with its expression, then -- and the text")
+        job_id, options, kind, expr = _job_words(words)
+        room = options.get("room", self._admin_room())
+        body = body.strip()
+        is_prompt = body.lower().startswith("prompt:")
+        return ScheduledJob(
+            id=job_id,
+            room=room,
+            kind=kind,
+            expr=expr,
+            timezone=options.get("tz", self._timezone()),
+            message=None if is_prompt else body,
+            prompt=body[len("prompt:") :].strip() if is_prompt else None,
+            owner=event.actor.id,
+            created_by_role="admin",
+            source="admin",
+        )
+
+
+def _job_words(words: list[str]) -> tuple[str, dict[str, str], TriggerKind, str]:
+    job_id, rest = words[0], words[1:]
+    options: dict[str, str] = {}
+    while rest and "=" in rest[0]:
+        key, _, value = rest.pop(0).partition("=")
+        if key not in ("room", "tz"):
+            raise ValueError(f"unknown option {key!r}")
+        options[key] = value
+    if not rest or rest[0] not in ("cron", "every", "at"):
+        raise ValueError("the kind must be cron, every or at")
+    kinds: dict[str, TriggerKind] = {"cron": "cron", "every": "every", "at": "at"}
+    return job_id, options, kinds[rest[0]], " ".join(rest[1:])

@@ -14,7 +14,7 @@ from bot import replies
 from bot.access import Access
 from bot.agent import prompts
 from bot.agent.history import History
-from bot.agent.loop import NeedsConfirmation, TurnState
+from bot.agent.loop import NeedsConfirmation, PendingCall, TurnState
 from bot.config import Role
 from bot.confirmations import (
     CallToConfirm,
@@ -35,6 +35,10 @@ log = structlog.get_logger(__name__)
 
 CANCELLED_NOTE = "The user did not confirm the pending action; it was not run."
 STATE_UNREADABLE = "the paused turn could not be read back; the action was not run"
+
+
+# The call id of a confirmed command, which has no model turn around it.
+COMMAND_CALL_ID = "command"
 
 
 class ConfirmHandler:
@@ -152,6 +156,18 @@ class ConfirmHandler:
                 action.tool, action.code, action.requester_name or action.requester
             )
             await self._chat.say(_origin_event(action), text)
+
+    async def request_command(self, event: Event, role: Role, tool_name: str) -> None:
+        """A command (not a model turn) that needs a yes first, like ``!restart``."""
+        tool = self._toolbox().get(tool_name)
+        if tool is None:
+            await self._chat.say(event, replies.apology())
+            return
+        call = PendingCall(
+            call_id=COMMAND_CALL_ID, tool_name=tool_name, args_json="{}", approver=tool.approver
+        )
+        needs = NeedsConfirmation(text=None, calls=(call,), state=TurnState(messages=()))
+        await self.on_confirmation(event, self._chat.context_for(event, role), needs)
 
     # -- admin commands (built on by the admin issue) ----------------------------------
 
@@ -285,6 +301,12 @@ class ConfirmHandler:
         state = _state_of(decided[0])
         if state is None:
             await self._chat.say(event, replies.apology())
+            return
+        if not state.messages:  # a confirmed command, not a model turn: report the outcome
+            for done in decided:
+                await self._chat.say(
+                    event, replies.command_outcome(done.tool, done.status, done.result_text)
+                )
             return
         ctx = self._chat.context_for(event, role, tainted=state.tainted)
         await self._chat.resume(event, ctx, state, _results(decided))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,82 @@ async def test_reload_applies_a_good_file(tmp_path: Path, daemon: Daemon) -> Non
     request = daemon.llm.requests[-1]
     assert request.body["model"] == "other-model"
     assert "You are terse." in request.messages[0]["content"]
+
+
+async def test_restart_without_a_yes_does_nothing_and_with_one_stops_with_75(
+    daemon: Daemon,
+) -> None:
+    prompt = await ask(daemon, "!restart")
+    assert "bot_restart" in prompt
+    assert not daemon.runtime.stop_requested.is_set()
+    assert "Only" in await ask(daemon, "yes", sender="bob")  # A05: bob has no say here
+    assert not daemon.runtime.stop_requested.is_set()
+    answer = await ask(daemon, "yes")
+    assert "Done: bot_restart" in answer
+    assert daemon.runtime.stop_requested.is_set()
+    assert daemon.runtime.exit_code == 75
+    assert daemon.llm.requests == []
+
+
+async def test_restart_answered_no_does_nothing(daemon: Daemon) -> None:
+    await ask(daemon, "!restart")
+    assert "not run" in await ask(daemon, "no")
+    assert not daemon.runtime.stop_requested.is_set()
+
+
+async def test_pending_approve_and_cancel(daemon: Daemon, tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    daemon.llm.calls(
+        [
+            ("file_write", {"path": "a.txt", "content": "one"}, None),
+            ("file_write", {"path": "b.txt", "content": "two"}, None),
+        ]
+    )
+    # root asks in a one-to-one room; the two prompts wait there
+    prompts = await daemon.say(dm_event("write two files", sender="root", other="bob"))
+    assert len(prompts) == 2
+    assert all("file_write" in prompt for prompt in prompts)
+    listing = await ask(daemon, "!pending")
+    assert "file_write" in listing
+    codes = re.findall(r"\*\*([A-Z2-9]{5})\*\*", listing)
+    assert len(codes) == 2
+    assert "Usage" in await ask(daemon, "!cancel")
+    texts = await daemon.say(admin_says(f"!cancel {codes[0]}"))
+    assert f"Cancelled {codes[0]}." in texts  # in the admin room
+    assert any("will not run" in text for text in texts)  # and the requester is told
+    assert not (files / "a.txt").exists()
+    assert "no confirmation with code ZZZZZ" in await ask(daemon, "!approve ZZZZZ")
+    still = await ask(daemon, "!pending")
+    assert codes[1] in still
+    assert codes[0] not in still
+
+
+async def test_job_add_list_pause_run_remove(daemon: Daemon) -> None:
+    added = await ask(
+        daemon,
+        "!job add standup room=grouproom1 tz=Europe/Berlin cron 0 9 * * 1-5"
+        " -- Stand-up in 5 minutes",
+    )
+    assert added.startswith("Added:")
+    assert "standup" in await ask(daemon, "!jobs")
+    assert "paused" in await ask(daemon, "!job pause standup")
+    ran = await daemon.say(admin_says("!job run standup"))
+    assert "Stand-up in 5 minutes" in daemon.talk.texts("grouproom1")
+    assert any("ran: done" in text for text in ran)
+    assert "removed" in await ask(daemon, "!job remove standup")
+    assert "No job" in await ask(daemon, "!job remove standup")
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("!job add x cron 61 9 * * * -- hi", "Job not added"),
+        ("!job add x sometimes 5 -- hi", "must be cron, every or at"),
+        ("!job add x every 30m", "Usage"),
+        ("!job add x at 2001-01-01T09:00 -- too late", "Job not added"),
+        ("!job frobnicate", "Usage"),
+    ],
+)
+async def test_job_add_mistakes_are_explained(daemon: Daemon, command: str, expected: str) -> None:
+    assert expected in await ask(daemon, command)
