@@ -28,7 +28,14 @@ from bot.errors import (
     TalkRejectedError,
 )
 from bot.handlers import EventHandler
-from bot.handlers.admin import AdminCommands, AdminDeps, CommandSpec, uptime_text
+from bot.handlers.admin import (
+    AdminCommands,
+    AdminDeps,
+    CommandSpec,
+    JobCommands,
+    PendingCommands,
+    uptime_text,
+)
 from bot.handlers.chat import ChatDeps, ChatHandler, Poster
 from bot.handlers.confirm import ConfirmHandler
 from bot.logs import LogRing, Redactor
@@ -410,9 +417,10 @@ async def build_parts(
         scheduler=scheduler,
         tool_deps=tool_deps,
     )
-    wire_admin(runtime, parts)
+    admin = wire_admin(runtime, parts)
     wire_schedules(runtime, parts)
-    wire_confirmations(runtime, parts, chat_deps)
+    confirm = wire_confirmations(runtime, parts, chat_deps)
+    wire_admin_extras(runtime, admin, confirm, parts.scheduler)
     return parts
 
 
@@ -432,6 +440,31 @@ def wire_admin(runtime: Runtime, parts: Parts) -> AdminCommands:
     parts.handler.register(RouteKind.ADMIN_COMMAND, admin.handle)
     parts.admin = admin
     return admin
+
+
+def wire_admin_extras(
+    runtime: Runtime, admin: AdminCommands, confirm: ConfirmHandler, scheduler: Scheduler
+) -> None:
+    """Admin commands built on the confirmations and the scheduler."""
+
+    def settings() -> Settings:  # read at call time: !reload swaps the settings
+        return runtime.settings
+
+    extras = {
+        **PendingCommands(
+            confirm,
+            prefix=lambda: settings().access.command_prefix,
+            timezone=lambda: settings().chat.timezone,
+        ).specs(),
+        **JobCommands(
+            scheduler,
+            prefix=lambda: settings().access.command_prefix,
+            admin_room=lambda: settings().access.admin_room,
+            timezone=lambda: settings().chat.timezone,
+        ).specs(),
+    }
+    for name, spec in extras.items():
+        admin.add(name, spec)
 
 
 def wire_confirmations(runtime: Runtime, parts: Parts, chat_deps: ChatDeps) -> ConfirmHandler:

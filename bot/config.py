@@ -46,6 +46,8 @@ class ServerSettings(Frozen):
     webhook_path: str = "/webhook"
     public_url: str = ""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # A client gets this long to send the whole body, then it is cut off (W09).
+    body_timeout_s: float = Field(default=10.0, gt=0, le=300)
     # Source addresses allowed to post webhooks (CIDRs); empty allows any.
     allowed_sources: tuple[str, ...] = ()
 
