@@ -177,16 +177,14 @@ async def test_a03_user_turn_tainted_by_a_page_cannot_send_elsewhere_or_write(
         )
         llm.reply("I could not send it.")
         texts = await daemon.say(dm_event("summarise this page", sender="alice"))
-        # The taint asks first; even a "yes" cannot take a user's message to another room.
-        assert len(texts) == 1
-        assert texts[0].startswith("**Confirm before I run `nc_talk_send`**")
-        assert await daemon.say(dm_event("yes", sender="alice")) == ["I could not send it."]
+        # A user's message can never go to another room: refused outright, no prompt (A15).
+        assert texts == ["I could not send it."]
     assert talk.texts(OTHER_ROOM) == []
     assert unchanged(notes)
     assert "file_write" not in llm.requests[0].tool_names
-    written, sent = tool_results(llm, 2)[-2:]
+    sent, written = tool_results(llm, 2)[-2:]
+    assert sent == "error: not allowed: you can only use this room"
     assert written == "error: not allowed: this tool is not available to you"
-    assert sent == "the confirmed action failed: not allowed: you can only use this room"
 
 
 async def test_s02_the_production_daemon_never_fetches_loopback(

@@ -266,6 +266,7 @@ async def _handle_call(
     try:
         tool = toolbox.authorize(request.name, ctx)
         args = toolbox.validate(tool.name, request.arguments)
+        await toolbox.precheck(tool, args, ctx)
     except ToolError as exc:
         return f"error: {exc}", None
     if toolbox.needs_confirmation(tool, args, ctx):

@@ -75,6 +75,8 @@ class Tool(Generic[A]):
     egress: bool = False  # sends data out of the room or writes: confirm it in a tainted turn
     untrusted_output: bool = False  # its output taints the rest of the turn
     confirm_when: Callable[[A, ToolContext], bool] | None = None
+    # Refuses (ToolError) a call that could never run, before anyone is asked to confirm it.
+    precheck: Callable[[A, ToolContext], Awaitable[None]] | None = None
 
     def parameters(self) -> dict[str, Any]:
         """The JSON schema of the arguments, shaped for OpenAI function calling."""
@@ -235,6 +237,11 @@ class Toolbox:
         except ValidationError as exc:
             raise ToolError(describe_validation_error(exc)) from None
         return args
+
+    async def precheck(self, tool: Tool[Any], args: BaseModel, ctx: ToolContext) -> None:
+        """ToolError when this call would be refused anyway; no prompt for it then."""
+        if tool.precheck is not None:
+            await tool.precheck(args, ctx)
 
     def needs_confirmation(self, tool: Tool[Any], args: BaseModel, ctx: ToolContext) -> bool:
         """Decided from the tool and the policy only, never from what the model says."""

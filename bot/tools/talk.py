@@ -65,6 +65,9 @@ async def check_room(room: str, ctx: ToolContext, rooms: RoomDirectory) -> str:
 
 
 def make_talk_tools(poster: MessagePoster, rooms: RoomDirectory) -> list[Tool[TalkSendArgs]]:
+    async def allowed_room(args: TalkSendArgs, ctx: ToolContext) -> None:
+        await check_room(target_room(args, ctx), ctx, rooms)
+
     async def nc_talk_send(args: TalkSendArgs, ctx: ToolContext) -> str:
         room = await check_room(target_room(args, ctx), ctx, rooms)
         text = args.message.strip()
@@ -88,6 +91,7 @@ def make_talk_tools(poster: MessagePoster, rooms: RoomDirectory) -> list[Tool[Ta
             roles=roles_from("user"),
             egress=True,
             confirm_when=needs_confirmation,
+            precheck=allowed_room,
             timeout_s=60,
         )
     ]
