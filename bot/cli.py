@@ -4,24 +4,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
+import json
+import logging
 import os
 import secrets
 import shlex
 import signal
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from bot import __version__
+from bot.agent.llm import endpoint_url
 from bot.app import build_app, new_runtime
-from bot.config import Settings, default_config_path, load_settings
+from bot.config import LLMSettings, Settings, default_config_path, load_settings
+from bot.console import ConsoleOptions, load_console_settings, quiet_logging, run_console
 from bot.errors import ConfigError, TalkbotError, TalkError
 from bot.logs import LogRing, Redactor, configure_logging
+from bot.systemd import Notifier, Watchdog, watchdog_interval
 from bot.talk.client import TalkClient
 
 log = structlog.get_logger(__name__)
@@ -29,6 +38,13 @@ log = structlog.get_logger(__name__)
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # EX_CONFIG: systemd does not restart-loop on a broken config
 TALK_FEATURES = ("webhook", "response", "reaction")
+PROBE_TIMEOUT_S = 5.0
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,13 +76,31 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = command("serve", "run the daemon", _serve)
     serve.add_argument("--debug", action="store_true", help="log message text and tool arguments")
-    command("check", "validate the config and name every bad field", _check)
+    check = command("check", "validate the config and name every bad field", _check)
+    check.add_argument(
+        "--offline", action="store_true", help="do not try to reach the model endpoint"
+    )
+    console = command("console", "chat with the full pipeline in this terminal", _console)
+    console.add_argument("--user", required=True, help="speak as this Nextcloud user id")
+    console.add_argument("--room", help="room token (default: a one-to-one room with the bot)")
+    console.add_argument("--moderator", action="store_true", help="as a moderator of --room")
+    console.add_argument("--debug", action="store_true", help="show debug logs")
     setup = command("nextcloud-setup", "print the occ commands that register this bot", _setup)
     setup.add_argument("--occ", default="sudo -u www-data php occ", help="how to call occ")
     send = command("send", "post one message as the bot", _send)
     send.add_argument("--room", required=True, help="room token")
     send.add_argument("message", help="the message text")
     return parser
+
+
+def log_level(environ: Mapping[str, str]) -> int | None:
+    """``LOG_LEVEL`` (debug, info, warning, error) as a logging level; None when unset."""
+    name = environ.get("LOG_LEVEL", "").strip().lower()
+    if not name:
+        return None
+    if name not in LOG_LEVELS:
+        raise ConfigError([("LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}")])
+    return LOG_LEVELS[name]
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -88,6 +122,7 @@ def _fail(message: str, code: int = 1) -> int:
 def _serve(args: argparse.Namespace) -> int:
     try:
         settings = _load(args)
+        level = log_level(os.environ)
     except ConfigError as exc:
         return _fail(exc.one_line(), EXIT_CONFIG)
     ring, redactor = LogRing(), Redactor(debug=args.debug)
@@ -95,9 +130,13 @@ def _serve(args: argparse.Namespace) -> int:
         [settings.nextcloud.bot_secret.get_secret_value(), settings.llm.api_key.get_secret_value()]
     )
     configure_logging(redactor=redactor, ring=ring, debug=args.debug)
+    if level is not None:  # verbosity only: message text stays redacted without --debug
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
     path = _config_path(args)
     try:
         return asyncio.run(_run_daemon(settings, ring, redactor, path))
+    except ConfigError as exc:  # found only at start, like a broken [tools] module
+        return _fail(exc.one_line(), EXIT_CONFIG)
     except TalkbotError as exc:
         return _fail(str(exc))
 
@@ -107,30 +146,52 @@ async def _run_daemon(
 ) -> int:
     runtime = new_runtime(settings, ring=ring, redactor=redactor)
     runtime.load_settings = lambda: load_settings(config_path)
-    app = build_app(runtime)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port)
+    listener = _bind(settings.server.host, settings.server.port)  # before any part starts
+    runner = web.AppRunner(build_app(runtime), handle_signals=False, access_log=None)
     try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        where = f"{settings.server.host}:{settings.server.port}"
-        raise TalkbotError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        await runner.setup()
+    except BaseException:
+        listener.close()
+        raise
+    await web.SockSite(runner, listener).start()
+    where = f"{settings.server.host}:{settings.server.port}"
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, runtime.request_stop)
     log.info("talkbot.listening", host=settings.server.host, port=settings.server.port)
-    await runtime.stop_requested.wait()
-    await runner.cleanup()
+    notifier = Notifier.from_environ()
+    interval = watchdog_interval()
+    watchdog = Watchdog(notifier, interval) if interval else None
+    try:
+        if watchdog is not None:
+            watchdog.start()
+        notifier.ready(f"listening on {where}")
+        await runtime.stop_requested.wait()
+        notifier.stopping("finishing the turns in progress")
+        await runner.cleanup()
+    finally:
+        if watchdog is not None:
+            await watchdog.stop()
+        notifier.close()
     log.info("talkbot.stopped", exit_code=runtime.exit_code)
     return runtime.exit_code
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, or one line naming the address (a port in use, a bad host)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise TalkbotError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 # -- check ---------------------------------------------------------------------------
 
 
-def _check(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout  # looked up per call: tests and callers may replace it
     path = _config_path(args)
     try:
         settings = load_settings(path)
@@ -141,17 +202,66 @@ def _check(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return 1
     out.write(f"{path}: OK\n")
     out.write(f"  webhook: {settings.server.webhook_url()}\n")
-    out.write(f"  nextcloud: {settings.nextcloud.url} (bot secret set)\n")
-    out.write(f"  model: {settings.llm.model} at {settings.llm.base_url} ({settings.llm.flavor})\n")
+    out.write(f"  nextcloud: {_without_userinfo(settings.nextcloud.url)} (bot secret set)\n")
+    llm = settings.llm
+    out.write(f"  model: {llm.model} at {_without_userinfo(llm.base_url)} ({llm.flavor})\n")
     out.write(f"  admins: {', '.join(settings.access.admins) or '(none)'}\n")
     out.write(f"  schedules: {len(settings.schedules)}\n")
-    return 0
+    if not args.offline:
+        out.write(f"  model endpoint: {asyncio.run(probe_models(llm))}\n")
+    return 0  # an unreachable model is reported, not fatal: it may come up later
+
+
+async def probe_models(llm: LLMSettings, timeout_s: float = PROBE_TIMEOUT_S) -> str:
+    """GET {base_url}/models once: is the endpoint there, does it take the key, has it the model?"""
+    headers = {"Accept": "application/json"}
+    if key := llm.api_key.get_secret_value():
+        headers["Authorization"] = f"Bearer {key}"
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    try:
+        async with (
+            aiohttp.ClientSession(trust_env=False, timeout=timeout) as session,
+            session.get(f"{endpoint_url(llm)}/models", headers=headers) as response,
+        ):
+            status = response.status
+            body = await response.read() if status == HTTPStatus.OK else b""
+    # The probe is this command's own tiny adapter: any failure is a finding, not a crash.
+    except TimeoutError:
+        return f"unreachable (no answer within {timeout_s:g} s)"
+    except aiohttp.ClientConnectorError:
+        return "unreachable (cannot connect)"
+    except aiohttp.ClientError as exc:
+        return f"unreachable ({type(exc).__name__})"
+    if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
+        return f"reachable, but it refused the API key (HTTP {status})"
+    if status != HTTPStatus.OK:
+        return f"reachable, but GET /models answered HTTP {status}"
+    return _model_listed(body, llm.model)
+
+
+def _model_listed(body: bytes, model: str) -> str:
+    try:
+        data = json.loads(body)
+        ids = {str(item["id"]) for item in data["data"]}
+    except (ValueError, KeyError, TypeError):
+        return "reachable (the model list was not readable)"
+    if model in ids:
+        return f"reachable, model {model!r} is available"
+    return f"reachable, but model {model!r} is not in its list of {len(ids)}"
+
+
+def _without_userinfo(url: str) -> str:
+    """A URL as it may be shown: credentials in it (user:pass@) are cut out."""
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}"
 
 
 # -- nextcloud-setup -----------------------------------------------------------------
 
 
-def _setup(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def _setup(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout  # looked up per call: tests and callers may replace it
     path = _config_path(args)
     generated = None
     try:
@@ -159,7 +269,7 @@ def _setup(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     except ConfigError as exc:
         if [field for field, _ in exc.problems] != ["nextcloud.bot_secret"]:
             return _fail(exc.one_line(), 1)
-        generated = secrets.token_urlsafe(48)
+        generated = secrets.token_hex(32)  # 64 characters; hex never starts with "-" (an option)
         settings = load_settings(path, {**os.environ, "TALKBOT_NEXTCLOUD__BOT_SECRET": generated})
     secret = settings.nextcloud.bot_secret.get_secret_value()
     occ = args.occ
@@ -169,6 +279,12 @@ def _setup(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if generated:
         out.write("# No bot_secret is configured; here is a fresh one. Put it in the config\n")
         out.write(f"# ([nextcloud] bot_secret, or bot_secret_file):\n#   {generated}\n\n")
+    if secret.startswith("-"):
+        out.write("# Warning: occ reads an argument starting with '-' as an option; use a secret\n")
+        out.write("# that starts with a letter or digit.\n\n")
+    if _is_loopback(url):
+        out.write(f"# Note: {url} is a loopback address: it works only when Nextcloud runs on\n")
+        out.write("# this host. Otherwise set [server] public_url to the URL it can reach.\n\n")
     out.write("# 1. Register the bot (run on the Nextcloud server):\n")
     out.write(
         f"{occ} talk:bot:install {features} {shlex.quote(name)} {shlex.quote(secret)} "
@@ -181,6 +297,36 @@ def _setup(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     rooms += [s.room for s in settings.schedules if s.room not in rooms]
     out.write(f"{occ} talk:bot:setup BOT_ID {' '.join(rooms) or 'ROOM_TOKEN'}\n")
     return 0
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- console -------------------------------------------------------------------------
+
+
+def _console(args: argparse.Namespace) -> int:
+    try:
+        settings = load_console_settings(_config_path(args))
+    except ConfigError as exc:
+        return _fail(exc.one_line(), EXIT_CONFIG)
+    ring, redactor = LogRing(), Redactor(debug=args.debug)
+    redactor.add_secrets([settings.llm.api_key.get_secret_value()])
+    configure_logging(redactor=redactor, ring=ring, debug=args.debug)
+    quiet_logging(debug=args.debug)
+    runtime = new_runtime(settings, ring=ring, redactor=redactor)
+    options = ConsoleOptions(user=args.user, room=args.room, moderator=args.moderator)
+    try:
+        return run_console(runtime, options)
+    except TalkbotError as exc:
+        return _fail(str(exc))
 
 
 # -- send ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from bot.clock import Clock, ManualClock
 from bot.config import Settings, settings_from_mapping
 from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, new_random, sign
 from bot.tools import Tool
+from bot.tools.netguard import AddressPolicy
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 
@@ -186,10 +187,14 @@ async def running_daemon(
     clock: Clock | None = None,
     *,
     extra_tools: Sequence[Tool[Any]] = (),
+    fetch_policy: AddressPolicy | None = None,
 ) -> AsyncIterator[Daemon]:
-    """``extra_tools`` are added to the configured ones (a test's own dangerous tool...)."""
+    """``extra_tools`` are added to the configured ones (a test's own dangerous tool...);
+    ``fetch_policy`` lets http_fetch reach a loopback test server."""
     settings = settings_from_mapping(merge(base_config(tmp_path, talk, llm), extra or {}), {})
-    runtime = new_runtime(settings, clock=clock or ManualClock(), extra_tools=extra_tools)
+    runtime = new_runtime(
+        settings, clock=clock or ManualClock(), extra_tools=extra_tools, fetch_policy=fetch_policy
+    )
     app = build_app(runtime)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.app import build_app, new_runtime
-from bot.clock import ManualClock
-from bot.config import settings_from_mapping
 from bot.tools.netguard import IPAddress
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
-from tests.harness import Daemon, base_config, dm_event, join_event
+from tests.harness import Daemon, dm_event, join_event, running_daemon
 
 OTHER_ROOM = "otherroom1"
 INJECTION = (
@@ -72,24 +68,13 @@ async def pages() -> AsyncIterator[PageServer]:
     await runner.cleanup()
 
 
-@asynccontextmanager
-async def fetching_daemon(
+def fetching_daemon(
     tmp_path: Path, talk: FakeTalk, llm: FakeLLM, pages: PageServer | None
-) -> AsyncIterator[Daemon]:
-    """tests.harness.running_daemon, plus the fetch policy (None: the production one)."""
-    settings = settings_from_mapping(base_config(tmp_path, talk, llm), {})
+) -> AbstractAsyncContextManager[Daemon]:
+    """The running daemon with a fetch policy for the page server (None: the production one)."""
     port = int(pages.url.split(":")[2].split("/")[0]) if pages else 0
     policy = LoopbackOnly(port) if pages else None
-    runtime = new_runtime(settings, clock=ManualClock(), fetch_policy=policy)
-    runner = web.AppRunner(build_app(runtime), handle_signals=False, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            yield Daemon(runtime, url, session, talk, llm)
-    finally:
-        await runner.cleanup()
+    return running_daemon(tmp_path, talk, llm, fetch_policy=policy)
 
 
 @pytest.fixture
