@@ -53,7 +53,7 @@ async def test_a01_user_is_never_offered_nor_runs_an_admin_tool(daemon: Daemon) 
     assert "bot_restart" not in offered
     assert "current_time" in offered
     result = next(m for m in daemon.llm.requests[1].messages if m["role"] == "tool")
-    assert "bot_restart" in result["content"]
+    assert "not allowed" in result["content"]
     assert not daemon.runtime.stop_requested.is_set()
 
 

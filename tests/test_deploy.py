@@ -1,0 +1,412 @@
+"""deploy/ and systemd/: the unit, the install script, the example config, the proxies."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from bot import __version__
+from bot.app import EXIT_RESTART, STOP_DEADLINE_S
+from bot.cli import EXIT_CONFIG
+from bot.config import ServerSettings, Settings, ToolPolicy, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+UNIT = REPO / "systemd" / "talkbot.service"
+EXAMPLE = REPO / "deploy" / "talkbot.example.toml"
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+needs_systemd_analyze = pytest.mark.skipif(
+    SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed (apt-get install systemd)"
+)
+
+
+def unit_entries(text: str) -> list[tuple[str, str, str]]:
+    """(section, key, value) of a unit file, in order; keys may repeat."""
+    entries: list[tuple[str, str, str]] = []
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        entries.append((section, key.strip(), value.strip()))
+    return entries
+
+
+def unit_values(key: str, section: str = "Service") -> list[str]:
+    return [v for s, k, v in unit_entries(UNIT.read_text()) if (s, k) == (section, key)]
+
+
+def the(key: str, section: str = "Service") -> str:
+    values = unit_values(key, section)
+    assert len(values) == 1, f"{key}= appears {len(values)} times"
+    return values[0]
+
+
+# -- the unit ------------------------------------------------------------------------
+
+
+def test_unit_is_a_notify_service_with_a_watchdog_and_the_bots_exit_codes() -> None:
+    assert the("Type") == "notify"
+    assert the("NotifyAccess") == "main"
+    assert the("WatchdogSec") == "30"
+    assert the("Restart") == "on-failure"  # bot_restart exits EXIT_RESTART: a "failure"
+    assert EXIT_RESTART != 0
+    assert the("RestartPreventExitStatus").split() == [str(EXIT_CONFIG)]
+    assert str(EXIT_RESTART) not in " ".join(unit_values("SuccessExitStatus"))
+    assert float(the("TimeoutStopSec")) > STOP_DEADLINE_S
+    assert the("StartLimitBurst", "Unit")
+    assert the("StartLimitIntervalSec", "Unit")
+    assert the("ExecStart") == (
+        "/opt/talkbot/venv/bin/talkbot serve --config /etc/talkbot/talkbot.toml"
+    )
+
+
+def test_unit_hands_secrets_in_as_credentials_and_keeps_state_in_its_state_directory() -> None:
+    assert the("StateDirectory") == "talkbot"
+    assert set(unit_values("LoadCredential")) == {
+        "bot_secret:/etc/talkbot/bot_secret",
+        "api_key:/etc/talkbot/api_key",
+    }
+    environment = dict(v.split("=", 1) for v in unit_values("Environment"))
+    assert environment == {
+        "TALKBOT_STORAGE__PATH": "%S/talkbot/talkbot.sqlite3",
+        "TALKBOT_NEXTCLOUD__BOT_SECRET_FILE": "%d/bot_secret",
+        "TALKBOT_LLM__API_KEY_FILE": "%d/api_key",
+    }
+
+
+def test_unit_is_hardened() -> None:
+    expected = {
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "NoNewPrivileges": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictNamespaces": "yes",
+        "LockPersonality": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "SystemCallArchitectures": "native",
+        "CapabilityBoundingSet": "",
+        "UMask": "0077",
+    }
+    assert {key: the(key) for key in expected} == expected
+    assert the("RestrictAddressFamilies").split() == ["AF_UNIX", "AF_INET", "AF_INET6"]
+    assert "@system-service" in unit_values("SystemCallFilter")
+    assert the("User") != "root"
+
+
+@needs_systemd_analyze
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    unit = _unit_with_an_existing_binary(tmp_path)
+    result = _analyze("verify", str(unit))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""  # not even a warning (bad specifiers are warnings)
+
+
+@needs_systemd_analyze
+def test_unit_rates_well_in_systemd_analyze_security(tmp_path: Path) -> None:
+    unit = _unit_with_an_existing_binary(tmp_path)
+    result = _analyze("security", "--offline=true", str(unit))
+    if "--offline" in result.stderr:
+        pytest.skip("this systemd-analyze cannot rate a unit file offline (needs systemd 250)")
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 2.0  # README: 1.1 "OK" on systemd 252
+
+
+def _unit_with_an_existing_binary(tmp_path: Path) -> Path:
+    """verify checks that ExecStart's program exists: point it at one that does."""
+    prefix = tmp_path / "opt"
+    (prefix / "venv" / "bin").mkdir(parents=True)
+    program = prefix / "venv" / "bin" / "talkbot"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    unit = tmp_path / "talkbot.service"
+    unit.write_text(UNIT.read_text().replace("/opt/talkbot", str(prefix)))
+    return unit
+
+
+def _analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    assert SYSTEMD_ANALYZE is not None
+    return subprocess.run(  # noqa: S603 - a fixed program with test-made arguments
+        [SYSTEMD_ANALYZE, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+# -- the install script --------------------------------------------------------------
+
+
+def build_wheel(directory: Path) -> Path:
+    """A wheel of this checkout's bot package, made without a build backend.
+
+    Tests stay offline, and building the project with setuptools would need it from the
+    network; the script installs whatever PACKAGE names, so a plain wheel tests it fully.
+    """
+    dist = f"talkbot-{__version__}.dist-info"
+    files: dict[str, bytes] = {
+        str(path.relative_to(REPO)): path.read_bytes()
+        for path in sorted((REPO / "bot").rglob("*.py"))
+    }
+    files[f"{dist}/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: talkbot\nVersion: {__version__}\n".encode()
+    )
+    files[f"{dist}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+    files[f"{dist}/WHEEL"] += b"Tag: py3-none-any\n"
+    files[f"{dist}/entry_points.txt"] = b"[console_scripts]\ntalkbot = bot.cli:main\n"
+    record = [f"{name},sha256={_digest(data)},{len(data)}" for name, data in files.items()]
+    files[f"{dist}/RECORD"] = ("\n".join([*record, f"{dist}/RECORD,,"]) + "\n").encode()
+    wheel = directory / f"talkbot-{__version__}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return wheel
+
+
+def _digest(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def run_install(tmp_path: Path, wheel: Path) -> str:
+    env = {
+        **os.environ,
+        "PREFIX": str(tmp_path / "opt"),
+        "CONFDIR": str(tmp_path / "etc"),
+        "UNITDIR": str(tmp_path / "units"),
+        "STATEDIR": str(tmp_path / "state"),
+        "PYTHON": sys.executable,
+        "PACKAGE": str(wheel),
+        "PIP_OPTS": "--no-index --no-deps",
+        "SKIP_SYSTEMCTL": "1",
+    }
+    result = subprocess.run(  # noqa: S603 - our own script
+        ["/bin/sh", str(REPO / "deploy" / "install.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_install_script_sets_up_everything_once_and_never_overwrites_config(
+    tmp_path: Path,
+) -> None:
+    wheel = build_wheel(tmp_path)
+    first = run_install(tmp_path, wheel)
+    prefix, etc, unit = tmp_path / "opt", tmp_path / "etc", tmp_path / "units" / "talkbot.service"
+    assert "venv" in first
+    assert (prefix / "venv" / "bin" / "talkbot").exists()
+    config, secret, api_key = etc / "talkbot.toml", etc / "bot_secret", etc / "api_key"
+    assert (mode(config), mode(secret), mode(api_key)) == (0o640, 0o600, 0o600)
+    assert re.fullmatch(r"[0-9a-f]{64}\n", secret.read_text())
+    assert api_key.read_text() == ""
+    rendered = unit.read_text()
+    assert f"ExecStart={prefix}/venv/bin/talkbot serve --config {etc}/talkbot.toml" in rendered
+    assert f"LoadCredential=bot_secret:{etc}/bot_secret" in rendered
+
+    settings = load_settings(config, {})  # the installed config is valid as it stands
+    assert settings.nextcloud.bot_secret.get_secret_value() == secret.read_text().strip()
+    assert settings.storage.path == tmp_path / "state" / "talkbot.sqlite3"
+
+    config.write_text(config.read_text() + "# edited by the admin\n")
+    unit_mtime, secret_text = unit.stat().st_mtime_ns, secret.read_text()
+    second = run_install(tmp_path, wheel)
+    assert f"config {etc}/talkbot.toml: kept" in second
+    assert config.read_text().endswith("# edited by the admin\n")
+    assert secret.read_text() == secret_text
+    assert unit.stat().st_mtime_ns == unit_mtime
+    assert "unchanged" in second
+    if SYSTEMD_ANALYZE is not None:
+        result = _analyze("verify", str(unit))
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.strip() == ""
+
+
+# -- the example config --------------------------------------------------------------
+
+
+def documented_keys(text: str) -> set[str]:
+    """Dotted keys the example shows, active or in a comment (``# key = ...``)."""
+    keys: set[str] = set()
+    table = ""
+    for raw in text.splitlines():
+        line = raw.lstrip("#").strip()
+        if header := re.fullmatch(r"\[\[?([a-z_.<>]+)\]\]?(\s+#.*)?", line):
+            table = header.group(1)
+        elif key := re.match(r"([a-z_]+)\s*=", line):
+            keys.add(f"{table}.{key.group(1)}" if table else key.group(1))
+    return keys
+
+
+def model_keys(model: type[BaseModel], prefix: str) -> set[str]:
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        inner = _model_of(field.annotation)
+        if inner is not None:
+            keys |= model_keys(inner, f"{prefix}{name}.")
+        elif not (issubclass(model, ToolPolicy) and name in ToolPolicy.model_fields):
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def test_example_config_documents_every_config_key() -> None:
+    text = EXAMPLE.read_text()
+    shown = documented_keys(text)
+    wanted = model_keys(Settings, "") | {"nextcloud.bot_secret_file", "llm.api_key_file"}
+    assert sorted(wanted - shown) == []
+    policies = {key.rsplit(".", 1)[1] for key in shown if key.startswith("tools.bot_restart.")}
+    assert policies == set(ToolPolicy.model_fields)  # the per-tool policy keys, once
+
+
+def test_example_config_is_valid_and_listens_on_loopback() -> None:
+    settings = load_settings(EXAMPLE, {})
+    assert settings.server == ServerSettings()  # it shows the defaults
+    assert settings.server.host == "127.0.0.1"
+
+
+# -- reverse proxies and the Nextcloud guide -----------------------------------------
+
+
+def test_nginx_snippet_limits_the_body_and_times_out_slow_clients() -> None:
+    text = (REPO / "deploy" / "nginx.conf").read_text()
+    limit = ServerSettings().max_body_bytes
+    assert re.search(rf"client_max_body_size\s+{limit // 1024 // 1024}m;", text)
+    for directive in ("client_header_timeout", "client_body_timeout", "proxy_read_timeout"):
+        seconds = re.search(rf"{directive}\s+(\d+)s;", text)
+        assert seconds, directive
+        assert int(seconds.group(1)) <= 10  # Talk waits 5 s; a slow client is cut off
+    assert "proxy_pass http://127.0.0.1:8585" in text
+    assert "location = /webhook" in text
+
+
+def test_caddy_snippet_limits_the_body_and_times_out_slow_clients() -> None:
+    text = (REPO / "deploy" / "Caddyfile").read_text()
+    assert re.search(r"request_body\s*{\s*max_size\s+1MB\s*}", text)
+    assert re.search(r"read_header\s+\d+s", text)
+    assert re.search(r"read_body\s+\d+s", text)
+    assert "reverse_proxy 127.0.0.1:8585" in text
+
+
+def test_every_documented_occ_install_uses_repeated_feature_flags() -> None:
+    """``-f webhook,response`` silently installs a bot with no features (talk-protocol §1)."""
+    documents = [REPO / "deploy" / "NEXTCLOUD.md", REPO / "README.md"]
+    lines = [
+        line
+        for document in documents
+        for line in document.read_text().replace("\\\n", " ").splitlines()
+        if "talk:bot:install" in line and " -f" in line
+    ]
+    assert lines
+    for line in lines:
+        assert re.search(r"-f webhook -f response -f reaction", line), line
+        assert not re.search(r"-f \w+,", line), line
+
+
+@pytest.mark.skipif(
+    shutil.which("nginx") is None or shutil.which("openssl") is None,
+    reason="nginx or openssl is not installed",
+)
+def test_nginx_snippet_passes_nginx_t(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(  # noqa: S603 - a throwaway self-signed certificate for nginx -t
+        [
+            shutil.which("openssl") or "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=bot.example.com",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    site = (REPO / "deploy" / "nginx.conf").read_text()
+    site = site.replace("/etc/letsencrypt/live/bot.example.com/fullchain.pem", str(cert))
+    site = site.replace("/etc/letsencrypt/live/bot.example.com/privkey.pem", str(key))
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n    include {tmp_path}/site.conf;\n}}\n"
+    )
+    result = subprocess.run(  # noqa: S603 - nginx's own config test
+        [
+            shutil.which("nginx") or "nginx",
+            "-t",
+            "-p",
+            str(tmp_path),
+            "-c",
+            str(tmp_path / "nginx.conf"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("caddy") is None, reason="caddy is not installed")
+def test_caddy_snippet_passes_caddy_validate(tmp_path: Path) -> None:
+    result = subprocess.run(  # noqa: S603 - caddy's own config check
+        [
+            shutil.which("caddy") or "caddy",
+            "validate",
+            "--adapter",
+            "caddyfile",
+            "--config",
+            str(REPO / "deploy" / "Caddyfile"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={
+            **os.environ,
+            "HOME": str(tmp_path),
+            "XDG_DATA_HOME": str(tmp_path),
+            "XDG_CONFIG_HOME": str(tmp_path),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Valid configuration" in result.stdout + result.stderr
