@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from bot.clock import Clock
+from bot.crashpoints import crash_point
 from bot.store import InboxItem, Store
 
 log = structlog.get_logger(__name__)
@@ -45,6 +46,7 @@ class Dispatcher:
         self._queues: dict[str, collections.deque[InboxItem]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._busy_noticed: dict[str, float] = {}
+        self._peak_queue = 0
         self._accepting = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -73,6 +75,15 @@ class Dispatcher:
         self._enqueue(item)
 
     @property
+    def room_queue_cap(self) -> int:
+        return self._cap
+
+    @property
+    def peak_room_queue(self) -> int:
+        """The longest any room's queue has been: never above the cap (R07)."""
+        return self._peak_queue
+
+    @property
     def backlog(self) -> int:
         return sum(len(q) for q in self._queues.values()) + len(self._workers)
 
@@ -96,7 +107,9 @@ class Dispatcher:
             await asyncio.gather(*pending, return_exceptions=True)
 
     def _enqueue(self, item: InboxItem) -> None:
-        self._queues.setdefault(item.room, collections.deque()).append(item)
+        queue = self._queues.setdefault(item.room, collections.deque())
+        queue.append(item)
+        self._peak_queue = max(self._peak_queue, len(queue))
         self._idle.clear()
         if item.room not in self._workers:
             task = asyncio.create_task(self._work(item.room), name=f"room-{item.room}")
@@ -113,6 +126,8 @@ class Dispatcher:
             while queue and self._accepting:
                 item = queue.popleft()
                 async with self._slots:
+                    if not self._accepting:
+                        break  # stopped while waiting: still pending, resumed on next start
                     await self._run(item)
         finally:
             self._workers.pop(room, None)
@@ -123,6 +138,7 @@ class Dispatcher:
 
     async def _run(self, item: InboxItem) -> None:
         await self._store.start_event(item.id)
+        crash_point("turn_started")
         structlog.contextvars.bind_contextvars(room=item.room, event_id=item.id)
         try:
             await self._handle(item)
@@ -133,6 +149,7 @@ class Dispatcher:
             await self._store.finish_event(item.id, "failed", "handler error")
             await self._notify(self._on_failure, item)
         else:
+            crash_point("before_event_done")
             await self._store.finish_event(item.id)
         finally:
             structlog.contextvars.unbind_contextvars("room", "event_id")

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from bot.clock import Clock
 from bot.config import ServerSettings
+from bot.crashpoints import crash_point
 from bot.dispatch import Dispatcher
 from bot.metrics import Metrics
 from bot.store import InboxItem, Store
@@ -19,7 +20,7 @@ from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, verify_webhook
 
 log = structlog.get_logger(__name__)
 
-BODY_READ_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT = 408
 # Join and Leave name the bot itself as actor; they update the room registry.
 MEMBERSHIP_EVENTS = frozenset({"Join", "Leave"})
 
@@ -53,6 +54,8 @@ class WebhookReceiver:
     async def handle(self, request: web.Request) -> web.Response:
         status, kind = await self._receive(request)
         self._metrics.webhooks.labels(type=kind, status=str(status)).inc()
+        if status == REQUEST_TIMEOUT:
+            return await _answer_and_close(request, status)
         return web.Response(status=status)
 
     async def _receive(self, request: web.Request) -> tuple[int, str]:
@@ -76,6 +79,7 @@ class WebhookReceiver:
             random=random,
             dedupe_key=event.dedupe_key,
         )
+        crash_point("after_accept")
         if item_id is None:
             log.info("webhook.duplicate", room=event.room.token, type=event.type)
         else:
@@ -127,10 +131,22 @@ class WebhookReceiver:
             raise BodyTooLargeError
         chunks: list[bytes] = []
         size = 0
-        async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+        async with asyncio.timeout(self._settings.body_timeout_s):
             while chunk := await request.content.read(65536):
                 size += len(chunk)
                 if size > limit:
                     raise BodyTooLargeError
                 chunks.append(chunk)
         return b"".join(chunks)
+
+
+async def _answer_and_close(request: web.Request, status: int) -> web.Response:
+    """Answer, then drop the connection (W09): left open, aiohttp would go on reading a
+    dripping body for its lingering time (10 s) after the handler gave up on it."""
+    response = web.Response(status=status)
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()
+    return response
