@@ -324,7 +324,17 @@ def _decode_object(text: str, where: str) -> dict[str, Any]:
         raise EventParseError(f"{where} is not JSON") from exc
     if not isinstance(value, dict):
         raise EventParseError(f"{where} is not a JSON object")
+    if "\\ud" in text.lower():
+        _refuse_lone_surrogates(value, where)
     return value
+
+
+def _refuse_lone_surrogates(value: dict[str, Any], where: str) -> None:
+    """JSON can escape half an emoji; Talk never does, and such text cannot be stored."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventParseError(f"{where} has a lone surrogate escape") from None
 
 
 def _object(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:

@@ -518,3 +518,21 @@ def test_w10_captured_body_with_one_field_replaced_raises_only_event_parse_error
     node[path[-1]] = json.dumps(value) if as_content else value
     event = _outcome(json.dumps(body).encode())
     assert event is None or event.actor.id == body["actor"]["id"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"type":"Create","actor":{"type":"Person","id":"users\\/a","name":"A\\udc00"},'
+        b'"object":{"type":"Note","id":"1","name":"message",'
+        b'"content":"{\\"message\\":\\"hi\\",\\"parameters\\":[]}"},"target":{"id":"abcd"}}',
+        b'{"type":"Create","actor":{"type":"Person","id":"users\\/a","name":"A"},'
+        b'"object":{"type":"Note","id":"1","name":"message",'
+        b'"content":"{\\"message\\":\\"half \\\\ud83d emoji\\",\\"parameters\\":[]}"},'
+        b'"target":{"id":"abcd"}}',
+    ],
+    ids=["lone-low-surrogate-in-name", "lone-high-surrogate-in-content"],
+)
+def test_w10_lone_surrogate_escapes_are_refused(body: bytes) -> None:
+    with pytest.raises(EventParseError, match="lone surrogate"):
+        parse_event(body)
