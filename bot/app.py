@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +68,8 @@ from bot.webhook import WebhookReceiver
 
 log = structlog.get_logger(__name__)
 
-STOP_DEADLINE_S = 60.0  # below systemd's TimeoutStopSec (90 s by default)
+STOP_DEADLINE_S = 60.0
+HOUSEKEEPING_INTERVAL_S = 6 * 3600  # below systemd's TimeoutStopSec (90 s by default)
 EXIT_RESTART = 75  # EX_TEMPFAIL: systemd's Restart=on-failure starts us again
 _T = TypeVar("_T")
 
@@ -124,6 +126,7 @@ class Parts:
     scheduler: Scheduler
     tool_deps: ToolDeps
     admin: AdminCommands | None = None
+    housekeeping: asyncio.Task[None] | None = None
     confirm: ConfirmHandler | None = None
 
 
@@ -595,7 +598,21 @@ def rebuilt_toolbox(runtime: Runtime, old: Settings, new: Settings) -> Toolbox:
         raise
 
 
+async def housekeep(store: Store, interval_s: float = HOUSEKEEPING_INTERVAL_S) -> None:
+    """Old inbox bodies go, every few hours; a failure is logged and tried again later."""
+    while True:
+        try:
+            await store.purge()
+        except Exception:
+            log.exception("store.housekeeping_failed")
+        await asyncio.sleep(interval_s)
+
+
 async def close_parts(parts: Parts) -> None:
+    if parts.housekeeping is not None:
+        parts.housekeeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await parts.housekeeping
     await parts.scheduler.stop()
     await parts.dispatcher.stop(STOP_DEADLINE_S)
     await parts.llm.aclose()
@@ -617,6 +634,7 @@ async def start_parts(runtime: Runtime, parts: Parts, *, schedules: bool = True)
     await parts.dispatcher.start()
     if schedules:
         await parts.scheduler.start(runtime.settings.schedules)
+    parts.housekeeping = asyncio.create_task(housekeep(parts.store), name="housekeeping")
 
 
 def build_app(

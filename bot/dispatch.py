@@ -46,6 +46,7 @@ class Dispatcher:
         self._queues: dict[str, collections.deque[InboxItem]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._busy_noticed: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}
         self._peak_queue = 0
         self._accepting = False
         self._idle = asyncio.Event()
@@ -59,6 +60,9 @@ class Dispatcher:
             if item.attempts >= MAX_ATTEMPTS:
                 log.error("dispatch.given_up", event_id=item.id, room=item.room)
                 await self._store.finish_event(item.id, "failed", "interrupted too often")
+                # The process may have died for another reason each time (R09): never
+                # drop an accepted message silently; the sender gets the apology.
+                self._fire(self._notify(self._on_failure, item))
                 continue
             self._enqueue(item)
         if resumed:
@@ -155,13 +159,18 @@ class Dispatcher:
             structlog.contextvars.unbind_contextvars("room", "event_id")
 
     def _overflow(self, item: InboxItem) -> None:
-        log.warning("dispatch.room_overflow", room=item.room, event_id=item.id)
         self._fire(self._store.finish_event(item.id, "dropped", "room queue full"))
+        self._dropped[item.room] = self._dropped.get(item.room, 0) + 1
         now = self._clock.monotonic()
         last = self._busy_noticed.get(item.room)
-        if self._on_overflow is not None and (last is None or now - last >= BUSY_NOTICE_INTERVAL_S):
+        if last is None or now - last >= BUSY_NOTICE_INTERVAL_S:
+            # One line and one notice per room and window, not one per dropped message.
+            log.warning(
+                "dispatch.room_overflow", room=item.room, dropped=self._dropped.pop(item.room)
+            )
             self._busy_noticed[item.room] = now
-            self._fire(self._notify(self._on_overflow, item))
+            if self._on_overflow is not None:
+                self._fire(self._notify(self._on_overflow, item))
 
     def _fire(self, coro: Awaitable[None]) -> None:
         """A short side task the dispatcher owns until it finishes."""

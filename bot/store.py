@@ -21,13 +21,15 @@ from typing import Any
 from bot.clock import Clock
 from bot.errors import StoreError
 
-RANDOM_RETENTION_S = 14 * 24 * 3600
+BODY_RETENTION_S = 14 * 24 * 3600
+ROW_RETENTION_S = 180 * 24 * 3600
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     room TEXT NOT NULL,
     dedupe_key TEXT UNIQUE,
+    random TEXT UNIQUE,
     kind TEXT NOT NULL,
     body TEXT NOT NULL,
     received_at REAL NOT NULL,
@@ -37,11 +39,6 @@ CREATE TABLE IF NOT EXISTS inbox (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS inbox_open ON inbox (status, room, id);
-
-CREATE TABLE IF NOT EXISTS seen_randoms (
-    random TEXT PRIMARY KEY,
-    seen_at REAL NOT NULL
-);
 
 CREATE TABLE IF NOT EXISTS rooms (
     token TEXT PRIMARY KEY,
@@ -337,29 +334,16 @@ class Store:
     async def accept_event(
         self, *, room: str, kind: str, body: bytes, random: str, dedupe_key: str | None
     ) -> int | None:
-        """Store a verified webhook; None when its random or key was seen before."""
-        now = self._clock.now()
-        with self._transaction() as db:
-            try:
-                db.execute(
-                    "INSERT INTO seen_randoms (random, seen_at) VALUES (?, ?)", (random, now)
-                )
-            except sqlite3.IntegrityError:
-                return None
-            if dedupe_key is not None:
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO inbox (room, dedupe_key, kind, body, received_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (room, dedupe_key, kind, body.decode("utf-8"), now),
-                )
-            else:
-                cursor = db.execute(
-                    "INSERT INTO inbox (room, kind, body, received_at) VALUES (?, ?, ?, ?)",
-                    (room, kind, body.decode("utf-8"), now),
-                )
-            if cursor.rowcount == 0:
-                return None
-            return cursor.lastrowid
+        """Store a verified webhook; None when its random or its key was seen before.
+
+        One statement, committed before the webhook is answered (W04, W05).
+        """
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO inbox (room, dedupe_key, random, kind, body, received_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (room, dedupe_key, random, kind, body.decode("utf-8"), self._clock.now()),
+        )
+        return cursor.lastrowid if cursor.rowcount else None
 
     async def open_events(self) -> list[InboxItem]:
         """Everything accepted and not finished, oldest first (resumed after a restart)."""
@@ -398,14 +382,27 @@ class Store:
         row = self._db.execute("SELECT status FROM inbox WHERE id = ?", (event_id,)).fetchone()
         return None if row is None else str(row[0])
 
-    async def purge(self, *, randoms_older_than_s: float = RANDOM_RETENTION_S) -> None:
-        cutoff = self._clock.now() - randoms_older_than_s
+    async def purge(
+        self,
+        *,
+        bodies_older_than_s: float = BODY_RETENTION_S,
+        rows_older_than_s: float = ROW_RETENTION_S,
+    ) -> None:
+        """Housekeeping: finished events lose their body, and much later their row.
+
+        The row (its room + message id and its random) is what makes a replay a no-op,
+        so it outlives the body by far (W05).
+        """
+        now = self._clock.now()
         with self._transaction() as db:
-            db.execute("DELETE FROM seen_randoms WHERE seen_at < ?", (cutoff,))
             db.execute(
                 "UPDATE inbox SET body = '' WHERE status NOT IN ('pending', 'running')"
-                " AND finished_at < ?",
-                (cutoff,),
+                " AND received_at < ? AND body != ''",
+                (now - bodies_older_than_s,),
+            )
+            db.execute(
+                "DELETE FROM inbox WHERE status NOT IN ('pending', 'running') AND received_at < ?",
+                (now - rows_older_than_s,),
             )
 
     # -- rooms -----------------------------------------------------------------------

@@ -127,8 +127,11 @@ class WebhookReceiver:
     async def _read_body(self, request: web.Request) -> bytes:
         """Read at most max_body_bytes, refusing early on Content-Length (W08, W09)."""
         limit = self._settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise BodyTooLargeError
+        if request.content_length is not None:
+            if request.content_length > limit:
+                raise BodyTooLargeError
+            async with asyncio.timeout(self._settings.body_timeout_s):
+                return await request.read()  # framed by Content-Length, under the limit
         chunks: list[bytes] = []
         size = 0
         async with asyncio.timeout(self._settings.body_timeout_s):

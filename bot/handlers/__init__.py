@@ -55,6 +55,7 @@ class EventHandler:
             RouteKind.REFUSE_COMMAND: self._on_refused_command,
         }
         self._pending_lookup: PendingLookup | None = None
+        self._rooms_seen: dict[str, tuple[str, bool]] = {}
         self._extra_room_commands: dict[str, RouteHandler] = {}
 
     def register(self, kind: RouteKind, handler: RouteHandler) -> None:
@@ -80,7 +81,9 @@ class EventHandler:
             room_mode=room.mode if room else None,
             pending=pending,
         )
-        log.info("event.routed", type=event.type, route=route.kind.value, actor_role=role)
+        # Most events in a busy room are nothing for the bot: those only at debug level.
+        level = log.debug if route.kind is RouteKind.IGNORE else log.info
+        level("event.routed", type=event.type, route=route.kind.value, actor_role=role)
         if route.kind is RouteKind.MEMBERSHIP:
             await self._on_membership(event)
             return
@@ -91,11 +94,15 @@ class EventHandler:
             await handler(event, role, route)
 
     async def _remember_room(self, event: Event) -> None:
-        if event.type in ("Join", "Leave"):
+        if event.type in ("Join", "Leave") or not event.room.token:
             return
+        seen = (event.room.name, event.room.is_one_to_one)
+        if self._rooms_seen.get(event.room.token) == seen:
+            return  # written already by this process; a rename writes again
         await self._store.record_room(
             event.room.token, name=event.room.name, one_to_one=event.room.is_one_to_one
         )
+        self._rooms_seen[event.room.token] = seen
 
     async def _record(self, event: Event, role: Role) -> None:
         message = event.message
