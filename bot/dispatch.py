@@ -47,6 +47,7 @@ class Dispatcher:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._busy_noticed: dict[str, float] = {}
         self._dropped: dict[str, int] = {}
+        self._overflowed: list[int] = []
         self._peak_queue = 0
         self._accepting = False
         self._idle = asyncio.Event()
@@ -159,7 +160,9 @@ class Dispatcher:
             structlog.contextvars.unbind_contextvars("room", "event_id")
 
     def _overflow(self, item: InboxItem) -> None:
-        self._fire(self._store.finish_event(item.id, "dropped", "room queue full"))
+        self._overflowed.append(item.id)
+        if len(self._overflowed) == 1:  # the first of this tick: one commit for them all
+            self._fire(self._drop_overflowed())
         self._dropped[item.room] = self._dropped.get(item.room, 0) + 1
         now = self._clock.monotonic()
         last = self._busy_noticed.get(item.room)
@@ -171,6 +174,11 @@ class Dispatcher:
             self._busy_noticed[item.room] = now
             if self._on_overflow is not None:
                 self._fire(self._notify(self._on_overflow, item))
+
+    async def _drop_overflowed(self) -> None:
+        await asyncio.sleep(0)  # let the rest of this tick's overflow join the batch
+        ids, self._overflowed = self._overflowed, []
+        await self._store.drop_events(ids, "room queue full")
 
     def _fire(self, coro: Awaitable[None]) -> None:
         """A short side task the dispatcher owns until it finishes."""

@@ -8,6 +8,7 @@ commit survives a crash of the process).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -153,6 +154,12 @@ CREATE TABLE IF NOT EXISTS job_runs (
 """
 
 
+INSERT_EVENT = (
+    "INSERT OR IGNORE INTO inbox (room, dedupe_key, random, kind, body, received_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
 @dataclass(frozen=True)
 class InboxItem:
     id: int
@@ -291,6 +298,8 @@ class Store:
         self._db = db
         self._clock = clock
         self._lock_fd = lock_fd
+        # Webhooks accepted in the same event-loop tick share one commit (group commit).
+        self._intake: list[tuple[tuple[Any, ...], asyncio.Future[int | None]]] = []
 
     @classmethod
     def open(cls, path: Path, clock: Clock) -> Store:
@@ -336,14 +345,32 @@ class Store:
     ) -> int | None:
         """Store a verified webhook; None when its random or its key was seen before.
 
-        One statement, committed before the webhook is answered (W04, W05).
+        Returns once the row is committed (W04, W05). Webhooks arriving together are
+        committed together: one transaction per event-loop tick, not one per webhook.
         """
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO inbox (room, dedupe_key, random, kind, body, received_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (room, dedupe_key, random, kind, body.decode("utf-8"), self._clock.now()),
-        )
-        return cursor.lastrowid if cursor.rowcount else None
+        row = (room, dedupe_key, random, kind, body.decode("utf-8"), self._clock.now())
+        done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._intake.append((row, done))
+        if len(self._intake) == 1:
+            asyncio.get_running_loop().call_soon(self._commit_intake)
+        return await done
+
+    def _commit_intake(self) -> None:
+        batch, self._intake = self._intake, []
+        try:
+            with self._transaction() as db:
+                ids = [
+                    cursor.lastrowid if cursor.rowcount else None
+                    for cursor in (db.execute(INSERT_EVENT, row) for row, _ in batch)
+                ]
+        except sqlite3.Error as exc:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(StoreError(f"cannot store the event: {exc}"))
+            return
+        for (_, done), event_id in zip(batch, ids, strict=True):
+            if not done.done():
+                done.set_result(event_id)
 
     async def open_events(self) -> list[InboxItem]:
         """Everything accepted and not finished, oldest first (resumed after a restart)."""
@@ -371,6 +398,14 @@ class Store:
             "UPDATE inbox SET status = ?, finished_at = ?, error = ? WHERE id = ?",
             (status, self._clock.now(), error, event_id),
         )
+
+    async def drop_events(self, event_ids: list[int], reason: str) -> None:
+        """Mark events given up without handling (a flooded room), in one commit."""
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE inbox SET status = 'dropped', finished_at = ?, error = ? WHERE id = ?",
+                [(self._clock.now(), reason, event_id) for event_id in event_ids],
+            )
 
     async def inbox_backlog(self) -> int:
         row = self._db.execute(

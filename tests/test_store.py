@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,27 @@ async def test_audit_rows(store: Store) -> None:
     await store.audit(actor="users/a", room="r1", action="tool.refused", tool="x", outcome="no")
     [row] = await store.recent_audit()
     assert (row.actor, row.action, row.tool) == ("users/a", "tool.refused", "x")
+
+
+async def test_webhooks_accepted_together_share_a_commit_and_still_dedupe(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    store = Store.open(tmp_path / "db.sqlite3", clock)
+    results = await asyncio.gather(
+        *(
+            store.accept_event(
+                room="r",
+                kind="Create",
+                body=b"{}",
+                random=f"rand-{i}",
+                dedupe_key=f"Create:r:{i % 5}",
+            )
+            for i in range(10)
+        )
+    )
+    accepted = [r for r in results if r is not None]
+    assert len(accepted) == 5
+    assert results[5:] == [None] * 5  # the same messages again, in the same batch
+    await store.close()
+    reopened = Store.open(tmp_path / "db.sqlite3", clock)  # committed, not just queued
+    assert len(await reopened.open_events()) == 5
