@@ -36,6 +36,7 @@ from bot import replies
 from bot.access import at_least
 from bot.clock import Clock
 from bot.config import EVERY_PATTERN, Role, ScheduleSettings
+from bot.crashpoints import crash_point
 from bot.errors import ConfigError, TalkbotError
 from bot.store import JobRecord, RunRecord, Store
 
@@ -651,7 +652,9 @@ class Scheduler:
         if not await self._store.claim_run(job.id, fire_time):
             log.info("schedule.already_ran", job=job.id, fire_time=fire_time)
             return "duplicate"
+        crash_point("schedule_claimed")
         outcome, detail = await self._deliver_once(job, fire_time)
+        crash_point("schedule_delivered")
         await self._store.finish_run(job.id, fire_time, outcome, detail)
         await self._audit(job, outcome, detail)
         await self._retire_one_off(job)

@@ -110,6 +110,27 @@ async def test_an_event_interrupted_too_often_is_given_up(store: Store, clock: M
     assert await store.event_status(item.id) == "failed"
 
 
+async def test_r09_an_event_given_up_still_gets_its_apology(
+    store: Store, clock: ManualClock
+) -> None:
+    item = await add(store, "r", 1)
+    for _ in range(MAX_ATTEMPTS):
+        await store.start_event(item.id)
+    told: list[int] = []
+
+    async def handle(_item: InboxItem) -> None:
+        raise AssertionError("must not run again")
+
+    async def on_failure(failed: InboxItem) -> None:
+        told.append(failed.id)
+
+    dispatcher = Dispatcher(store, handle, clock=clock, on_failure=on_failure)
+    await dispatcher.start()
+    await dispatcher.wait_idle()
+    assert told == [item.id]
+    assert await store.event_status(item.id) == "failed"
+
+
 async def test_handler_bug_marks_failed_and_apologises(store: Store, clock: ManualClock) -> None:
     apologies: list[int] = []
 

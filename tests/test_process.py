@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # inside a list: [[schedules]] as inline tables
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -62,31 +65,45 @@ class Process:
 
 
 @asynccontextmanager
-async def serve(config: Path) -> AsyncIterator[Process]:
-    data = tomllib.loads(config.read_text())  # noqa: ASYNC240 - a tiny local file
-    url = f"http://127.0.0.1:{data['server']['port']}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
+async def serve(
+    config: Path, *, env: Mapping[str, str] | None = None, log: Path | None = None
+) -> AsyncIterator[Process]:
+    daemon = await spawn(config, env=env, log=log)
+    proc = daemon.proc
     try:
-        await _wait_healthy(url, proc)
-        yield Process(proc, url)
+        await wait_healthy(daemon.url, proc)
+        yield daemon
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
 
 
-async def _wait_healthy(url: str, proc: asyncio.subprocess.Process) -> None:
+async def spawn(
+    config: Path, *, env: Mapping[str, str] | None = None, log: Path | None = None
+) -> Process:
+    """Start `talkbot serve` without waiting for it; ``log`` collects its stderr."""
+    data = tomllib.loads(config.read_text())  # noqa: ASYNC240 - a tiny local file
+    url = f"http://127.0.0.1:{data['server']['port']}"
+    with contextlib.ExitStack() as files:
+        stderr: Any = asyncio.subprocess.PIPE
+        if log is not None:
+            stderr = files.enter_context(log.open("ab"))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            "serve",
+            "--config",
+            str(config),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+    return Process(proc, url)
+
+
+async def wait_healthy(url: str, proc: asyncio.subprocess.Process) -> None:
     deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT_S
     async with aiohttp.ClientSession() as session:
         while asyncio.get_running_loop().time() < deadline:

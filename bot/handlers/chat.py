@@ -20,6 +20,7 @@ from bot.agent.loop import GaveUp, NeedsConfirmation, Reply, TurnState, resume_t
 from bot.agent.prompts import system_prompt
 from bot.clock import Clock
 from bot.config import ChatSettings, LLMSettings, Role
+from bot.crashpoints import crash_point
 from bot.errors import TalkError
 from bot.metrics import Metrics
 from bot.talk.events import Event
@@ -147,6 +148,7 @@ class ChatHandler:
             await deps.on_confirmation(event, ctx, result)
             return
         text = result.text if isinstance(result, Reply) else _gave_up_text(result)
+        crash_point("before_reply")
         await self.say(event, text)
         if isinstance(result, Reply):
             await deps.history.record_reply(event.room.token, text)

@@ -24,6 +24,7 @@ from bot.confirmations import (
     Verdict,
     args_hash,
 )
+from bot.crashpoints import crash_point
 from bot.errors import ToolError
 from bot.handlers.chat import ChatHandler
 from bot.routing import PendingRef, Route, RouteKind, reaction_answer
@@ -265,8 +266,10 @@ class ConfirmHandler:
             return False
         if not await self._confirmations.start(action):
             return False
+        crash_point("tool_running")
         ctx = self._chat.context_for(event, role, tainted=state.tainted)
         result = await self._execute(action, ctx)
+        crash_point("tool_ran")
         await self._confirmations.finish(action, ok=result.ok, result_text=result.text)
         await self._after_decision(event, role, action, "done" if result.ok else "failed")
         return result.ok
