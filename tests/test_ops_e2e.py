@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import sys
 import tomllib
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,9 @@ from tests.harness import (
     running_daemon,
     signed_headers,
 )
+from tests.test_process import spawn as spawn_daemon
+from tests.test_systemd import bound_notify_socket
+from tests.test_systemd import receive as receive_notification
 
 STARTUP_TIMEOUT_S = 20.0
 EXIT_TIMEOUT_S = 20.0
@@ -231,36 +232,16 @@ async def test_w15_a_source_outside_allowed_sources_gets_403(
 # -- the real process ----------------------------------------------------------------
 
 
-@contextmanager
-def notify_socket(directory: Path) -> Iterator[tuple[socket.socket, str]]:
-    path = directory / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.setblocking(False)
-    try:
-        yield sock, str(path)
-    finally:
-        sock.close()
+def notify_socket(directory: Path) -> AbstractContextManager[tuple[socket.socket, str]]:
+    return bound_notify_socket(directory)
 
 
 async def receive(sock: socket.socket) -> str:
-    loop = asyncio.get_running_loop()
-    data = await asyncio.wait_for(loop.sock_recv(sock, 4096), STARTUP_TIMEOUT_S)
-    return data.decode()
+    return await receive_notification(sock, STARTUP_TIMEOUT_S)
 
 
 async def spawn(config: Path, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
+    return (await spawn_daemon(config, env=env)).proc
 
 
 @asynccontextmanager

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,10 @@ from bot.systemd import Notifier, Watchdog, watchdog_interval
 RECV_TIMEOUT_S = 5.0
 
 
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    path = tmp_path / "notify.sock"
+@contextmanager
+def bound_notify_socket(directory: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+    path = directory / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(path))
     sock.setblocking(False)
@@ -29,9 +31,15 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
         sock.close()
 
 
-async def receive(sock: socket.socket) -> str:
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    with bound_notify_socket(tmp_path) as bound:
+        yield bound
+
+
+async def receive(sock: socket.socket, timeout_s: float = RECV_TIMEOUT_S) -> str:
     loop = asyncio.get_running_loop()
-    data = await asyncio.wait_for(loop.sock_recv(sock, 4096), RECV_TIMEOUT_S)
+    data = await asyncio.wait_for(loop.sock_recv(sock, 4096), timeout_s)
     return data.decode()
 
 
