@@ -26,6 +26,9 @@ class Reply:
     text: str
     rounds: int
     tools_used: tuple[str, ...]
+    # (tool name, result text) of every call that ran in this turn, for the room's history;
+    # derived from the turn's messages, so not part of what makes two replies equal.
+    tool_results: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,23 @@ def _final(completion: Completion, state: TurnState) -> Reply | GaveUp:
         text = f"{text}\n\n{prompts.TRUNCATED_NOTE}"
     if not text:
         return GaveUp("empty", rounds=state.rounds, tools_used=state.tools_used)
-    return Reply(text, state.rounds, state.tools_used)
+    return Reply(text, state.rounds, state.tools_used, tool_results(state.messages))
+
+
+def tool_results(messages: tuple[dict[str, Any], ...]) -> tuple[tuple[str, str], ...]:
+    """The tool results among a turn's messages, each with the name of its tool."""
+    names = {
+        call.get("id"): call.get("function", {}).get("name", "?")
+        for message in messages
+        if message.get("role") == "assistant"
+        for call in message.get("tool_calls") or ()
+        if isinstance(call, dict)
+    }
+    return tuple(
+        (str(names.get(message.get("tool_call_id"), "?")), str(message.get("content", "")))
+        for message in messages
+        if message.get("role") == "tool"
+    )
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,8 @@ class ChatHandler:
         crash_point("before_reply")
         await self.say(event, text)
         if isinstance(result, Reply):
+            for tool, output in result.tool_results:
+                await deps.history.record_tool(event.room.token, tool, output)
             await deps.history.record_reply(event.room.token, text)
 
     async def say(self, event: Event, text: str) -> None:

@@ -44,6 +44,19 @@ async def test_two_round_current_time_turn_posts_the_final_answer(daemon: Daemon
     assert "Europe/Berlin" in tool_messages[0]["content"]
 
 
+async def test_tool_results_stay_in_the_room_history(daemon: Daemon) -> None:
+    daemon.llm.call("current_time", {"timezone": "Asia/Tokyo"})
+    daemon.llm.reply("It is evening in Tokyo.")
+    await daemon.say(dm_event("time in Tokyo?"))
+    daemon.llm.reply("As I said.")
+    await daemon.say(dm_event("and again?"))
+    contents = [m["content"] for m in daemon.llm.requests[-1].messages]
+    remembered = [c for c in contents if c.startswith("[current_time returned:")]
+    assert len(remembered) == 1
+    assert "Asia/Tokyo" in remembered[0]
+    assert contents.index(remembered[0]) < contents.index("It is evening in Tokyo.")
+
+
 async def test_a01_user_is_never_offered_nor_runs_an_admin_tool(daemon: Daemon) -> None:
     daemon.llm.call("bot_restart", {})
     daemon.llm.reply("I could not do that.")
