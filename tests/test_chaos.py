@@ -615,3 +615,21 @@ async def test_r09_random_kills_lose_no_message_and_repeat_nothing_beyond_r05(
 async def test_r09_soak_of_50_kills(ticking_rig: Rig) -> None:
     figures = await chaos(ticking_rig, SOAK_KILLS)
     assert figures["sigkills"] + figures["crash_point_exits"] >= SOAK_KILLS
+
+
+async def test_a09_a_pending_action_survives_kill_9_and_the_yes_afterwards_runs_it(
+    tmp_path: Path,
+) -> None:
+    async with fresh_rig(tmp_path) as rig:
+        assert await rig.start()
+        assert await rig.post(rig.tool_event("please mark t77"))
+        code = await until(lambda: rig.prompt_for("t77"), "a prompt for t77")
+        await rig.kill()
+        assert rig.ledger_lines() == []  # asked, not run
+        assert await rig.start()
+        yes = rig.tool_event(f"yes {code}")
+        assert await rig.post(yes)
+        await until(lambda: rig.ledger_lines() or None, "the confirmed run")
+        await rig.answered(yes)
+        assert rig.ledger_lines() == ["t77"]  # exactly the stored call, once
+        assert await rig.stop() == 0
