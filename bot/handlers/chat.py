@@ -79,6 +79,7 @@ class ChatHandler:
     def __init__(self, deps: ChatDeps) -> None:
         self._deps = deps
         self._model_slots = asyncio.Semaphore(deps.llm_settings.concurrency)
+        self._room_locks: dict[str, asyncio.Lock] = {}
 
     def reconfigure(
         self,
@@ -113,28 +114,30 @@ class ChatHandler:
         if note:
             messages.append({"role": "system", "content": note})
         started = time.monotonic()
-        async with self._working(event), self._model_slots:
-            result = await run_turn(
-                deps.llm, deps.toolbox, ctx, messages, max_rounds=deps.llm_settings.max_rounds
-            )
-        deps.metrics.turn_seconds.observe(time.monotonic() - started)
-        await self.finish(event, ctx, result)
+        async with self._room_lock(event.room.token):
+            async with self._working(event), self._model_slots:
+                result = await run_turn(
+                    deps.llm, deps.toolbox, ctx, messages, max_rounds=deps.llm_settings.max_rounds
+                )
+            deps.metrics.turn_seconds.observe(time.monotonic() - started)
+            await self.finish(event, ctx, result)
 
     async def resume(
         self, event: Event, ctx: ToolContext, state: TurnState, results: dict[str, str]
     ) -> None:
         """Continue a turn paused for confirmation (the confirm handler), then answer."""
         deps = self._deps
-        async with self._working(event), self._model_slots:
-            result = await resume_turn(
-                deps.llm,
-                deps.toolbox,
-                ctx,
-                state,
-                results,
-                max_rounds=deps.llm_settings.max_rounds,
-            )
-        await self.finish(event, ctx, result)
+        async with self._room_lock(event.room.token):
+            async with self._working(event), self._model_slots:
+                result = await resume_turn(
+                    deps.llm,
+                    deps.toolbox,
+                    ctx,
+                    state,
+                    results,
+                    max_rounds=deps.llm_settings.max_rounds,
+                )
+            await self.finish(event, ctx, result)
 
     async def finish(self, event: Event, ctx: ToolContext, result: TurnResult) -> None:
         """Answer in the room with what the loop produced (also after a confirmation)."""
@@ -195,7 +198,7 @@ class ChatHandler:
         messages += await deps.history.messages(room)
         messages.append({"role": "system", "content": SCHEDULED_TURN_NOTE})
         messages.append({"role": "user", "content": prompt})
-        async with self._model_slots:
+        async with self._room_lock(room), self._model_slots:
             result = await run_turn(
                 deps.llm, deps.toolbox, ctx, messages, max_rounds=deps.llm_settings.max_rounds
             )
@@ -206,6 +209,11 @@ class ChatHandler:
         if isinstance(result, NeedsConfirmation):  # the loop refuses these when unattended
             return replies.apology()
         return _gave_up_text(result)
+
+    def _room_lock(self, room: str) -> asyncio.Lock:
+        """One turn at a time per room, whoever starts it: the dispatcher already orders
+        a room's messages; this also keeps scheduled and admin-approved turns in line."""
+        return self._room_locks.setdefault(room, asyncio.Lock())
 
     def _system_prompt(self, event: Event, role: Role) -> str:
         chat = self._deps.chat

@@ -263,3 +263,16 @@ async def test_r06_ten_rooms_ten_messages_each_in_order_and_in_parallel(
 def test_harness_actor_helper_builds_user_ids() -> None:
     assert actor("alice")["id"] == "users/alice"
     assert actor("guests/x")["id"] == "guests/x"
+
+
+async def test_a_scheduled_turn_waits_for_the_rooms_chat_turn(daemon: Daemon) -> None:
+    daemon.llm.hang(0.5)  # the chat turn is slow
+    daemon.llm.reply("scheduled answer")
+    event = dm_event("slow question")
+    assert await daemon.post(event) == 200
+    await daemon.llm.wait_for_requests(1)
+    chat = daemon.runtime.running.chat
+    scheduled = await chat.run_unattended("dmroom01", "users/root", "admin", "summary", "UTC")
+    await daemon.idle()
+    assert scheduled == "scheduled answer"
+    assert daemon.llm.max_in_flight == 1  # never two turns of one room at the model at once
