@@ -298,8 +298,8 @@ class Store:
         self._db = db
         self._clock = clock
         self._lock_fd = lock_fd
-        # Webhooks accepted in the same event-loop tick share one commit (group commit).
-        self._intake: list[tuple[tuple[Any, ...], asyncio.Future[int | None]]] = []
+        # Writes made in the same event-loop tick share one commit (group commit).
+        self._batch: list[tuple[str, tuple[Any, ...], asyncio.Future[int | None]]] = []
 
     @classmethod
     def open(cls, path: Path, clock: Clock) -> Store:
@@ -349,28 +349,36 @@ class Store:
         committed together: one transaction per event-loop tick, not one per webhook.
         """
         row = (room, dedupe_key, random, kind, body.decode("utf-8"), self._clock.now())
+        return await self._write(INSERT_EVENT, row)
+
+    async def _write(self, sql: str, params: tuple[Any, ...]) -> int | None:
+        """One statement, committed together with the others of this loop tick.
+
+        Returns the new row id, or None when the statement changed nothing (an ignored
+        duplicate). It returns only after the commit, so what it wrote is durable.
+        """
         done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._intake.append((row, done))
-        if len(self._intake) == 1:
-            asyncio.get_running_loop().call_soon(self._commit_intake)
+        self._batch.append((sql, params, done))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._commit_batch)
         return await done
 
-    def _commit_intake(self) -> None:
-        batch, self._intake = self._intake, []
+    def _commit_batch(self) -> None:
+        batch, self._batch = self._batch, []
         try:
             with self._transaction() as db:
                 ids = [
                     cursor.lastrowid if cursor.rowcount else None
-                    for cursor in (db.execute(INSERT_EVENT, row) for row, _ in batch)
+                    for cursor in (db.execute(sql, params) for sql, params, _ in batch)
                 ]
         except sqlite3.Error as exc:
-            for _, done in batch:
+            for _, _, done in batch:
                 if not done.done():
-                    done.set_exception(StoreError(f"cannot store the event: {exc}"))
+                    done.set_exception(StoreError(f"cannot write to the store: {exc}"))
             return
-        for (_, done), event_id in zip(batch, ids, strict=True):
+        for (_, _, done), row_id in zip(batch, ids, strict=True):
             if not done.done():
-                done.set_result(event_id)
+                done.set_result(row_id)
 
     async def open_events(self) -> list[InboxItem]:
         """Everything accepted and not finished, oldest first (resumed after a restart)."""
@@ -388,13 +396,13 @@ class Store:
         return None if row is None else _inbox_item(row)
 
     async def start_event(self, event_id: int) -> None:
-        self._db.execute(
+        await self._write(
             "UPDATE inbox SET status = 'running', attempts = attempts + 1 WHERE id = ?",
             (event_id,),
         )
 
     async def finish_event(self, event_id: int, status: str = "done", error: str = "") -> None:
-        self._db.execute(
+        await self._write(
             "UPDATE inbox SET status = ?, finished_at = ?, error = ? WHERE id = ?",
             (status, self._clock.now(), error, event_id),
         )
@@ -479,7 +487,7 @@ class Store:
     # -- history ---------------------------------------------------------------------
 
     async def add_history(self, room: str, entry: HistoryEntry) -> None:
-        self._db.execute(
+        await self._write(
             "INSERT INTO history (room, role, actor_id, actor_name, content, message_id,"
             " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
