@@ -633,3 +633,24 @@ async def test_a09_a_pending_action_survives_kill_9_and_the_yes_afterwards_runs_
         await rig.answered(yes)
         assert rig.ledger_lines() == ["t77"]  # exactly the stored call, once
         assert await rig.stop() == 0
+
+
+async def test_a09_a_request_resumed_after_its_prompt_went_out_is_not_redone(
+    tmp_path: Path,
+) -> None:
+    """Killed after the prompt was posted but before the request was marked done: the
+    restarted daemon resumes the request, sees its turn already waits, and does nothing;
+    the requester's yes still runs the call once."""
+    async with fresh_rig(tmp_path) as rig:
+        assert await rig.start(crash_at="before_event_done")
+        assert await rig.post(rig.tool_event("please mark t78"))
+        code = await until(lambda: rig.prompt_for("t78"), "a prompt for t78")
+        assert await rig.died() == 137
+        assert await rig.start()
+        yes = rig.tool_event(f"yes {code}")
+        assert await rig.post(yes)
+        await rig.answered(yes)
+        assert rig.ledger_lines() == ["t78"]
+        prompts = [m for m in rig.talk.messages if PROMPT.search(m.message)]
+        assert len(prompts) == 1
+        assert await rig.stop() == 0

@@ -143,12 +143,24 @@ class ConfirmHandler:
     async def on_chat(self, event: Event, role: Role, route: Route) -> None:
         """A chat turn; from a requester with actions waiting, it cancels them first (§5)."""
         note = None
+        if route.cancels_pending and await self._already_paused_on(event):
+            # This very message is resumed after a crash, and its turn had already paused
+            # on a confirmation: the prompt is out, the action waits; nothing to redo.
+            log.info("confirm.turn_already_waiting", room=event.room.token)
+            return
         if route.cancels_pending:
             cancelled = await self._confirmations.cancel_for_requester(
                 event.room.token, event.actor.id
             )
             note = CANCELLED_NOTE if cancelled else None
         await self._chat.handle(event, role, note=note)
+
+    async def _already_paused_on(self, event: Event) -> bool:
+        message_id = event.message.id if event.message is not None else ""
+        return any(
+            action.requester == event.actor.id and action.after_message_id == message_id
+            for action in await self._confirmations.open_in_room(event.room.token)
+        )
 
     async def recover_interrupted(self) -> None:
         """At start, before the dispatcher: fail what was running and tell the requester."""
