@@ -129,7 +129,8 @@ def _serve(args: argparse.Namespace) -> int:
     redactor.add_secrets(
         [settings.nextcloud.bot_secret.get_secret_value(), settings.llm.api_key.get_secret_value()]
     )
-    configure_logging(redactor=redactor, ring=ring, debug=args.debug)
+    # Logs are the daemon's output: stdout for journald; one-line failures go to stderr.
+    configure_logging(redactor=redactor, ring=ring, debug=args.debug, stream=sys.stdout)
     if level is not None:  # verbosity only: message text stays redacted without --debug
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
     path = _config_path(args)

@@ -82,7 +82,7 @@ async def serve(
 async def spawn(
     config: Path, *, env: Mapping[str, str] | None = None, log: Path | None = None
 ) -> Process:
-    """Start `talkbot serve` without waiting for it; ``log`` collects its stderr."""
+    """Start `talkbot serve` without waiting for it; ``log`` collects its output."""
     data = tomllib.loads(config.read_text())  # noqa: ASYNC240 - a tiny local file
     url = f"http://127.0.0.1:{data['server']['port']}"
     with contextlib.ExitStack() as files:
@@ -96,7 +96,7 @@ async def spawn(
             "serve",
             "--config",
             str(config),
-            stdout=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL if log is None else stderr,
             stderr=stderr,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
