@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -389,16 +390,32 @@ async def status_facts(runtime: Runtime) -> dict[str, Any]:
     """What !status shows; never a secret."""
     parts, settings = runtime.running, runtime.settings
     rooms = await parts.store.list_rooms()
+    pending = await parts.store.list_open_pending()
     return {
         "uptime": uptime_text(runtime.started_at, runtime.clock.now()),
         "model": f"{settings.llm.model} at {settings.llm.base_url}",
         "rooms": sum(1 for room in rooms if room.joined),
-        "turns": int(sum(_samples(runtime.metrics.turns))),
+        "turns since start": int(sum(_samples(runtime.metrics.turns))),
         "inbox backlog": await parts.store.inbox_backlog(),
+        "pending confirmations": len(pending),
+        "next scheduled runs": await _next_runs(parts.scheduler),
         "last webhook": parts.webhook.last_webhook_at,
         "send failures": parts.talk.failures,
         "last send error": parts.talk.last_error,
     }
+
+
+async def _next_runs(scheduler: Scheduler, count: int = 3) -> str:
+    upcoming = sorted(
+        (fire, job.id)
+        for job in await scheduler.jobs()
+        if (fire := scheduler.next_fire_time(job)) is not None
+    )[:count]
+    when = [
+        f"{job_id} {datetime.fromtimestamp(fire, UTC):%Y-%m-%d %H:%M} UTC"
+        for fire, job_id in upcoming
+    ]
+    return ", ".join(when) or "none"
 
 
 def _samples(counter: Any) -> list[float]:

@@ -33,6 +33,8 @@ async def ask(daemon: Daemon, text: str, sender: str = "root") -> str:
         ("!help", "!role UID"),
         ("!help logs", "log lines"),
         ("!status", "inbox backlog"),
+        ("!status", "pending confirmations: 0"),
+        ("!status", "next scheduled runs: none"),
         ("!roles", "admins (config): root"),
         ("!rooms", "adminroom1"),
         ("!logs 5", "log lines"),
@@ -177,6 +179,7 @@ async def test_job_add_list_pause_run_remove(daemon: Daemon) -> None:
     )
     assert added.startswith("Added:")
     assert "standup" in await ask(daemon, "!jobs")
+    assert "next scheduled runs: standup 20" in await ask(daemon, "!status")
     assert "paused" in await ask(daemon, "!job pause standup")
     ran = await daemon.say(admin_says("!job run standup"))
     assert "Stand-up in 5 minutes" in daemon.talk.texts("grouproom1")
