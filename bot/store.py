@@ -233,26 +233,13 @@ class NewPendingAction:
     expires_at: float
 
 
-@dataclass(frozen=True)
-class PendingAction:
+@dataclass(frozen=True, kw_only=True)
+class PendingAction(NewPendingAction):
     """A stored pending action (a confirmation) in whatever state it is now."""
 
     id: int
-    code: str
-    turn_id: str
-    call_id: str
-    room: str
-    requester: str
-    requester_name: str
-    tool: str
-    args_json: str
-    args_hash: str
-    approver: str
-    state_json: str
-    after_message_id: str
     prompt_text: str
     created_at: float
-    expires_at: float
     status: str
     decided_by: str
     result_text: str
@@ -673,7 +660,7 @@ class Store:
             f"SELECT {_PENDING_COLUMNS} FROM pending_actions WHERE {where}",  # noqa: S608 - fixed fragments, values bound
             tuple(params),
         ).fetchall()
-        return [PendingAction(*row) for row in rows]
+        return [PendingAction(**dict(zip(row.keys(), row, strict=True))) for row in rows]
 
     # -- schedules (jobs and run ledger) ------------------------------------------------
 
