@@ -11,10 +11,6 @@ _RANK = {role: rank for rank, role in enumerate(ROLES)}
 GUEST_KINDS = frozenset({"guests", "emails", "federated_users"})
 
 
-def role_rank(role: Role) -> int:
-    return _RANK[role]
-
-
 def at_least(role: Role, minimum: Role) -> bool:
     return _RANK[role] >= _RANK[minimum]
 

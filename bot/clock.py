@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 
@@ -45,7 +45,3 @@ class ManualClock:
     def set(self, when: datetime) -> None:
         delta = when.timestamp() - self._now
         self.advance(delta)
-
-
-def utc_datetime(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=UTC)

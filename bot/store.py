@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -80,11 +79,6 @@ CREATE TABLE IF NOT EXISTS audit (
     args_hash TEXT NOT NULL DEFAULT '',
     outcome TEXT NOT NULL DEFAULT '',
     detail TEXT NOT NULL DEFAULT ''
-);
-
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,
-    value REAL NOT NULL
 );
 """
 
@@ -552,19 +546,6 @@ class Store:
         ).fetchall()
         return [AuditEntry(*row) for row in reversed(rows)]
 
-    # -- counters (small persisted facts: last webhook, turns) ------------------------
-
-    async def set_value(self, name: str, value: float) -> None:
-        self._db.execute(
-            "INSERT INTO counters (name, value) VALUES (?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            (name, value),
-        )
-
-    async def get_value(self, name: str) -> float | None:
-        row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
-        return None if row is None else float(row[0])
-
     # -- confirmations (pending actions) ----------------------------------------------
 
     async def create_pending(
@@ -845,7 +826,3 @@ def _room(row: sqlite3.Row) -> RoomRecord:
         joined=bool(row["joined"]),
         last_seen=row["last_seen"],
     )
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

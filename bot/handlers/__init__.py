@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import structlog
 
@@ -21,11 +20,6 @@ log = structlog.get_logger(__name__)
 # A handler for one route kind: (event, role, route) -> None.
 RouteHandler = Callable[[Event, Role, Route], Awaitable[None]]
 PendingLookup = Callable[[str], Awaitable[tuple[PendingRef, ...]]]
-
-
-@dataclass
-class Greeting:
-    text: str
 
 
 class EventHandler:
@@ -130,13 +124,9 @@ class EventHandler:
         if joined and self.greeting:
             await self._chat.say(event, self.greeting)
 
-    async def _on_chat(self, event: Event, role: Role, route: Route) -> None:
-        note = (
-            "The user did not confirm the pending action; it was not run."
-            if (route.cancels_pending)
-            else None
-        )
-        await self._chat.handle(event, role, note=note)
+    async def _on_chat(self, event: Event, role: Role, _route: Route) -> None:
+        # With confirmations wired (app.py), their handler takes CHAT: it cancels first.
+        await self._chat.handle(event, role)
 
     async def _on_room_command(self, event: Event, role: Role, route: Route) -> None:
         prefix = self.policy.access.command_prefix
