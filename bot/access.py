@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import get_args
 
+import structlog
+
 from bot.config import AccessSettings, Role
+from bot.store import RoleOverride
+
+log = structlog.get_logger(__name__)
 
 ROLES: tuple[Role, ...] = get_args(Role)
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
@@ -18,6 +24,22 @@ def at_least(role: Role, minimum: Role) -> bool:
 def parse_role(text: str) -> Role | None:
     lowered = text.strip().lower()
     return next((role for role in ROLES if role == lowered), None)
+
+
+def stored_roles(overrides: Mapping[str, RoleOverride]) -> dict[str, Role]:
+    """The roles admins set with `!role`, as the store keeps them; unknown names are skipped.
+
+    A role name this version does not know (a downgrade, a hand-edited store) grants
+    nothing: that person falls back to the config's role.
+    """
+    roles: dict[str, Role] = {}
+    for uid, override in overrides.items():
+        role = parse_role(override.role)
+        if role is None:
+            log.warning("access.unknown_stored_role", uid=uid, role=override.role)
+        else:
+            roles[uid] = role
+    return roles
 
 
 class Access:

@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from bot import __version__, replies
-from bot.access import Access
+from bot.access import Access, stored_roles
 from bot.agent.history import History
 from bot.agent.llm import LLM
 from bot.clock import Clock, SystemClock
@@ -190,7 +190,7 @@ async def build_parts(
     inner: Poster = poster_factory(talk) if poster_factory else talk
     poster: Poster = MeteredPoster(inner, runtime.metrics)
     llm = MeteredLLM(settings.llm, runtime.metrics)
-    access = Access(settings.access, dict((await store.role_overrides()).items()))  # type: ignore[arg-type]
+    access = Access(settings.access, stored_roles(await store.role_overrides()))
     delivery = JobDelivery(store=store, poster=poster, role_of=access.role_of)
     scheduler = Scheduler(
         store,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.access import Access, at_least, parse_role
+from bot.access import Access, at_least, parse_role, stored_roles
 from bot.config import AccessSettings
+from bot.store import RoleOverride
 
 CONFIG = AccessSettings(admins=("admin", "alice"), users=(), guest_role="none")
 
@@ -61,3 +62,14 @@ def test_role_helpers() -> None:
     assert not at_least("guest", "user")
     assert parse_role(" Admin ") == "admin"
     assert parse_role("root") is None
+
+
+def test_roles_set_with_role_come_back_from_the_store_as_roles() -> None:
+    """#12.1: the store's records become roles; a name this version does not know grants nothing."""
+    stored = {
+        "carol": RoleOverride("carol", "admin", "root", 1.0),
+        "dave": RoleOverride("dave", "superuser", "root", 1.0),
+    }
+    access = Access(AccessSettings(users=("carol", "dave")), stored_roles(stored))
+    assert access.role_of("users/carol") == "admin"
+    assert access.role_of("users/dave") == "user"

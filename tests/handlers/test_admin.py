@@ -11,7 +11,7 @@ import structlog
 from bot.config import load_settings
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
-from tests.harness import ADMIN_ROOM, Daemon, create_event, dm_event, running_daemon
+from tests.harness import ADMIN_ROOM, API_KEY, Daemon, create_event, dm_event, running_daemon
 from tests.test_process import write_toml
 
 log = structlog.get_logger(__name__)
@@ -72,10 +72,12 @@ async def test_role_change_takes_effect_and_survives_a_restart(
         llm.reply("hi bob")
         await daemon.say(dm_event("hello", sender="bob", other="root"))
         assert "bot_logs" in llm.requests[-1].tool_names
-    async with running_daemon(tmp_path, talk, llm) as daemon:
-        llm.reply("hi again")
-        await daemon.say(dm_event("hello again", sender="bob", other="root"))
-        assert "bot_logs" in llm.requests[-1].tool_names
+    # A model fake of its own: its only request is the one made after the restart.
+    async with FakeLLM(api_key=API_KEY) as after, running_daemon(tmp_path, talk, after) as daemon:
+        after.reply("hi again")
+        assert await daemon.say(dm_event("hello again", sender="bob", other="root")) == ["hi again"]
+        [request] = after.requests
+        assert "bot_logs" in request.tool_names
         assert "back to the config's role (user)" in await ask(daemon, "!role bob default")
 
 
