@@ -229,9 +229,14 @@ async def _open(runtime: Runtime, out: TextIO) -> Parts:
 async def _session(parts: Parts, runtime: Runtime, options: ConsoleOptions) -> ConsoleSession:
     actor = actor_id(options.user)
     if options.room is None:
+        # The person's own room with the bot, like a note-to-self room whose owner said
+        # `!mode all` (Talk has no one-to-one room with a bot): every line is a turn.
         uid = actor.split("/", 1)[-1]
         name = json.dumps(sorted([uid, runtime.settings.chat.bot_name]))
         room = ConsoleRoom(default_room_token(actor), name, OWNER)
+        known = await parts.store.get_room(room.token)
+        if known is None or known.mode is None:
+            await parts.store.set_room_mode(room.token, "all")
         return ConsoleSession(parts, runtime, actor=actor, room=room)
     if not TOKEN_PATTERN.fullmatch(options.room):
         raise ConsoleError(f"--room {options.room!r} is not a Talk room token ([a-z0-9]{{4,30}})")

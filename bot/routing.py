@@ -164,8 +164,8 @@ def _is_requester(event: Event, pending: tuple[PendingRef, ...], code: str | Non
 
 
 def _is_addressed(event: Event, text: str, policy: RoutingPolicy, room_mode: str | None) -> bool:
-    if event.room.is_one_to_one:
-        return True
+    # Every room follows one rule (DESIGN.md §4): a one-to-one room is two people talking
+    # to each other, so its JSON-list name changes nothing; `!mode all` makes a private chat.
     mode = room_mode or policy.chat.respond_in_groups
     if mode == "all":
         return True

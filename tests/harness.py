@@ -26,6 +26,9 @@ from tests.fakes.talk_server import FakeTalk
 SECRET = "s3cret-for-tests-only-0123456789abcdefghijkl"
 API_KEY = "sk-test-canary-api-key-0123456789"
 GROUP = "grouproom1"
+# A one-to-one room whose owner said `!mode all` (DESIGN.md §4): the harness's private
+# chat with the bot, where every message is a turn. A one-to-one room without it follows
+# the mention rule like any room (tests/handlers/test_chat.py covers that).
 ONE2ONE = "dmroom01"
 ADMIN_ROOM = "adminroom1"
 _ids = itertools.count(100)
@@ -201,6 +204,7 @@ async def running_daemon(
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
+    await runtime.running.store.set_room_mode(ONE2ONE, "all")
     try:
         async with aiohttp.ClientSession() as session:
             yield Daemon(runtime, f"http://127.0.0.1:{port}", session, talk, llm)

@@ -188,6 +188,7 @@ class Rig:
         self.config = self.tmp_path / "talkbot.toml"
         data = base_config(self.tmp_path, self.talk, self.model, port=free_port())
         data["llm"]["timeout_s"] = 30
+        data["chat"]["respond_in_groups"] = "all"  # every message the rig sends is a turn
         data["tools"]["modules"] = ["tests.chaos_tools"]
         if self.every is not None:
             tick = {"id": JOB_ID, "every": self.every, "room": TICK_ROOM, "message": "tick"}
@@ -243,7 +244,7 @@ class Rig:
     # -- what goes in ----------------------------------------------------------------
 
     def event(self, room: str, sender: str, text: str) -> dict[str, Any]:
-        """A message in a one-to-one room (every message there is a turn)."""
+        """A message in a one-to-one room (every message is a turn: respond_in_groups=all)."""
         message_id = next(self._ids)
         self.sent[message_id] = Sent(message_id, room, text)
         members = json.dumps([sender, "someone"])

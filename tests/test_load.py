@@ -44,7 +44,7 @@ async def test_w14_stalled_model_200_webhooks_at_once_all_acknowledged(
         llm.hang(60)  # every model call stalls; the daemon's timeout ends each turn
     rooms = [f"stalled{i:03d}" for i in range(TURNS)]
     bodies = [
-        php_json(create_event("are you there?", room=room, room_name='["alice","bob"]'))
+        php_json(create_event("talkbot, are you there?", room=room, room_name='["alice","bob"]'))
         for room in rooms
     ]
     async with running_daemon(tmp_path, talk, llm, extra) as daemon:

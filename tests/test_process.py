@@ -132,7 +132,7 @@ async def test_r09_kill_9_after_the_200_still_answers_exactly_once(
     tmp_path: Path, talk: FakeTalk, llm: FakeLLM
 ) -> None:
     config = make_config(tmp_path, talk, llm)
-    body = php_json(dm_event("please answer this even if you crash", message_id=500))
+    body = php_json(dm_event("talkbot, please answer this even if you crash", message_id=500))
     llm.hang(30)  # the first process is mid-turn when it dies
     async with serve(config) as first:
         assert await first.post(body) == 200
@@ -154,7 +154,7 @@ async def test_r08_sigterm_mid_turn_finishes_the_turn_and_exits_0(
     config = make_config(tmp_path, talk, llm)
     llm.hang(1.0)
     async with serve(config) as daemon:
-        assert await daemon.post(php_json(dm_event("slow one", message_id=600))) == 200
+        assert await daemon.post(php_json(dm_event("talkbot: slow one", message_id=600))) == 200
         await llm.wait_for_requests(1)
         daemon.proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(daemon.proc.wait(), timeout=20)

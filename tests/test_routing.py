@@ -45,8 +45,17 @@ def msg(
     )
 
 
-def route(event: Event, role: Role = "user", **kw: object) -> Route:
-    return classify(event, role=role, policy=POLICY, **kw)  # type: ignore[arg-type]
+def route(
+    event: Event,
+    role: Role = "user",
+    *,
+    respond: str = "mention",
+    room_mode: str | None = None,
+    pending: tuple[PendingRef, ...] = (),
+) -> Route:
+    chat = ChatSettings(bot_name="talkbot", respond_in_groups=respond)
+    policy = RoutingPolicy(POLICY.access, chat, POLICY.confirm, POLICY.bot_actor_id)
+    return classify(event, role=role, policy=policy, room_mode=room_mode, pending=pending)
 
 
 ALICE_PENDING = (PendingRef(code="K7QX", requester="users/alice"),)
@@ -56,10 +65,19 @@ TWO_PENDING = (*ALICE_PENDING, PendingRef(code="M3PA", requester="users/alice"))
 @pytest.mark.parametrize(
     ("event", "role", "kwargs", "expected"),
     [
-        # one-to-one rooms: every message is a turn
-        (msg("hi", room=DM), "user", {}, RouteKind.CHAT),
-        (msg("hi", room=DM), "guest", {}, RouteKind.CHAT),
-        (msg("hi", room=DM), "none", {}, RouteKind.IGNORE),
+        # one-to-one rooms are two people talking: the same rule as every room (#12)
+        (msg("lunch?", room=DM), "user", {}, RouteKind.IGNORE),
+        (msg("lunch?", room=DM), "guest", {}, RouteKind.IGNORE),
+        (msg("talkbot, hi", room=DM), "user", {}, RouteKind.CHAT),
+        (msg("talkbot, hi", room=DM), "none", {}, RouteKind.IGNORE),
+        (msg("lunch?", room=DM), "user", {"room_mode": "all"}, RouteKind.CHAT),
+        (msg("lunch?"), "user", {"respond": "all"}, RouteKind.CHAT),
+        (
+            msg("lunch?", room=DM),
+            "user",
+            {"respond": "all", "room_mode": "mention"},
+            RouteKind.IGNORE,
+        ),
         # group rooms, mention mode
         (msg("lunch?"), "user", {}, RouteKind.IGNORE),
         (msg("talkbot, lunch?"), "user", {}, RouteKind.CHAT),

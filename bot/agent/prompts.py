@@ -43,7 +43,7 @@ def system_prompt(
 ) -> str:
     """Who the bot is, who it talks to and where; no secrets and nothing from other rooms."""
     room_kind = (
-        "a one-to-one chat"
+        "a one-to-one chat of two people; both read your answers"
         if room_is_one_to_one
         else "a group chat; other people may read and write here too"
     )

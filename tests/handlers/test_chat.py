@@ -171,6 +171,28 @@ async def test_forget_by_a_plain_member_is_refused(daemon: Daemon) -> None:
     assert len(daemon.llm.requests) == 1
 
 
+async def test_a_one_to_one_room_is_two_people_talking_not_a_chat_with_the_bot(
+    daemon: Daemon,
+) -> None:
+    """#12.3: with the bot enabled in alice and bob's one-to-one room, what they write to
+    each other is not a turn and not sent to the model; naming the bot is; `!mode all` by
+    one of them (both own a one-to-one room) makes it a private chat."""
+    room = {"room": "alicebob1", "room_name": json.dumps(["alice", "bob"])}
+    assert await daemon.say(create_event("lunch at noon?", sender="alice", **room)) == []
+    assert await daemon.say(create_event("sure, the usual place", sender="bob", **room)) == []
+    assert daemon.llm.requests == []
+
+    daemon.llm.reply("The canteen opens at 11:30.")
+    asked = create_event("talkbot, when does the canteen open?", sender="bob", **room)
+    assert await daemon.say(asked) == ["The canteen opens at 11:30."]
+
+    mode = create_event("!mode all", sender="alice", participant_type="1", **room)
+    assert "every message" in (await daemon.say(mode))[0]
+    daemon.llm.reply("Noted.")
+    assert await daemon.say(create_event("remind me of the menu", **room)) == ["Noted."]
+    assert len(daemon.llm.requests) == 2
+
+
 async def test_mode_all_makes_every_message_a_turn_and_persists(
     tmp_path: Path, talk: FakeTalk, llm: FakeLLM
 ) -> None:
