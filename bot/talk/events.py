@@ -134,6 +134,10 @@ class Event:
         return None
 
 
+# Ids Talk resolves after a bare "@"; anything else needs the quoted form @"...".
+_PLAIN_MENTION_RE = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
 def bot_actor_id(webhook_url: str) -> str:
     """The actor id Talk gives the bot installed with exactly this URL."""
     digest = hashlib.sha1(webhook_url.encode("utf-8"), usedforsecurity=False).hexdigest()
@@ -154,11 +158,14 @@ def render_text(raw_text: str, parameters: Parameters) -> str:
 def _label(key: str, param: dict[str, Any]) -> str | None:
     if not key.startswith("mention-"):
         return _first_text(param, ("name", "id"))
-    # "@all" is what the user typed; the call's name is the room's name.
-    is_call = param.get("type") == "call"
-    keys = ("mention-id", "name", "id") if is_call else ("name", "mention-id", "id")
-    found = _first_text(param, keys)
-    return None if found is None else "@" + found
+    # A mention is rendered as Talk's own mention syntax for its id ("@all", "@bob",
+    # '@"group/dev team"'), never from the display name: the model repeats what it reads,
+    # and Talk resolves "@Bob B." in an answer to the user id "Bob", somebody else.
+    mention_id = _first_text(param, ("mention-id", "id"))
+    if mention_id is not None:
+        return "@" + (mention_id if _PLAIN_MENTION_RE.fullmatch(mention_id) else f'"{mention_id}"')
+    # No id to keep: the name alone, without the "@" that would make it a mention.
+    return _first_text(param, ("name",))
 
 
 def _first_text(param: dict[str, Any], keys: tuple[str, ...]) -> str | None:

@@ -93,11 +93,11 @@ def test_plain_message_text_and_fields() -> None:
     assert event.dedupe_key == "Create:ty8naect:3"
 
 
-def test_user_mention_renders_as_at_display_name() -> None:
-    """003: "{mention-user1}" becomes "@Alice"; the raw text keeps the placeholder."""
+def test_user_mention_renders_as_the_user_id_talk_resolves() -> None:
+    """003: "{mention-user1}" becomes "@alice" (its id, #12.6); the raw text keeps it."""
     message = _event(3).message
     assert message is not None
-    assert message.text == "Hi @Alice, can you check this?"
+    assert message.text == "Hi @alice, can you check this?"
     assert message.raw_text == "Hi {mention-user1}, can you check this?"
     assert message.parameters["mention-user1"]["mention-id"] == "alice"
 
@@ -175,7 +175,7 @@ def test_like_carries_the_emoji_and_the_reacted_message() -> None:
     assert event.actor.id == "users/bob"
     assert event.message is not None
     assert event.message.id == "4"
-    assert event.message.text == "Hi @Alice, can you check this?"
+    assert event.message.text == "Hi @alice, can you check this?"
     assert not event.message.is_system
     assert event.dedupe_key == "Like:ty8naect:users/bob:4:👍"
 
@@ -359,9 +359,41 @@ def test_file_share_with_a_caption_keeps_the_caption_and_the_file() -> None:
     [
         ("hi {mention-user1}", {"mention-user1": {"type": "user", "id": "bob"}}, "hi @bob"),
         (
+            "hi {mention-user1}",
+            {"mention-user1": {"type": "user", "id": "bob", "name": "Bob", "mention-id": "bob"}},
+            "hi @bob",
+        ),
+        (
+            "hi {mention-user1}",
+            {"mention-user1": {"type": "user", "id": "b.o-b_2", "name": "Bob B."}},
+            "hi @b.o-b_2",
+        ),
+        (
+            "hi {mention-group1}",
+            {
+                "mention-group1": {
+                    "type": "user-group",
+                    "name": "Dev",
+                    "mention-id": "group/dev team",
+                }
+            },
+            'hi @"group/dev team"',
+        ),
+        (
+            "hi {mention-federated-user1}",
+            {
+                "mention-federated-user1": {
+                    "type": "user",
+                    "name": "Al",
+                    "mention-id": "federated_user/al@r.example",
+                }
+            },
+            'hi @"federated_user/al@r.example"',
+        ),
+        (  # no id to keep: the name, defused (no "@" Talk would resolve)
             "hi {mention-federated-user1}",
             {"mention-federated-user1": {"type": "user", "name": "Al", "server": "r.example"}},
-            "hi @Al",
+            "hi Al",
         ),
         (
             "hi {mention-group1}",
