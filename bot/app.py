@@ -267,6 +267,7 @@ async def build_parts(
         dispatcher=dispatcher,
         metrics=runtime.metrics,
         clock=clock,
+        room_enabled=talk.room_enabled,
     )
     parts = Parts(
         store=store,

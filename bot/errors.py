@@ -48,6 +48,14 @@ class TalkUnavailableError(TalkError):
     """5xx, timeout or connection failure after retries."""
 
 
+class TalkOutcomeUnknownError(TalkUnavailableError):
+    """A post timed out or lost its connection after it was sent: Talk may have stored it.
+
+    Talk does not deduplicate by referenceId, so the post is not sent again, by the client
+    or by anyone catching this.
+    """
+
+
 class LLMError(TalkbotError):
     """The model endpoint failed or answered something unusable."""
 

@@ -10,7 +10,13 @@ from bot.agent.llm import LLM, Completion, LLMCallError
 from bot.clock import Clock
 from bot.config import ConfirmSettings, LLMSettings, ToolsSettings
 from bot.confirmations import Confirmations, Verdict
-from bot.errors import TalkAuthError, TalkError, TalkRateLimitedError, TalkRejectedError
+from bot.errors import (
+    TalkAuthError,
+    TalkError,
+    TalkOutcomeUnknownError,
+    TalkRateLimitedError,
+    TalkRejectedError,
+)
 from bot.handlers.chat import Poster
 from bot.metrics import Metrics
 from bot.scheduler import Deliver, ScheduledJob, Skipped
@@ -59,6 +65,7 @@ class MeteredToolbox(Toolbox):
 
 
 _SEND_OUTCOMES: tuple[tuple[type[TalkError], str], ...] = (
+    (TalkOutcomeUnknownError, "unknown"),  # timed out: Talk may have stored it
     (TalkAuthError, "auth"),
     (TalkRateLimitedError, "rate_limited"),
     (TalkRejectedError, "rejected"),

@@ -41,8 +41,10 @@ class WebhookReceiver:
         dispatcher: Dispatcher,
         metrics: Metrics,
         clock: Clock,
+        room_enabled: Callable[[str], None] = lambda _token: None,
     ) -> None:
         self._settings = settings
+        self._room_enabled = room_enabled
         self._secret = secret
         self._store = store
         self._dispatcher = dispatcher
@@ -69,6 +71,7 @@ class WebhookReceiver:
             log.warning("webhook.unparseable", reason=str(exc))
             return 400, "unknown"
         self.last_webhook_at = self._clock.now()
+        self._room_enabled(event.room.token)
         if event.actor.is_bot and event.type not in MEMBERSHIP_EVENTS:
             # Talk never webhooks bot messages, but system messages bots cause (W12).
             return 200, event.type

@@ -123,7 +123,7 @@ async def test_w10_parameters_object_where_list_expected_is_fine(daemon: Daemon)
     )
     daemon.llm.reply("hey")
     assert await daemon.say(event) == ["hey"]
-    assert "hi @Bob" in daemon.llm.requests[0].messages[-1]["content"]
+    assert "hi @bob" in daemon.llm.requests[0].messages[-1]["content"]
 
 
 async def test_w11_unknown_event_type_is_acknowledged_and_ignored(daemon: Daemon) -> None:

@@ -18,6 +18,7 @@ from bot.config import TOKEN_PATTERN
 from bot.errors import (
     TalkAuthError,
     TalkError,
+    TalkOutcomeUnknownError,
     TalkRateLimitedError,
     TalkRejectedError,
     TalkUnavailableError,
@@ -31,6 +32,24 @@ MAX_REFERENCE_ID = 64  # Talk cuts referenceId to 64 characters
 MESSAGE_ID_PATTERN = re.compile(r"^[0-9]+$")
 # PHP trim(): what Talk strips before counting the length.
 PHP_TRIM = " \t\n\r\0\x0b"
+# Nextcloud's brute-force throttle sleeps up to 25 s (IThrottler::MAX_DELAY) before Talk
+# even looks at a bot call, and then stores the message all the same. A post that gives up
+# sooner leaves a message Talk is about to store, so wait out the throttle with room to spare.
+MESSAGE_TIMEOUT_S = 35.0
+# An existing identical reaction is success, so a reaction that gives up early is simply
+# tried again: no need to wait out the throttle.
+REACTION_TIMEOUT_S = 10.0
+# Nothing has been sent while connecting, so a connect that hangs is cut early and retried.
+CONNECT_TIMEOUT_S = 10.0
+# A 401 means the bot is not enabled in that room or the secret is wrong, and each one
+# feeds the per-IP throttle that slows every bot call from this host: after one, the room
+# is not called again for this long.
+AUTH_REFUSAL_MEMORY_S = 600.0
+# Failures before anything was sent: Talk cannot have stored the post.
+_NOT_SENT: tuple[type[Exception], ...] = (
+    aiohttp.ClientConnectorError,  # refused, DNS, TLS handshake, proxy
+    aiohttp.ConnectionTimeoutError,  # connect or sock_connect timed out
+)
 _OK = frozenset({200, 201})
 _AUTH_STATUS = 401
 _NOT_FOUND = 404
@@ -42,21 +61,38 @@ _REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently a call is retried; ``timeout`` bounds one request."""
+    """How often and how patiently a call is retried; the timeouts bound one request."""
 
     attempts: int = 4
     base_delay: float = 0.5
     max_delay: float = 30.0
-    timeout: float = 10.0
+    message_timeout: float = MESSAGE_TIMEOUT_S
+    reaction_timeout: float = REACTION_TIMEOUT_S
+    connect_timeout: float = CONNECT_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        if self.attempts < 1 or self.timeout <= 0 or self.base_delay < 0 or self.max_delay < 0:
-            raise ValueError("RetryPolicy needs attempts >= 1, timeout > 0, delays >= 0")
+        timeouts = (self.message_timeout, self.reaction_timeout, self.connect_timeout)
+        if self.attempts < 1 or min(timeouts) <= 0 or min(self.base_delay, self.max_delay) < 0:
+            raise ValueError("RetryPolicy needs attempts >= 1, timeouts > 0, delays >= 0")
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max_delay, base_delay * 2**(attempt-1))]."""
         cap = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
         return secrets.SystemRandom().uniform(0, cap)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One logical bot API call: the same bytes on every attempt, a fresh signature each."""
+
+    method: str
+    token: str
+    path: str
+    value: str  # what is signed: the message or the reaction
+    data: bytes
+    ok: frozenset[int]
+    timeout: float
+    idempotent: bool  # may be repeated when it is unknown whether it arrived
 
 
 @dataclass(frozen=True)
@@ -68,6 +104,7 @@ class _Failure:
     reason: str
     retryable: bool = True
     retry_after: float | None = None
+    cause: Exception | None = None  # the transport error, when no status came back
 
 
 class TalkClient:
@@ -91,6 +128,7 @@ class TalkClient:
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._clock = clock or SystemClock()
+        self._refused: dict[str, float] = {}  # room -> monotonic time of its last 401
         self.failures = 0
         self.last_error: str | None = None
         self.last_error_at: float | None = None
@@ -104,7 +142,10 @@ class TalkClient:
         reference_id: str | None = None,
         silent: bool = False,
     ) -> list[str]:
-        """Post ``message`` (split if too long) and return the referenceId of each part."""
+        """Post ``message`` (split if too long) and return the referenceId of each part.
+
+        TalkOutcomeUnknownError: a part may have been stored; nothing was sent again.
+        """
         _check_token(token)
         parts = split_message(message, self._max_length)
         if not parts:
@@ -118,7 +159,18 @@ class TalkClient:
                 body["replyTo"] = reply
             if silent:
                 body["silent"] = True
-            await self._call("POST", token, f"{token}/message", part, body)
+            await self._call(
+                _Request(
+                    "POST",
+                    token,
+                    f"{token}/message",
+                    value=part,
+                    data=json.dumps(body).encode(),
+                    ok=_OK,
+                    timeout=self._retry.message_timeout,
+                    idempotent=False,
+                )
+            )
         return refs
 
     async def react(self, token: str, message_id: int | str, reaction: str) -> None:
@@ -136,26 +188,29 @@ class TalkClient:
         if not reaction.strip():
             raise TalkRejectedError("reaction is empty")
         path = f"{token}/reaction/{_message_id(message_id)}"
-        await self._call(method, token, path, reaction, {"reaction": reaction}, ok=ok)
+        await self._call(
+            _Request(
+                method,
+                token,
+                path,
+                value=reaction,
+                data=json.dumps({"reaction": reaction}).encode(),
+                ok=ok,
+                timeout=self._retry.reaction_timeout,
+                idempotent=True,
+            )
+        )
 
-    async def _call(
-        self,
-        method: str,
-        token: str,
-        path: str,
-        value: str,
-        body: dict[str, object],
-        *,
-        ok: frozenset[int] = _OK,
-    ) -> None:
-        """One logical call: fresh signature per attempt, retried by the policy."""
-        data = json.dumps(body).encode()
+    async def _call(self, request: _Request) -> None:
+        """One logical call, retried by the policy while a retry cannot duplicate it."""
+        self._check_not_refused(request.token)
         failure = _Failure(TalkUnavailableError, None, "no attempt made")
         attempt = 0
         while attempt < self._retry.attempts:
             attempt += 1
-            failure_or_ok = await self._attempt(method, path, value=value, data=data, ok=ok)
+            failure_or_ok = await self._attempt(request)
             if failure_or_ok is None:
+                self._refused.pop(request.token, None)
                 return
             failure = failure_or_ok
             delay = self._delay(failure, attempt)
@@ -163,31 +218,32 @@ class TalkClient:
                 break
             log.warning(
                 "talk.retry",
-                room=token,
+                room=request.token,
                 status=failure.status,
                 reason=failure.reason,
                 attempt=attempt,
                 delay=round(delay, 3),
             )
             await self._sleep(delay)
-        raise self._give_up(token, failure, attempt)
+        if failure.status == _AUTH_STATUS:
+            self._refused[request.token] = self._clock.monotonic()
+        raise self._give_up(request.token, failure, attempt) from failure.cause
 
-    async def _attempt(
-        self, method: str, path: str, *, value: str, data: bytes, ok: frozenset[int]
-    ) -> _Failure | None:
+    async def _attempt(self, request: _Request) -> _Failure | None:
         """Send once; None on success, else what went wrong."""
         headers = {
             "OCS-APIRequest": "true",
             "Accept": "application/json",
             "Content-Type": "application/json",
-            **sign_bot_request(self._secret, value),
+            **sign_bot_request(self._secret, request.value),
         }
-        timeout = aiohttp.ClientTimeout(total=self._retry.timeout)
+        connect = min(self._retry.connect_timeout, request.timeout)
+        timeout = aiohttp.ClientTimeout(total=request.timeout, connect=connect)
         try:
             async with self._session.request(
-                method,
-                f"{self._api}/{path}",
-                data=data,
+                request.method,
+                f"{self._api}/{request.path}",
+                data=request.data,
                 headers=headers,
                 timeout=timeout,
                 allow_redirects=False,  # a signed call goes to the configured URL only
@@ -196,10 +252,32 @@ class TalkClient:
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return _Failure(TalkUnavailableError, None, type(exc).__name__)
-        if status in ok:
+            return _lost(exc, idempotent=request.idempotent)
+        if status in request.ok:
             return None
         return _classify(status, retry_after)
+
+    def room_enabled(self, token: str) -> None:
+        """A signed webhook came from ``token``: the bot is enabled there with our secret,
+        so a remembered 401 from that room is out of date (an admin fixed the setup)."""
+        self._refused.pop(token, None)
+
+    def _check_not_refused(self, token: str) -> None:
+        """Fail fast, without a request, while a room's 401 is remembered."""
+        refused_at = self._refused.get(token)
+        if refused_at is None:
+            return
+        left = refused_at + AUTH_REFUSAL_MEMORY_S - self._clock.monotonic()
+        if left <= 0:
+            del self._refused[token]
+            return
+        self._count_failure(f"{_AUTH_STATUS}: {TalkAuthError.__name__} (remembered)")
+        log.warning("talk.call_skipped", room=token, status=_AUTH_STATUS, retry_in_s=round(left))
+        raise TalkAuthError(
+            f"Talk bot API: not calling room {token} for another {round(left)} s: it answered "
+            "401 (the bot is not enabled in that room, or the bot secret is wrong)",
+            _AUTH_STATUS,
+        )
 
     def _delay(self, failure: _Failure, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None when there is none."""
@@ -212,9 +290,7 @@ class TalkClient:
         return failure.retry_after
 
     def _give_up(self, token: str, failure: _Failure, attempts: int) -> TalkError:
-        self.failures += 1
-        self.last_error = f"{failure.status or failure.reason}: {failure.error.__name__}"
-        self.last_error_at = self._clock.now()
+        self._count_failure(f"{failure.status or failure.reason}: {failure.error.__name__}")
         log.error(
             "talk.call_failed",
             room=token,
@@ -223,8 +299,29 @@ class TalkClient:
             error=failure.error.__name__,
             attempts=attempts,
         )
+        if failure.error is TalkOutcomeUnknownError:
+            return failure.error(
+                f"Talk bot API: no answer ({failure.reason}); Talk may have stored the "
+                "message, so it was not sent again"
+            )
         status = failure.status or "no answer"
         return failure.error(f"Talk bot API: {status} ({failure.reason})", failure.status)
+
+    def _count_failure(self, error: str) -> None:
+        """What /readyz and !status show: failed calls, the last one and when."""
+        self.failures += 1
+        self.last_error = error
+        self.last_error_at = self._clock.now()
+
+
+def _lost(exc: Exception, *, idempotent: bool) -> _Failure:
+    """No status came back: retry only what provably never left, or cannot duplicate."""
+    reason = type(exc).__name__
+    if isinstance(exc, _NOT_SENT) or idempotent:
+        return _Failure(TalkUnavailableError, None, reason, cause=exc)
+    # A read timeout, a dropped connection or a broken answer after the request went out:
+    # Talk may have stored the message, and it does not deduplicate by referenceId.
+    return _Failure(TalkOutcomeUnknownError, None, reason, retryable=False, cause=exc)
 
 
 def _classify(status: int, retry_after: str | None) -> _Failure:
@@ -233,8 +330,10 @@ def _classify(status: int, retry_after: str | None) -> _Failure:
         return _Failure(TalkRateLimitedError, status, "rate limited", True, _seconds(retry_after))
     if status >= _SERVER_ERROR:
         return _Failure(TalkUnavailableError, status, "server error")
-    error = TalkAuthError if status == _AUTH_STATUS else TalkRejectedError
-    return _Failure(error, status, "rejected", retryable=False)
+    if status == _AUTH_STATUS:
+        reason = "bot not enabled in the room, or wrong secret"
+        return _Failure(TalkAuthError, status, reason, retryable=False)
+    return _Failure(TalkRejectedError, status, "rejected", retryable=False)
 
 
 def split_message(text: str, max_length: int) -> list[str]:

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bot import replies
 from bot.config import TOKEN_PATTERN
-from bot.errors import TalkError, ToolError
+from bot.errors import TalkError, TalkOutcomeUnknownError, ToolError
 from bot.scheduler import MessagePoster
 from bot.store import Store
 from bot.tools import Tool, ToolContext, roles_from
@@ -75,6 +75,13 @@ def make_talk_tools(poster: MessagePoster, rooms: RoomDirectory) -> list[Tool[Ta
             raise ToolError("the message is empty")
         try:
             await poster.send_message(room, replies.defuse_mentions(text))
+        except TalkOutcomeUnknownError:
+            # Talk may have stored it (its throttle holds posts, then accepts them): a
+            # second call would post it twice.
+            raise ToolError(
+                "Talk did not answer in time; the message may have been posted. "
+                "Do not send it again."
+            ) from None
         except TalkError as exc:
             raise ToolError(f"Talk did not accept the message ({type(exc).__name__})") from None
         return f"sent to room {room}"

@@ -50,6 +50,8 @@ class RecordedRequest:
     status: int
     # The fake committed the message and then cut the connection without answering.
     dropped: bool = False
+    # The client had gone before the fake answered; a held call was handled all the same.
+    abandoned: bool = False
 
     def param(self, name: str) -> Any:
         """One parameter of the JSON or form body, None when absent."""
@@ -72,6 +74,8 @@ class _Fault:
     retry_after: float | None = None
     delay: float = 0.0
     drop_after_commit: bool = False
+    # Handle the call after the delay even if the client has gone (Nextcloud's throttle).
+    handle_after_give_up: bool = False
 
 
 @dataclass
@@ -104,6 +108,7 @@ class FakeTalk:
         self.reaction_log: list[ReactionChange] = []
         self.delay_s = 0.0
         self._faults: deque[_Fault] = deque()
+        self._in_flight = 0
         self._changed = asyncio.Condition()
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -157,6 +162,12 @@ class FakeTalk:
         """Hold the next ``count`` calls; a call whose client gave up is not committed."""
         self._faults.extend(_Fault(delay=seconds) for _ in range(count))
 
+    def throttle_next(self, seconds: float, count: int = 1) -> None:
+        """Hold the next ``count`` calls ``seconds``, then handle them as usual even if the
+        client has given up, as Nextcloud's brute-force throttle does: it sleeps before Talk
+        sees the call (up to 25 s), and Talk then stores the message all the same."""
+        self._faults.extend(_Fault(delay=seconds, handle_after_give_up=True) for _ in range(count))
+
     def drop_after_commit_next(self, count: int = 1) -> None:
         """Commit the next ``count`` messages, then cut the connection without answering."""
         self._faults.extend(_Fault(drop_after_commit=True) for _ in range(count))
@@ -186,6 +197,20 @@ class FakeTalk:
                 ) from None
         return list(self.messages)
 
+    async def wait_settled(
+        self,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the fake's own deadline reads better inline
+    ) -> None:
+        """Wait until no call is being handled, held ones included; AssertionError on timeout."""
+        async with self._changed:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait_for(lambda: self._in_flight == 0)
+            except TimeoutError:
+                raise AssertionError(
+                    f"{self._in_flight} calls still being handled after {timeout}s"
+                ) from None
+
     # --- handlers --------------------------------------------------------------------
 
     async def _message(self, request: web.Request) -> web.StreamResponse:
@@ -200,26 +225,37 @@ class FakeTalk:
     async def _handle(
         self, request: web.Request, act: Callable[[_Call], int]
     ) -> web.StreamResponse:
+        self._in_flight += 1
+        try:
+            return await self._handle_call(request, act)
+        finally:
+            self._in_flight -= 1
+            await self._notify()
+
+    async def _handle_call(
+        self, request: web.Request, act: Callable[[_Call], int]
+    ) -> web.StreamResponse:
         body = await request.read()
         fault = self._faults.popleft() if self._faults else _Fault()
         await self._pause(self.delay_s + fault.delay)
         transport = request.transport
-        if transport is None or transport.is_closing():
+        gone = transport is None or transport.is_closing()
+        if gone and not fault.handle_after_give_up:
             self._record(request, body, 0)  # the client gave up before Talk answered
             return web.Response(status=499)
         try:
             _raise_fault(fault)
             call = await self._check(request, body)
-            status = act(call)
+            status = act(call)  # stored now, whether or not the client still waits
         except _Answer as answer:
-            self._record(request, body, answer.status)
+            self._record(request, body, answer.status, abandoned=gone)
             return _ocs(answer.status, answer.headers)
-        if fault.drop_after_commit:
+        if fault.drop_after_commit and transport is not None:
             self._record(request, body, status, dropped=True)
             await self._notify()
             transport.abort()
             return web.Response(status=status)
-        self._record(request, body, status)
+        self._record(request, body, status, abandoned=gone)
         await self._notify()
         return _ocs(status)
 
@@ -286,11 +322,17 @@ class FakeTalk:
         return status
 
     def _record(
-        self, request: web.Request, body: bytes, status: int, *, dropped: bool = False
+        self,
+        request: web.Request,
+        body: bytes,
+        status: int,
+        *,
+        dropped: bool = False,
+        abandoned: bool = False,
     ) -> None:
         headers = dict(request.headers)
         self.requests.append(
-            RecordedRequest(request.method, request.path, headers, body, status, dropped)
+            RecordedRequest(request.method, request.path, headers, body, status, dropped, abandoned)
         )
 
     async def _notify(self) -> None:

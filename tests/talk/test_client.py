@@ -10,16 +10,25 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 from structlog.testing import capture_logs
 
+from bot.clock import ManualClock
 from bot.errors import (
     TalkAuthError,
     TalkError,
+    TalkOutcomeUnknownError,
     TalkRateLimitedError,
     TalkRejectedError,
     TalkUnavailableError,
 )
-from bot.talk.client import RetryPolicy, TalkClient, split_message
+from bot.talk.client import (
+    AUTH_REFUSAL_MEMORY_S,
+    MESSAGE_TIMEOUT_S,
+    RetryPolicy,
+    TalkClient,
+    split_message,
+)
 from bot.talk.signature import BOT_RANDOM_HEADER, BOT_SIGNATURE_HEADER, new_random, sign
 from tests.fakes.talk_server import FakeTalk
 
@@ -350,18 +359,51 @@ async def test_r03_persistent_500_is_unavailable_after_the_policy_attempts(
     assert client.failures == 1
 
 
-async def test_r03_timeout_is_retried(
+async def test_t01_post_that_times_out_is_not_sent_again_and_stored_once(
     talk: FakeTalk, make_client: MakeClient, sleeps: list[float]
 ) -> None:
-    talk.delay_next(30)
+    talk.throttle_next(0.6)  # Nextcloud's throttle: held, then stored after the client left
+    client = make_client(retry=RetryPolicy(message_timeout=0.2))
 
-    await make_client(retry=RetryPolicy(timeout=0.2)).send_message(ROOM, "hello")
+    with pytest.raises(TalkOutcomeUnknownError) as raised:
+        await client.send_message(ROOM, "hello", reference_id="turn-3")
+    await talk.wait_settled()
 
+    assert isinstance(raised.value, TalkUnavailableError)  # callers catching that still work
+    assert "not sent again" in str(raised.value)
+    assert sleeps == []
+    assert [(r.status, r.abandoned) for r in talk.requests] == [(201, True)]
     assert talk.texts() == ["hello"]
+    assert client.failures == 1
+    assert client.last_error == "TimeoutError: TalkOutcomeUnknownError"
+    assert client.last_error_at is not None
+
+
+async def test_t01_post_waits_out_a_throttle_shorter_than_its_timeout(
+    talk: FakeTalk, make_client: MakeClient, sleeps: list[float]
+) -> None:
+    talk.throttle_next(0.3)
+
+    await make_client(retry=RetryPolicy(message_timeout=1.0)).send_message(ROOM, "hello")
+
+    assert [(r.status, r.abandoned) for r in talk.requests] == [(201, False)]
+    assert talk.texts() == ["hello"]
+    assert sleeps == []
+    assert MESSAGE_TIMEOUT_S > 25  # Nextcloud's throttle holds a call for up to 25 s
+
+
+async def test_r03_reaction_that_times_out_is_tried_again(
+    talk: FakeTalk, make_client: MakeClient, sleeps: list[float]
+) -> None:
+    talk.delay_next(30)  # a reaction is idempotent: a second one is only a 200
+
+    await make_client(retry=RetryPolicy(reaction_timeout=0.2)).react(ROOM, 17, "👀")
+
+    assert talk.reactions[(ROOM, 17)] == {"👀"}
     assert len(sleeps) == 1
 
 
-async def test_r03_talk_down_is_unavailable(
+async def test_r03_refused_connection_is_retried_then_unavailable(
     session: aiohttp.ClientSession, sleeps: list[float]
 ) -> None:
     with socket.socket() as probe:
@@ -373,23 +415,155 @@ async def test_r03_talk_down_is_unavailable(
 
     client = TalkClient(session, f"http://127.0.0.1:{port}", SECRET, sleep=record_sleep)
 
-    with pytest.raises(TalkUnavailableError):
+    with pytest.raises(TalkUnavailableError) as raised:
         await client.send_message(ROOM, "hello")
 
+    assert not isinstance(raised.value, TalkOutcomeUnknownError)  # nothing was ever sent
+    assert isinstance(raised.value.__cause__, aiohttp.ClientConnectorError)
     assert len(sleeps) == 3
 
 
-async def test_r05_commit_then_dropped_connection_resends_once_with_same_reference(
-    talk: FakeTalk, make_client: MakeClient
+UNREACHABLE = ConnectionKey("talk.invalid", 80, False, True, None, None, None)
+
+
+def fail_first(error: Exception, *, after_sending: bool) -> aiohttp.ClientMiddlewareType:
+    """The first request fails with ``error``: before it leaves, or once Talk has it."""
+    pending = [error]
+
+    async def middleware(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        if not pending:
+            return await handler(request)
+        if after_sending:
+            response = await handler(request)
+            response.release()
+        raise pending.pop()
+
+    return middleware
+
+
+@pytest.mark.parametrize(
+    ("error", "after_sending"),
+    [
+        (aiohttp.ClientConnectorError(UNREACHABLE, ConnectionRefusedError(111, "refused")), False),
+        (aiohttp.ClientConnectorDNSError(UNREACHABLE, OSError(-2, "Name not known")), False),
+        (aiohttp.ConnectionTimeoutError("connect or sock_connect timed out"), False),
+        (aiohttp.ServerDisconnectedError(), True),
+        (aiohttp.ClientPayloadError("answer cut short"), True),
+        (aiohttp.SocketTimeoutError("sock_read timed out"), True),
+        (aiohttp.ClientOSError(104, "reset after sending"), True),
+        (TimeoutError(), True),
+    ],
+    ids=[
+        "refused",
+        "dns",
+        "connect-timeout",
+        "disconnected",
+        "payload",
+        "read-timeout",
+        "reset",
+        "total-timeout",
+    ],
+)
+async def test_r03_only_a_post_that_never_left_is_retried(
+    talk: FakeTalk, sleeps: list[float], error: Exception, after_sending: bool
+) -> None:
+    async def record_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    middleware = fail_first(error, after_sending=after_sending)
+    async with aiohttp.ClientSession(middlewares=(middleware,)) as session:
+        client = TalkClient(session, talk.url, SECRET, sleep=record_sleep)
+        if after_sending:
+            with pytest.raises(TalkOutcomeUnknownError):
+                await client.send_message(ROOM, "hello")
+        else:
+            await client.send_message(ROOM, "hello")
+
+    assert talk.texts() == ["hello"]  # exactly one copy either way
+    assert len(talk.requests) == 1
+    assert len(sleeps) == (0 if after_sending else 1)
+
+
+async def test_r03_503_then_timeout_is_not_sent_a_third_time(
+    talk: FakeTalk, make_client: MakeClient, sleeps: list[float]
+) -> None:
+    talk.fail_next(503)
+    talk.throttle_next(0.6)
+    client = make_client(retry=RetryPolicy(message_timeout=0.2))
+
+    with pytest.raises(TalkOutcomeUnknownError):
+        await client.send_message(ROOM, "hello")
+    await talk.wait_settled()
+
+    assert [r.status for r in talk.requests] == [503, 201]
+    assert len(sleeps) == 1
+    assert talk.texts() == ["hello"]
+
+
+async def test_r05_commit_then_dropped_connection_is_not_sent_again(
+    talk: FakeTalk, make_client: MakeClient, sleeps: list[float]
 ) -> None:
     talk.drop_after_commit_next()
 
-    refs = await make_client().send_message(ROOM, "hello", reference_id="turn-9")
+    with pytest.raises(TalkOutcomeUnknownError):
+        await make_client().send_message(ROOM, "hello", reference_id="turn-9")
 
-    # At-least-once: the committed copy plus exactly one resend, both under one referenceId.
-    assert [(r.status, r.dropped) for r in talk.requests] == [(201, True), (201, False)]
-    assert len(talk.messages) == 2
-    assert [m.reference_id for m in talk.messages] == refs * 2
+    # Talk does not deduplicate by referenceId: a resend would be a second copy.
+    assert [(r.status, r.dropped) for r in talk.requests] == [(201, True)]
+    assert talk.texts() == ["hello"]
+    assert sleeps == []
+
+
+# --- a room that answers 401 (T02) ---------------------------------------------------
+
+
+async def test_t02_401_is_remembered_per_room_until_the_window_passes(
+    talk: FakeTalk, make_client: MakeClient, sleeps: list[float]
+) -> None:
+    clock = ManualClock()
+    client = make_client(clock=clock)
+    with pytest.raises(TalkAuthError):
+        await client.send_message("otherroom", "first")
+
+    with pytest.raises(TalkAuthError, match="not enabled in that room") as raised:
+        await client.send_message("otherroom", "second")
+    await client.send_message(ROOM, "another room is still tried")
+    clock.advance(AUTH_REFUSAL_MEMORY_S - 1)
+    with pytest.raises(TalkAuthError):
+        await client.react("otherroom", 5, "👍")
+
+    assert raised.value.status == 401
+    assert [(r.path.split("/")[-2], r.status) for r in talk.requests] == [
+        ("otherroom", 401),
+        (ROOM, 201),
+    ]
+    assert client.failures == 3
+    assert client.last_error == "401: TalkAuthError (remembered)"
+    assert sleeps == []
+
+    clock.advance(1)
+    talk.set_rooms({ROOM, "otherroom"})  # the bot was enabled there meanwhile
+    await client.send_message("otherroom", "after the window")
+
+    assert talk.texts("otherroom") == ["after the window"]
+    assert [r.status for r in talk.requests if "/otherroom/" in r.path] == [401, 201]
+
+
+async def test_t02_a_room_is_called_again_once_the_window_passed_and_remembered_again(
+    talk: FakeTalk, make_client: MakeClient
+) -> None:
+    clock = ManualClock()
+    client = make_client(clock=clock)
+    for _ in range(3):
+        with pytest.raises(TalkAuthError):
+            await client.send_message("otherroom", "hello")
+        with pytest.raises(TalkAuthError):
+            await client.send_message("otherroom", "hello")
+        clock.advance(AUTH_REFUSAL_MEMORY_S)
+
+    assert [r.status for r in talk.requests] == [401, 401, 401]  # one per window, not six
 
 
 async def test_logs_name_the_room_but_never_the_text_or_secret(
@@ -497,12 +671,11 @@ async def test_fake_accepts_form_bodies_and_uppercase_hex(
 async def test_fake_unknown_room_is_401_and_set_rooms_enables_it(
     talk: FakeTalk, make_client: MakeClient
 ) -> None:
-    client = make_client()
     with pytest.raises(TalkAuthError):
-        await client.send_message("newroom1", "hello")
+        await make_client().send_message("newroom1", "hello")
 
     talk.set_rooms({ROOM, "newroom1"})
-    await client.send_message("newroom1", "hello")
+    await make_client().send_message("newroom1", "hello")  # a client that saw no 401
 
     assert talk.texts("newroom1") == ["hello"]
 

@@ -109,3 +109,24 @@ async def test_talk_refusing_the_message_is_a_tool_error(toolbox: Toolbox, talk:
     result = await toolbox.execute("nc_talk_send", TalkSendArgs(message="hi"), ctx("user"))
     assert not result.ok
     assert "Talk did not accept the message" in result.text
+
+
+async def test_t01_a_post_without_an_answer_tells_the_model_not_to_send_it_again(
+    tmp_path: Path, talk: FakeTalk
+) -> None:
+    """Talk stored it after the client gave up: the model must not be led to post a copy."""
+    store = Store.open(tmp_path / "talkbot.sqlite3", ManualClock())
+    rooms = RoomDirectory(store, set)
+    talk.throttle_next(0.5)
+    async with aiohttp.ClientSession() as session:
+        retry = RetryPolicy(attempts=3, message_timeout=0.2, connect_timeout=0.1)
+        toolbox = Toolbox(
+            make_talk_tools(TalkClient(session, talk.url, SECRET, retry=retry), rooms)
+        )
+        result = await toolbox.execute("nc_talk_send", TalkSendArgs(message="hi"), ctx("user"))
+        await talk.wait_settled()
+    await store.close()
+    assert not result.ok
+    assert "may have been posted" in result.text
+    assert "Do not send it again" in result.text
+    assert talk.texts() == ["hi"]
