@@ -397,7 +397,8 @@ async def status_facts(runtime: Runtime) -> dict[str, Any]:
         "model": f"{settings.llm.model} at {settings.llm.base_url}",
         "rooms": sum(1 for room in rooms if room.joined),
         "turns since start": int(sum(_samples(runtime.metrics.turns))),
-        "inbox backlog": await parts.store.inbox_backlog(),
+        # Waiting only: the command asking is itself in the inbox, running.
+        "inbox backlog": await parts.store.inbox_backlog(waiting_only=True),
         "pending confirmations": len(pending),
         "next scheduled runs": await _next_runs(parts.scheduler),
         "last webhook": parts.webhook.last_webhook_at,

@@ -18,135 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from bot.clock import Clock
 from bot.errors import StoreError
+from bot.migrations import migrate
+
+log = structlog.get_logger(__name__)
 
 BODY_RETENTION_S = 14 * 24 * 3600
 ROW_RETENTION_S = 180 * 24 * 3600
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS inbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    room TEXT NOT NULL,
-    dedupe_key TEXT UNIQUE,
-    random TEXT UNIQUE,
-    kind TEXT NOT NULL,
-    body TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    finished_at REAL,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS inbox_open ON inbox (status, room, id);
-
-CREATE TABLE IF NOT EXISTS rooms (
-    token TEXT PRIMARY KEY,
-    name TEXT NOT NULL DEFAULT '',
-    one_to_one INTEGER NOT NULL DEFAULT 0,
-    mode TEXT,
-    joined INTEGER NOT NULL DEFAULT 1,
-    first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL
-);
-
-CREATE TABLE IF NOT EXISTS history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    room TEXT NOT NULL,
-    role TEXT NOT NULL,
-    actor_id TEXT NOT NULL DEFAULT '',
-    actor_name TEXT NOT NULL DEFAULT '',
-    content TEXT NOT NULL,
-    message_id TEXT,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS history_room ON history (room, id);
-
-CREATE TABLE IF NOT EXISTS role_overrides (
-    uid TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    set_by TEXT NOT NULL,
-    set_at REAL NOT NULL
-);
-
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    actor TEXT NOT NULL,
-    room TEXT NOT NULL,
-    action TEXT NOT NULL,
-    tool TEXT NOT NULL DEFAULT '',
-    args_hash TEXT NOT NULL DEFAULT '',
-    outcome TEXT NOT NULL DEFAULT '',
-    detail TEXT NOT NULL DEFAULT ''
-);
-"""
-
-
-# Pending actions awaiting a human yes (the confirmations section below).
-# status: pending -> approved -> running -> done | failed; pending -> denied | expired |
-# cancelled. Every change is a compare-and-set on the status (A08).
-CONFIRMATIONS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS pending_actions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    code TEXT NOT NULL,
-    turn_id TEXT NOT NULL,
-    call_id TEXT NOT NULL,
-    room TEXT NOT NULL,
-    requester TEXT NOT NULL,
-    requester_name TEXT NOT NULL DEFAULT '',
-    tool TEXT NOT NULL,
-    args_json TEXT NOT NULL,
-    args_hash TEXT NOT NULL,
-    approver TEXT NOT NULL,
-    state_json TEXT NOT NULL,
-    after_message_id TEXT NOT NULL DEFAULT '',
-    prompt_text TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
-    decided_by TEXT NOT NULL DEFAULT '',
-    result_text TEXT NOT NULL DEFAULT '',
-    resumed INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS pending_actions_open_code ON pending_actions (code)
-    WHERE status IN ('pending', 'approved', 'running');
-CREATE INDEX IF NOT EXISTS pending_actions_room ON pending_actions (room, status);
-CREATE INDEX IF NOT EXISTS pending_actions_turn ON pending_actions (turn_id);
-"""
-
-# Jobs and their run ledger (the schedules section below).
-SCHEDULES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    room TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    expr TEXT NOT NULL,
-    timezone TEXT NOT NULL,
-    message TEXT,
-    prompt TEXT,
-    created_by_role TEXT NOT NULL,
-    paused INTEGER NOT NULL DEFAULT 0,
-    misfire TEXT NOT NULL DEFAULT 'once',
-    source TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    active_since REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, id);
-
-CREATE TABLE IF NOT EXISTS job_runs (
-    job_id TEXT NOT NULL,
-    fire_time INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    finished_at REAL,
-    detail TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (job_id, fire_time)
-);
-"""
-
+# The schema (tables, columns, indexes) is built and upgraded by bot/migrations.py;
+# docs/store.md describes each version.
 
 INSERT_EVENT = (
     "INSERT OR IGNORE INTO inbox (room, dedupe_key, random, kind, body, received_at)"
@@ -204,7 +88,9 @@ class AuditEntry:
     detail: str
 
 
-# Statuses of a pending action that still hold its code (not yet finished).
+# A pending action's status: pending -> approved -> running -> done | failed; pending ->
+# denied | expired | cancelled. Every change is a compare-and-set on the status (A08).
+# These statuses still hold the action's code (it is not finished).
 OPEN_ACTION_STATUSES = ("pending", "approved", "running")
 
 
@@ -284,19 +170,31 @@ class Store:
 
     @classmethod
     def open(cls, path: Path, clock: Clock) -> Store:
+        """Open (or create) the store, upgrading its schema to this code's version."""
         lock_fd = None if str(path) == ":memory:" else _lock(path)
+        db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
-            for script in (SCHEMA, CONFIRMATIONS_SCHEMA, SCHEDULES_SCHEMA):
-                db.executescript(script)
-        except sqlite3.Error as exc:
+            upgrade = migrate(db, path, clock)
+        except (sqlite3.Error, StoreError) as exc:
+            if db is not None:
+                db.close()
             if lock_fd is not None:
                 os.close(lock_fd)
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot open the store at {path}: {exc}") from None
+        if 0 < upgrade.from_version < upgrade.to_version:  # not for a new store
+            log.info(
+                "store.migrated",
+                from_version=upgrade.from_version,
+                to_version=upgrade.to_version,
+                backup=None if upgrade.backup is None else str(upgrade.backup),
+            )
         return cls(db, clock, lock_fd)
 
     async def close(self) -> None:
@@ -396,9 +294,11 @@ class Store:
                 [(self._clock.now(), reason, event_id) for event_id in event_ids],
             )
 
-    async def inbox_backlog(self) -> int:
+    async def inbox_backlog(self, *, waiting_only: bool = False) -> int:
+        """Accepted events not finished; ``waiting_only``: those not started yet."""
+        statuses = "('pending')" if waiting_only else "('pending', 'running')"
         row = self._db.execute(
-            "SELECT count(*) FROM inbox WHERE status IN ('pending', 'running')"
+            f"SELECT count(*) FROM inbox WHERE status IN {statuses}"  # noqa: S608 - two fixed fragments
         ).fetchone()
         return int(row[0])
 

@@ -49,6 +49,12 @@ async def test_admin_commands_answer_without_the_model(
     assert daemon.llm.requests == []
 
 
+async def test_status_does_not_count_its_own_message_in_the_backlog(daemon: Daemon) -> None:
+    """#12.6: with nothing else waiting, !status says the backlog is 0, not 1."""
+    answer = await ask(daemon, "!status")
+    assert "- inbox backlog: 0\n" in answer
+
+
 async def test_a11_non_admin_in_the_admin_room_is_refused(daemon: Daemon) -> None:
     answer = await ask(daemon, "!role bob admin", sender="bob")
     assert "admin command" in answer

@@ -1,0 +1,338 @@
+"""The store's schema as numbered upgrade steps, run at start in one transaction.
+
+``PRAGMA user_version`` is the schema version: the number of steps a store has had.
+Step N takes a store from version N-1 to N; a fresh store runs them all, so a new store
+and an upgraded one end with the same schema. Steps are frozen once released: never
+edit one, append a new one (docs/store.md says how).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bot.clock import Clock
+from bot.errors import StoreError
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step: frozen SQL statements, run in order inside the upgrade's transaction."""
+
+    summary: str
+    statements: tuple[str, ...]
+
+    def apply(self, db: sqlite3.Connection) -> None:
+        for statement in self.statements:
+            db.execute(statement)
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """What ``migrate`` did: the schema version before and after, and the backup made."""
+
+    from_version: int
+    to_version: int
+    backup: Path | None
+
+
+# -- the steps: frozen, append-only ------------------------------------------------------
+
+# 1: the first store (7eb563e), verbatim.
+_FIRST_STORE = (
+    """
+CREATE TABLE inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    room TEXT NOT NULL,
+    dedupe_key TEXT UNIQUE,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    finished_at REAL,
+    error TEXT
+)""",
+    "CREATE INDEX inbox_open ON inbox (status, room, id)",
+    """
+CREATE TABLE seen_randoms (
+    random TEXT PRIMARY KEY,
+    seen_at REAL NOT NULL
+)""",
+    """
+CREATE TABLE rooms (
+    token TEXT PRIMARY KEY,
+    name TEXT NOT NULL DEFAULT '',
+    one_to_one INTEGER NOT NULL DEFAULT 0,
+    mode TEXT,
+    joined INTEGER NOT NULL DEFAULT 1,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL
+)""",
+    """
+CREATE TABLE history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    room TEXT NOT NULL,
+    role TEXT NOT NULL,
+    actor_id TEXT NOT NULL DEFAULT '',
+    actor_name TEXT NOT NULL DEFAULT '',
+    content TEXT NOT NULL,
+    message_id TEXT,
+    created_at REAL NOT NULL
+)""",
+    "CREATE INDEX history_room ON history (room, id)",
+    """
+CREATE TABLE role_overrides (
+    uid TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    set_by TEXT NOT NULL,
+    set_at REAL NOT NULL
+)""",
+    """
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    room TEXT NOT NULL,
+    action TEXT NOT NULL,
+    tool TEXT NOT NULL DEFAULT '',
+    args_hash TEXT NOT NULL DEFAULT '',
+    outcome TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT ''
+)""",
+    """
+CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    value REAL NOT NULL
+)""",
+)
+
+# 2: pending actions (confirmations), jobs and their run ledger (328d4dd), verbatim.
+_CONFIRMATIONS_AND_JOBS = (
+    """
+CREATE TABLE pending_actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    code TEXT NOT NULL,
+    turn_id TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    room TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    requester_name TEXT NOT NULL DEFAULT '',
+    tool TEXT NOT NULL,
+    args_json TEXT NOT NULL,
+    args_hash TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    state_json TEXT NOT NULL,
+    after_message_id TEXT NOT NULL DEFAULT '',
+    prompt_text TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    decided_by TEXT NOT NULL DEFAULT '',
+    result_text TEXT NOT NULL DEFAULT '',
+    resumed INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+)""",
+    """CREATE UNIQUE INDEX pending_actions_open_code ON pending_actions (code)
+    WHERE status IN ('pending', 'approved', 'running')""",
+    "CREATE INDEX pending_actions_room ON pending_actions (room, status)",
+    "CREATE INDEX pending_actions_turn ON pending_actions (turn_id)",
+    """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    room TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    expr TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    message TEXT,
+    prompt TEXT,
+    created_by_role TEXT NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    misfire TEXT NOT NULL DEFAULT 'once',
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    active_since REAL NOT NULL
+)""",
+    "CREATE INDEX jobs_owner ON jobs (owner, id)",
+    """
+CREATE TABLE job_runs (
+    job_id TEXT NOT NULL,
+    fire_time INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    detail TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_id, fire_time)
+)""",
+)
+
+# 3: the inbox keeps each webhook's random in a UNIQUE column; seen_randoms goes (eb7c8fc).
+# SQLite adds no UNIQUE column in place, so the table is rebuilt with eb7c8fc's text.
+# The old table is renamed out of the way first: renaming the new one instead would store
+# its name quoted. No view, trigger or foreign key refers to inbox.
+# Ids and the AUTOINCREMENT counter carry over (an id is never given out twice); each
+# seen random becomes a finished row of kind 'seen' with no body, which the dedupe finds
+# and open_events never returns.
+_INBOX_RANDOM = (
+    "ALTER TABLE inbox RENAME TO inbox_before_v3",
+    """
+CREATE TABLE inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    room TEXT NOT NULL,
+    dedupe_key TEXT UNIQUE,
+    random TEXT UNIQUE,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    finished_at REAL,
+    error TEXT
+)""",
+    "INSERT INTO sqlite_sequence (name, seq)"
+    " SELECT 'inbox', seq FROM sqlite_sequence WHERE name = 'inbox_before_v3'",
+    "INSERT INTO inbox (id, room, dedupe_key, random, kind, body, received_at, status,"
+    " attempts, finished_at, error) SELECT id, room, dedupe_key, NULL, kind, body,"
+    " received_at, status, attempts, finished_at, error FROM inbox_before_v3 ORDER BY id",
+    "INSERT INTO inbox (room, random, kind, body, received_at, status, finished_at)"
+    " SELECT '', random, 'seen', '', seen_at, 'done', seen_at FROM seen_randoms"
+    " ORDER BY seen_at, random",
+    "DROP TABLE inbox_before_v3",
+    "DROP TABLE seen_randoms",
+    "CREATE INDEX inbox_open ON inbox (status, room, id)",
+)
+
+# 4: the unused counters table goes (492e774).
+_NO_COUNTERS = ("DROP TABLE counters",)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("the first store: inbox, rooms, history, roles, audit", _FIRST_STORE),
+    Migration("pending actions, jobs and job runs", _CONFIRMATIONS_AND_JOBS),
+    Migration("the inbox keeps each webhook's random", _INBOX_RANDOM),
+    Migration("the unused counters table goes", _NO_COUNTERS),
+)
+
+# Stores written before the schema had a version (user_version 0) have the shape of one
+# of these versions; which one is told by their tables and columns.
+LAST_UNVERSIONED = 4
+
+
+# -- running them --------------------------------------------------------------------------
+
+
+def migrate(
+    db: sqlite3.Connection,
+    path: Path,
+    clock: Clock,
+    migrations: Sequence[Migration] = MIGRATIONS,
+) -> Upgrade:
+    """Bring the store on ``db`` to the latest version; back it up first if it had data.
+
+    All pending steps and the new version commit together, or nothing changes. A store
+    newer than ``migrations`` is refused, as is an unversioned one of unknown shape.
+    """
+    latest = len(migrations)
+    stored = user_version(db)
+    version = stored or unversioned_version(db, path)
+    if version > latest:
+        raise StoreError(
+            f"the store at {path} has schema version {version}, newer than this talkbot"
+            f" understands ({latest}): upgrade talkbot, or restore a backup made before"
+            " the upgrade"
+        )
+    if stored == latest:
+        return Upgrade(latest, latest, None)
+    backup = back_up(db, path, version, clock) if 0 < version < latest else None
+    _apply(db, path, migrations, version)
+    return Upgrade(version, latest, backup)
+
+
+def user_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def unversioned_version(db: sqlite3.Connection, path: Path) -> int:
+    """The version whose shape a store without one has; 0 for an empty file."""
+    shape = _shape(db)
+    if not shape:
+        return 0
+    for version in range(1, LAST_UNVERSIONED + 1):
+        if shape == _shape_of_version(version):
+            return version
+    raise StoreError(
+        f"the store at {path} has no schema version and its tables ({', '.join(sorted(shape))})"
+        " match no talkbot release: restore a backup, or move it away to start a new store"
+    )
+
+
+def back_up(db: sqlite3.Connection, path: Path, version: int, clock: Clock) -> Path:
+    """A consistent copy of the store beside it, named after its version and the time."""
+    stamp = datetime.fromtimestamp(clock.now(), tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.bak-v{version}-{stamp}")
+    try:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT, path.stat().st_mode & 0o777))
+        copy = sqlite3.connect(target, isolation_level=None)
+        try:
+            db.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        finally:
+            copy.close()
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(
+            f"cannot back up the store at {path} to {target} before upgrading it: {exc}"
+        ) from None
+    return target
+
+
+def _apply(
+    db: sqlite3.Connection, path: Path, migrations: Sequence[Migration], version: int
+) -> None:
+    """Steps ``version + 1`` to the last, and the new version, in one transaction."""
+    latest = len(migrations)
+    doing = "setting the version"
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for step in range(version + 1, latest + 1):
+            doing = f"step {step} ({migrations[step - 1].summary})"
+            migrations[step - 1].apply(db)
+        doing = "setting the version"
+        db.execute(f"PRAGMA user_version = {latest:d}")
+    except BaseException as exc:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        if not isinstance(exc, sqlite3.Error):
+            raise
+        raise StoreError(
+            f"cannot upgrade the store at {path} from schema version {version} to {latest}:"
+            f" {doing} failed: {exc}; the store is unchanged"
+        ) from None
+    db.execute("COMMIT")
+
+
+def _shape(db: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
+    """Each table's column names (SQLite's own tables left out)."""
+    tables = db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, 7) != 'sqlite_'"
+    ).fetchall()
+    return {
+        str(table[0]): tuple(
+            str(column[0])
+            for column in db.execute("SELECT name FROM pragma_table_info(?)", (table[0],))
+        )
+        for table in tables
+    }
+
+
+def _shape_of_version(version: int) -> dict[str, tuple[str, ...]]:
+    scratch = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for migration in MIGRATIONS[:version]:
+            migration.apply(scratch)
+        return _shape(scratch)
+    finally:
+        scratch.close()
