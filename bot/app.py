@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,7 +19,7 @@ from bot.access import Access, stored_roles
 from bot.agent.history import History
 from bot.agent.llm import LLM
 from bot.clock import Clock, SystemClock
-from bot.config import Role, Settings
+from bot.config import Role, Settings, config_warnings
 from bot.dispatch import Dispatcher
 from bot.errors import (
     ConfigError,
@@ -55,7 +56,7 @@ from bot.talk.client import TalkClient
 from bot.talk.events import Event, bot_actor_id, parse_event
 from bot.tools import Tool, Toolbox
 from bot.tools.clock import make_clock_tools
-from bot.tools.files import FileArea, make_file_tools
+from bot.tools.files import FILE_TOOLS, FileArea, make_file_tools, root_problem
 from bot.tools.netguard import AddressPolicy
 from bot.tools.ops import make_ops_tools
 from bot.tools.plugins import ToolDeps as PluginDeps
@@ -176,6 +177,65 @@ def build_tools(settings: Settings, deps: ToolDeps | None = None) -> list[Tool[A
         names = [tool.name for tool in tools]
         tools += load_plugin_tools(settings.tools.modules, plugin_deps, taken=names)
     return tools
+
+
+async def validate_deployment(settings: Settings) -> list[tuple[str, str]]:
+    """What ``serve`` checks before it binds, beyond the config models; ``check`` runs it too.
+
+    ConfigError names every problem together (schedule expressions, [tools] modules); the
+    returned (field, reason) pairs are warnings: it starts, but probably not as meant.
+    """
+    problems: list[tuple[str, str]] = []
+    try:
+        check_schedules(settings.schedules, settings.chat.timezone)
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        await _dry_run_tools(settings)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return config_warnings(settings) + _files_warnings(settings)
+
+
+def log_warnings(warnings: Sequence[tuple[str, str]]) -> None:
+    for name, reason in warnings:
+        log.warning("config.warning", field=name, reason=reason)
+
+
+async def _dry_run_tools(settings: Settings) -> None:
+    """build_tools as the daemon calls it, on stand-ins that reach nobody: [tools] modules
+    are imported and their make_tools run, so a broken one is found before anything starts."""
+    clock = SystemClock()
+    store = Store.open(Path(":memory:"), clock)
+    session = aiohttp.ClientSession(trust_env=False)
+    fetcher = HttpFetcher(settings.tools.http_fetch)
+    talk = TalkClient(session, settings.nextcloud.url, "", clock=clock)  # never called
+    delivery = JobDelivery(store=store, poster=talk, role_of=lambda _actor: "none")
+    deps = ToolDeps(
+        scheduler=Scheduler(store, clock, delivery, default_timezone=settings.chat.timezone),
+        rooms=RoomDirectory(store),
+        poster=talk,
+        session=session,
+        fetcher=fetcher,
+        ring=LogRing(),
+        clock=clock,
+        restart=lambda: None,
+        admin_room=lambda: settings.access.admin_room,
+    )
+    try:
+        build_tools(settings, deps)
+    finally:
+        await fetcher.aclose()
+        await session.close()
+        await store.close()
+
+
+def _files_warnings(settings: Settings) -> list[tuple[str, str]]:
+    offered = any(settings.tools.policy(name).enabled is not False for name in FILE_TOOLS)
+    problem = root_problem(settings.tools.files) if offered else None
+    return [("tools.files.root", problem)] if problem else []
 
 
 async def build_parts(
@@ -435,9 +495,11 @@ async def reload_settings(runtime: Runtime) -> str:
         return "Reload is not available: this process was not started from a config file."
     try:
         new = runtime.load_settings()
+        warnings = await validate_deployment(new)  # as at start: no half-applied reload
     except ConfigError as exc:
         log.warning("config.reload_refused", reason=exc.one_line())
         return f"Config not reloaded, the running one stays. {exc.one_line()}"
+    log_warnings(warnings)
     old, parts = runtime.settings, runtime.running
     try:
         toolbox = rebuilt_toolbox(runtime, old, new)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -13,7 +14,7 @@ import shlex
 import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import TextIO
@@ -25,18 +26,34 @@ from aiohttp import web
 
 from bot import __version__
 from bot.agent.llm import endpoint_url
-from bot.app import build_app, new_runtime
-from bot.config import LLMSettings, Settings, default_config_path, load_settings
+from bot.app import build_app, log_warnings, new_runtime, validate_deployment
+from bot.config import (
+    LLMSettings,
+    Settings,
+    default_config_path,
+    load_settings,
+    strip_credentials,
+)
 from bot.console import ConsoleOptions, load_console_settings, quiet_logging, run_console
-from bot.errors import ConfigError, TalkbotError, TalkError
+from bot.errors import (
+    ConfigError,
+    StoreVersionError,
+    TalkAuthError,
+    TalkbotError,
+    TalkError,
+    TalkOutcomeUnknownError,
+    TalkRateLimitedError,
+    TalkUnavailableError,
+)
 from bot.logs import LogRing, Redactor, configure_logging
 from bot.systemd import Notifier, Watchdog, watchdog_interval
-from bot.talk.client import TalkClient
+from bot.talk.client import RetryPolicy, TalkClient
 
 log = structlog.get_logger(__name__)
 
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # EX_CONFIG: systemd does not restart-loop on a broken config
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell shows for a tool its reader left
 TALK_FEATURES = ("webhook", "response", "reaction")
 PROBE_TIMEOUT_S = 5.0
 LOG_LEVELS = {
@@ -48,18 +65,29 @@ LOG_LEVELS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = command_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
+        sys.stdout.flush()  # a reader that left (`| head -1`) shows here, not at exit
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
+    return code
 
 
-def _parser() -> argparse.ArgumentParser:
+def _reader_gone() -> int:
+    """stdout's reader left early: stop quietly (the Python docs' "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush goes nowhere
+    return EXIT_PIPE_CLOSED
+
+
+def command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="talkbot", description="AI assistant for Nextcloud Talk")
     parser.add_argument("--version", action="version", version=f"talkbot {__version__}")
     commands = parser.add_subparsers(dest="command")
@@ -103,6 +131,26 @@ def log_level(environ: Mapping[str, str]) -> int | None:
     return LOG_LEVELS[name]
 
 
+async def preflight(settings: Settings, environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Every check ``serve`` makes before it binds, beyond load_settings; ``check`` runs it.
+
+    ConfigError names every problem together; the result is the warnings.
+    """
+    problems: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
+    try:
+        log_level(environ)
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        warnings = await validate_deployment(settings)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return warnings
+
+
 def _config_path(args: argparse.Namespace) -> Path:
     return args.config or default_config_path(os.environ)
 
@@ -136,8 +184,10 @@ def _serve(args: argparse.Namespace) -> int:
     path = _config_path(args)
     try:
         return asyncio.run(_run_daemon(settings, ring, redactor, path))
-    except ConfigError as exc:  # found only at start, like a broken [tools] module
+    except ConfigError as exc:  # found by preflight, like a broken [tools] module
         return _fail(exc.one_line(), EXIT_CONFIG)
+    except StoreVersionError as exc:  # a restart cannot help: no restart loop
+        return _fail(str(exc), EXIT_CONFIG)
     except TalkbotError as exc:
         return _fail(str(exc))
 
@@ -145,6 +195,7 @@ def _serve(args: argparse.Namespace) -> int:
 async def _run_daemon(
     settings: Settings, ring: LogRing, redactor: Redactor, config_path: Path
 ) -> int:
+    log_warnings(await preflight(settings, os.environ))  # a broken config: before binding
     runtime = new_runtime(settings, ring=ring, redactor=redactor)
     runtime.load_settings = lambda: load_settings(config_path)
     listener = _bind(settings.server.host, settings.server.port)  # before any part starts
@@ -196,6 +247,8 @@ def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     path = _config_path(args)
     try:
         settings = load_settings(path)
+        with _own_logs_to_stderr():
+            warnings = asyncio.run(preflight(settings, os.environ))  # exactly what serve runs
     except ConfigError as exc:
         sys.stderr.write(f"{path}: {len(exc.problems)} problem(s)\n")
         for field, reason in exc.problems:
@@ -203,14 +256,31 @@ def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 1
     out.write(f"{path}: OK\n")
     out.write(f"  webhook: {settings.server.webhook_url()}\n")
-    out.write(f"  nextcloud: {_without_userinfo(settings.nextcloud.url)} (bot secret set)\n")
+    out.write(f"  nextcloud: {strip_credentials(settings.nextcloud.url)} (bot secret set)\n")
     llm = settings.llm
-    out.write(f"  model: {llm.model} at {_without_userinfo(llm.base_url)} ({llm.flavor})\n")
+    out.write(f"  model: {llm.model} at {strip_credentials(llm.base_url)} ({llm.flavor})\n")
     out.write(f"  admins: {', '.join(settings.access.admins) or '(none)'}\n")
     out.write(f"  schedules: {len(settings.schedules)}\n")
+    for field, reason in warnings:
+        out.write(f"  warning: {field}: {reason}\n")
     if not args.offline:
         out.write(f"  model endpoint: {asyncio.run(probe_models(llm))}\n")
     return 0  # an unreachable model is reported, not fatal: it may come up later
+
+
+@contextlib.contextmanager
+def _own_logs_to_stderr() -> Iterator[None]:
+    """check's stdout is its report: what preflight logs (a module loaded) goes to stderr,
+    warnings and up; the logging set before is restored after."""
+    saved = structlog.get_config()
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
 
 
 async def probe_models(llm: LLMSettings, timeout_s: float = PROBE_TIMEOUT_S) -> str:
@@ -251,25 +321,19 @@ def _model_listed(body: bytes, model: str) -> str:
     return f"reachable, but model {model!r} is not in its list of {len(ids)}"
 
 
-def _without_userinfo(url: str) -> str:
-    """A URL as it may be shown: credentials in it (user:pass@) are cut out."""
-    scheme, sep, rest = url.partition("://")
-    host, slash, path = rest.partition("/")
-    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}"
-
-
 # -- nextcloud-setup -----------------------------------------------------------------
 
 
 def _setup(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout  # looked up per call: tests and callers may replace it
     path = _config_path(args)
-    generated = None
+    generated = why = None
     try:
         settings = load_settings(path)
     except ConfigError as exc:
         if [field for field, _ in exc.problems] != ["nextcloud.bot_secret"]:
             return _fail(exc.one_line(), 1)
+        why = exc.problems[0][1]  # missing, too short, or the example's placeholder
         generated = secrets.token_hex(32)  # 64 characters; hex never starts with "-" (an option)
         settings = load_settings(path, {**os.environ, "TALKBOT_NEXTCLOUD__BOT_SECRET": generated})
     secret = settings.nextcloud.bot_secret.get_secret_value()
@@ -278,8 +342,9 @@ def _setup(args: argparse.Namespace, out: TextIO | None = None) -> int:
     name = settings.chat.bot_name
     url = settings.server.webhook_url()
     if generated:
-        out.write("# No bot_secret is configured; here is a fresh one. Put it in the config\n")
-        out.write(f"# ([nextcloud] bot_secret, or bot_secret_file):\n#   {generated}\n\n")
+        out.write(f"# nextcloud.bot_secret: {why}.\n")
+        out.write("# Here is a fresh one; put it in the config ([nextcloud] bot_secret, or\n")
+        out.write(f"# bot_secret_file) before you run these commands:\n#   {generated}\n\n")
     if secret.startswith("-"):
         out.write("# Warning: occ reads an argument starting with '-' as an option; use a secret\n")
         out.write("# that starts with a letter or digit.\n\n")
@@ -338,18 +403,59 @@ def _send(args: argparse.Namespace) -> int:
         settings = _load(args)
     except ConfigError as exc:
         return _fail(exc.one_line(), EXIT_CONFIG)
+    retry = RetryPolicy()
     try:
-        asyncio.run(_send_once(settings, args.room, args.message))
+        asyncio.run(_send_once(settings, args.room, args.message, retry))
     except TalkError as exc:
-        return _fail(f"Talk refused the message: {exc}")
+        if exc.status is None and not isinstance(exc, TalkUnavailableError):
+            return _fail(f"not sent: {exc}", EXIT_USAGE)  # refused before any request
+        where = f"Nextcloud at {strip_credentials(settings.nextcloud.url)}"
+        return _fail(send_failure(exc, where, args.room, retry))
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)
     return 0
 
 
-async def _send_once(settings: Settings, room: str, message: str) -> None:
+async def _send_once(settings: Settings, room: str, message: str, retry: RetryPolicy) -> None:
     async with aiohttp.ClientSession(trust_env=False) as session:
-        client = TalkClient(
-            session, settings.nextcloud.url, settings.nextcloud.bot_secret.get_secret_value()
-        )
+        secret = settings.nextcloud.bot_secret.get_secret_value()
+        client = TalkClient(session, settings.nextcloud.url, secret, retry=retry)
         await client.send_message(room, message)
+
+
+# Why no answer came, by the aiohttp error the Talk client names, in a person's words.
+UNREACHABLE_REASONS = {
+    "ClientConnectorDNSError": "the host name does not resolve (DNS)",
+    "ClientConnectorCertificateError": "its TLS certificate is not valid for this name",
+    "ClientConnectorSSLError": "the TLS handshake failed",
+    "ClientConnectorError": "the connection was refused or the host is unreachable",
+    "ConnectionTimeoutError": "the connection timed out (a firewall dropping packets?)",
+}
+
+
+def send_failure(exc: TalkError, where: str, room: str, retry: RetryPolicy) -> str:
+    """What ``talkbot send`` says when Talk did not take the message, and what to do."""
+    if isinstance(exc, TalkOutcomeUnknownError):  # before TalkUnavailableError: a subclass
+        return (
+            f"no answer from {where} within {retry.message_timeout:g} s: the message may "
+            "still have been posted; check the room before sending again"
+        )
+    if isinstance(exc, TalkUnavailableError):
+        if exc.status is not None:
+            return f"{where} failed with HTTP {exc.status} on every try; try again later"
+        text = str(exc)
+        reason = next((r for name, r in UNREACHABLE_REASONS.items() if f"({name})" in text), text)
+        return f"cannot reach {where}: {reason}"
+    if isinstance(exc, TalkAuthError):
+        return (
+            f"{where} answered 401 for room {room}: the bot is not enabled in that room "
+            f"(`occ talk:bot:setup BOT_ID {room}`), or its secret differs from the one "
+            "given to `occ talk:bot:install`"
+        )
+    if isinstance(exc, TalkRateLimitedError):
+        return (
+            f"{where} answered 429: its brute-force protection is throttling this host, "
+            "usually after 401s; fix their cause, then run "
+            "`occ security:bruteforce:reset IP_OF_THIS_HOST` on the Nextcloud server"
+        )
+    return f"{where} refused the message with HTTP {exc.status}"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import types
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -29,10 +31,17 @@ Approver = Literal["requester", "admin", "either"]
 ENV_PREFIX = "TALKBOT_"
 EVERY_PATTERN = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 TOKEN_PATTERN = re.compile(r"^[a-z0-9]{4,30}$")
+# deploy/talkbot.example.toml's bot_secret: a copied config must not run with it.
+PLACEHOLDER_SECRET = "change-me-to-a-random-secret-of-at-least-forty-characters"  # noqa: S105 - refused, not used
+# Field types whose environment overrides are text as written, never TOML numbers or booleans.
+TEXT_TYPES = (str, SecretStr, Path)
 # Secret fields that may also be read from "<name>_file" (systemd LoadCredential=).
 SECRET_FIELDS: dict[str, tuple[str, ...]] = {
     "nextcloud": ("bot_secret",),
     "llm": ("api_key",),
+}
+SECRET_FILE_KEYS = {
+    (section, f"{name}_file") for section, names in SECRET_FIELDS.items() for name in names
 }
 
 
@@ -88,6 +97,11 @@ class NextcloudSettings(Frozen):
     @field_validator("bot_secret")
     @classmethod
     def _secret_length(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() == PLACEHOLDER_SECRET:
+            raise ValueError(
+                "is the placeholder from the example config: "
+                "generate one with `openssl rand -hex 32`"
+            )
         length = len(value.get_secret_value().encode())
         if not 40 <= length <= 128:  # noqa: PLR2004 - Talk's own limits
             raise ValueError(f"must be 40-128 characters (Talk's limit), got {length}")
@@ -316,6 +330,56 @@ class Settings(Frozen):
         return self
 
 
+def config_warnings(settings: Settings) -> list[tuple[str, str]]:
+    """(field, reason) for what starts but is probably not meant: example host names, half
+    an admin setup. The daemon runs all the same; ``check`` prints these, ``serve`` logs them."""
+    urls = {
+        "nextcloud.url": settings.nextcloud.url,
+        "server.public_url": settings.server.public_url,
+        "llm.base_url": settings.llm.base_url,
+        "tools.web_search.searxng_url": settings.tools.web_search.searxng_url,
+    }
+    warnings = [
+        (field, f"{host} is an example host name from the docs, not a real server")
+        for field, url in urls.items()
+        if (host := _example_host(url))
+    ]
+    return warnings + _admin_warnings(settings.access)
+
+
+def _example_host(url: str) -> str | None:
+    """The host of ``url`` if it is under example.com, example.org, ... or .example."""
+    try:
+        host = (urlsplit(url).hostname or "").rstrip(".")
+    except ValueError:
+        return None
+    labels = host.split(".")
+    return host if "example" in labels[-2:] else None
+
+
+def _admin_warnings(access: AccessSettings) -> list[tuple[str, str]]:
+    if access.admins and not access.admin_room:
+        return [
+            (
+                "access.admin_room",
+                "is empty, so the admins have no room for admin commands: "
+                "set the token of a private room with them and the bot",
+            )
+        ]
+    if not access.admins:
+        room = f"the admin room {access.admin_room}" if access.admin_room else "admin commands"
+        return [("access.admins", f"is empty, so nobody can use {room} or the admin tools")]
+    return []
+
+
+def strip_credentials(url: str) -> str:
+    """A URL as it may be shown: a user:password@ part and the query (a key?) cut out."""
+    scheme, sep, rest = url.partition("://")
+    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    host, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}"
+
+
 def default_config_path(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("TALKBOT_CONFIG") or "talkbot.toml")
 
@@ -358,16 +422,48 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
             if not isinstance(child, dict):
                 child = node[key] = {}
             node = child
-        node[keys[-1]] = _parse_env_value(value)
+        node[keys[-1]] = _parse_env_value(value, text=_takes_text(keys))
     return data
 
 
-def _parse_env_value(value: str) -> Any:
-    """A TOML value if it parses as one (numbers, booleans, lists), else the plain string."""
+def _parse_env_value(value: str, *, text: bool) -> Any:
+    """A TOML value (numbers, booleans, lists), else the plain string.
+
+    A text field takes the value as written (``TALKBOT_LLM__MODEL=2024`` is the model
+    "2024"); only a quoted TOML string has its quotes taken off.
+    """
     try:
-        return tomllib.loads(f"v = {value}")["v"]
+        parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         return value
+    return value if text and not isinstance(parsed, str) else parsed
+
+
+def _takes_text(keys: list[str]) -> bool:
+    """Whether the setting at ``keys`` (section, key...) holds text, by its model's type."""
+    if tuple(keys) in SECRET_FILE_KEYS:  # a path
+        return True
+    annotation: Any = Settings
+    for key in keys:
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return False
+        field = annotation.model_fields.get(key)
+        if field is not None:
+            annotation = field.annotation
+        elif annotation is ToolsSettings:  # any other [tools.<name>] table is a policy
+            annotation = ToolPolicy
+        else:
+            return False
+    return _is_text(annotation)
+
+
+def _is_text(annotation: Any) -> bool:
+    if get_origin(annotation) is Literal:
+        return all(isinstance(option, str) for option in get_args(annotation))
+    if get_origin(annotation) in (Union, types.UnionType):
+        options = [option for option in get_args(annotation) if option is not type(None)]
+        return all(_is_text(option) for option in options)
+    return isinstance(annotation, type) and issubclass(annotation, TEXT_TYPES)
 
 
 def _read_secret_files(data: dict[str, Any]) -> list[tuple[str, str]]:

@@ -24,13 +24,14 @@ from typing import Any, TextIO
 
 import structlog
 
+from bot.access import GUEST_KINDS
 from bot.app import Parts, Runtime, build_parts, close_parts, start_parts
 from bot.config import TOKEN_PATTERN, Settings, load_settings, settings_from_mapping
 from bot.errors import ConfigError, TalkbotError
 from bot.handlers.chat import Poster
 from bot.store import InboxItem
 from bot.talk.client import TalkClient
-from bot.talk.events import Room, parse_event
+from bot.talk.events import parse_event
 
 log = structlog.get_logger(__name__)
 
@@ -138,11 +139,20 @@ class TerminalPoster:
 class ConsoleSession:
     """Feeds typed lines through the inbox and dispatcher, exactly as the webhook does."""
 
-    def __init__(self, parts: Parts, runtime: Runtime, *, actor: str, room: ConsoleRoom) -> None:
+    def __init__(
+        self,
+        parts: Parts,
+        runtime: Runtime,
+        *,
+        actor: str,
+        room: ConsoleRoom,
+        answers_all: bool = False,
+    ) -> None:
         self._parts = parts
         self._clock = runtime.clock
         self.actor = actor
         self.room = room
+        self.answers_all = answers_all  # the room's mode: every message is a turn
         # Fresh ids per run: an id the store has seen in this room would be dropped as a repeat.
         self._ids = itertools.count(int(self._clock.now() * 1000))
 
@@ -235,29 +245,40 @@ async def _session(parts: Parts, runtime: Runtime, options: ConsoleOptions) -> C
         name = json.dumps(sorted([uid, runtime.settings.chat.bot_name]))
         room = ConsoleRoom(default_room_token(actor), name, OWNER)
         known = await parts.store.get_room(room.token)
+        mode = known.mode if known and known.mode else "all"
         if known is None or known.mode is None:
-            await parts.store.set_room_mode(room.token, "all")
-        return ConsoleSession(parts, runtime, actor=actor, room=room)
+            await parts.store.set_room_mode(room.token, mode)
+        return ConsoleSession(parts, runtime, actor=actor, room=room, answers_all=mode == "all")
     if not TOKEN_PATTERN.fullmatch(options.room):
         raise ConsoleError(f"--room {options.room!r} is not a Talk room token ([a-z0-9]{{4,30}})")
     known = await parts.store.get_room(options.room)
     kind = MODERATOR if options.moderator else USER
     room = ConsoleRoom(options.room, known.name if known else options.room, kind)
-    return ConsoleSession(parts, runtime, actor=actor, room=room)
+    mode = (known.mode if known else None) or runtime.settings.chat.respond_in_groups
+    return ConsoleSession(parts, runtime, actor=actor, room=room, answers_all=mode == "all")
 
 
 def _greet(out: TextIO, runtime: Runtime, parts: Parts, session: ConsoleSession) -> None:
     role = parts.access.role_of(session.actor)
-    one_to_one = Room(token=session.room.token, name=session.room.name).is_one_to_one
-    where = "one-to-one: every message is a turn" if one_to_one else "group room: name the bot"
+    where = "every message is a turn" if session.answers_all else "name the bot (!mode all)"
     out.write(
         f"talkbot console: you are {session.actor} (role {role}) in room {session.room.token} "
         f"({where}).\nStore: {runtime.settings.storage.path}. Replies appear here instead of "
         "in Talk. /quit or Ctrl-D leaves.\n"
     )
     if role == "none":
-        out.write("Note: this user has no role, so the bot will not answer ([access] users).\n")
+        out.write(f"Note: {_no_role_hint(session.actor)}\n")
     out.flush()
+
+
+def _no_role_hint(actor: str) -> str:
+    """Why this actor gets no answer, naming the key that would change it."""
+    if actor.partition("/")[0] in GUEST_KINDS:
+        return (
+            'guests have no role, so the bot will not answer ([access] guest_role = "guest" '
+            "lets guests chat, without tools)."
+        )
+    return "this user has no role, so the bot will not answer ([access] users)."
 
 
 def _repl(

@@ -24,6 +24,11 @@ class StoreError(TalkbotError):
     """The store could not be opened or is locked by another process."""
 
 
+class StoreVersionError(StoreError):
+    """The store was written by a newer talkbot (or is of a shape we do not know):
+    starting again cannot help, so the daemon exits like on a broken config."""
+
+
 class TalkError(TalkbotError):
     """A bot API call to Nextcloud Talk failed."""
 

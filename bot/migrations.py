@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.clock import Clock
-from bot.errors import StoreError
+from bot.errors import StoreError, StoreVersionError
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ def migrate(
     stored = user_version(db)
     version = stored or unversioned_version(db, path)
     if version > latest:
-        raise StoreError(
+        raise StoreVersionError(
             f"the store at {path} has schema version {version}, newer than this talkbot"
             f" understands ({latest}): upgrade talkbot, or restore a backup made before"
             " the upgrade"
@@ -264,7 +264,7 @@ def unversioned_version(db: sqlite3.Connection, path: Path) -> int:
     for version in range(1, LAST_UNVERSIONED + 1):
         if shape == _shape_of_version(version):
             return version
-    raise StoreError(
+    raise StoreVersionError(
         f"the store at {path} has no schema version and its tables ({', '.join(sorted(shape))})"
         " match no talkbot release: restore a backup, or move it away to start a new store"
     )

@@ -729,15 +729,18 @@ class Scheduler:
 def check_schedules(
     schedules: Sequence[ScheduleSettings], default_timezone: str
 ) -> list[ScheduledJob]:
-    """The config's jobs; ConfigError names the first schedule whose expression is wrong."""
-    jobs = []
+    """The config's jobs; ConfigError names every schedule whose expression is wrong."""
+    jobs: list[ScheduledJob] = []
+    problems: list[tuple[str, str]] = []
     for index, schedule in enumerate(schedules):
         job = job_from_settings(schedule, default_timezone)
         try:
             build_trigger(job.kind, job.expr, job.timezone)
         except ScheduleError as exc:
-            raise ConfigError([(f"schedules[{index}].{exc.field}", exc.reason)]) from None
+            problems.append((f"schedules[{index}].{exc.field}", exc.reason))
         jobs.append(job)
+    if problems:
+        raise ConfigError(problems)
     return jobs
 
 

@@ -45,6 +45,26 @@ def test_env_overrides_parse_as_toml_values(tmp_path: Path) -> None:
     assert str(settings.tools.files.root) == "/srv/x"
 
 
+def test_env_values_for_text_fields_are_taken_as_written(tmp_path: Path) -> None:
+    env = {
+        "TALKBOT_LLM__MODEL": "2024",  # a model named by its year, not the number 2024
+        "TALKBOT_LLM__API_KEY": "12345678901234567890",  # an all-digit key stays text
+        "TALKBOT_CHAT__BOT_NAME": "true",
+        "TALKBOT_CHAT__PERSONA": '"quoted as TOML"',  # a TOML string still works
+        "TALKBOT_NEXTCLOUD__BOT_SECRET": "1" * 64,
+        "TALKBOT_LLM__TIMEOUT_S": "2.5",  # numbers, booleans and lists still parse
+        "TALKBOT_TOOLS__FILE_WRITE__ENABLED": "false",
+    }
+    settings = load_settings(write(tmp_path, MINIMAL), env)
+    assert settings.llm.model == "2024"
+    assert settings.llm.api_key.get_secret_value() == "12345678901234567890"
+    assert settings.chat.bot_name == "true"
+    assert settings.chat.persona == "quoted as TOML"
+    assert settings.nextcloud.bot_secret.get_secret_value() == "1" * 64
+    assert settings.llm.timeout_s == 2.5
+    assert settings.tools.policy("file_write").enabled is False
+
+
 def test_secret_from_file(tmp_path: Path) -> None:
     secret_file = tmp_path / "bot_secret"
     secret_file.write_text("f" * 64 + "\n")

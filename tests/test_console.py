@@ -145,6 +145,19 @@ async def test_console_runs_confirmations_and_ends_on_a_confirmed_restart(
         assert await term.exit_code() == 75  # EXIT_RESTART, as under systemd
 
 
+async def test_console_names_guest_role_for_a_guest_without_a_role(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM
+) -> None:
+    config = write_config(tmp_path, base_config(tmp_path, talk, llm))
+    async with console(config, tmp_path, "--user", "guests/abc") as term:
+        await term.expect("(role none)")
+        await term.expect("abc> ")
+        term.type("/quit\n")
+        assert await term.exit_code() == 0
+    assert 'guest_role = "guest"' in term.output
+    assert "[access] users" not in term.output
+
+
 async def test_console_leaves_on_end_of_input(tmp_path: Path, talk: FakeTalk, llm: FakeLLM) -> None:
     config = write_config(tmp_path, base_config(tmp_path, talk, llm))
     async with console(config, tmp_path, "--user", "alice") as term:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import os
@@ -10,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,9 @@ from pydantic import BaseModel
 
 from bot import __version__
 from bot.app import EXIT_RESTART, STOP_DEADLINE_S
-from bot.cli import EXIT_CONFIG
-from bot.config import ServerSettings, Settings, ToolPolicy, load_settings
+from bot.cli import EXIT_CONFIG, command_parser
+from bot.config import PLACEHOLDER_SECRET, ServerSettings, Settings, ToolPolicy, load_settings
+from bot.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "talkbot.service"
@@ -290,10 +293,32 @@ def test_example_config_documents_every_config_key() -> None:
     assert policies == set(ToolPolicy.model_fields)  # the per-tool policy keys, once
 
 
-def test_example_config_is_valid_and_listens_on_loopback() -> None:
-    settings = load_settings(EXAMPLE, {})
+def test_example_config_is_valid_with_a_real_secret_and_listens_on_loopback() -> None:
+    settings = load_settings(EXAMPLE, {"TALKBOT_NEXTCLOUD__BOT_SECRET": "f" * 64})
     assert settings.server == ServerSettings()  # it shows the defaults
     assert settings.server.host == "127.0.0.1"
+
+
+def test_the_example_placeholder_secret_is_refused_wherever_it_comes_from(
+    tmp_path: Path,
+) -> None:
+    assert tomllib.loads(EXAMPLE.read_text())["nextcloud"]["bot_secret"] == PLACEHOLDER_SECRET
+    secret_file = tmp_path / "bot_secret"
+    secret_file.write_text(PLACEHOLDER_SECRET + "\n")
+    for environ in (
+        {},
+        {"TALKBOT_NEXTCLOUD__BOT_SECRET": PLACEHOLDER_SECRET},
+        {"TALKBOT_NEXTCLOUD__BOT_SECRET_FILE": str(secret_file)},
+    ):
+        with pytest.raises(ConfigError) as refused:
+            load_settings(EXAMPLE, environ)
+        assert refused.value.problems == [
+            (
+                "nextcloud.bot_secret",
+                "is the placeholder from the example config: "
+                "generate one with `openssl rand -hex 32`",
+            )
+        ]
 
 
 # -- reverse proxies and the Nextcloud guide -----------------------------------------
@@ -320,7 +345,8 @@ def test_caddy_snippet_limits_the_body_and_times_out_slow_clients() -> None:
 
 
 def test_every_documented_occ_install_uses_repeated_feature_flags() -> None:
-    """``-f webhook,response`` silently installs a bot with no features (talk-protocol §1)."""
+    """``-f webhook,response`` is not split: Talk falls back to its default features
+    (webhook and response), so ``reaction`` would be silently lost."""
     documents = [REPO / "deploy" / "NEXTCLOUD.md", REPO / "README.md"]
     lines = [
         line
@@ -332,6 +358,56 @@ def test_every_documented_occ_install_uses_repeated_feature_flags() -> None:
     for line in lines:
         assert re.search(r"-f webhook -f response -f reaction", line), line
         assert not re.search(r"-f \w+,", line), line
+
+
+def readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def test_the_commands_table_shows_every_option_of_every_command() -> None:
+    table = readme_section("Commands")
+    rows = {
+        match.group(1): line
+        for line in table.splitlines()
+        if (match := re.match(r"\| `talkbot ([a-z-]+)", line))
+    }
+    subcommands = next(
+        action
+        for action in command_parser()._actions  # argparse keeps them here
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    assert set(rows) == set(subcommands.choices)
+    for name, parser in subcommands.choices.items():
+        options = {opt for action in parser._actions for opt in action.option_strings}
+        for option in options - {"-h", "--help"}:
+            assert option in rows[name], f"talkbot {name} {option} is not in the README table"
+    assert "--occ" in (REPO / "deploy" / "NEXTCLOUD.md").read_text()
+
+
+def test_the_nextcloud_guide_says_what_a_real_talk_does() -> None:
+    guide = (REPO / "deploy" / "NEXTCLOUD.md").read_text()
+    register = readme_section("Register the bot in Nextcloud")
+    for text in (guide, register):
+        # occ talk:bot:install prints "Bot installed" and no id; talk:bot:list shows it.
+        assert "talk:bot:list" in text
+        assert not re.search(r"Bot installed`? and the( new)? id", text)
+        # A comma list falls back to Talk's default features; it is not a featureless bot.
+        assert "no features" not in text
+        assert "does nothing" not in text
+    assert "default features" in register
+    assert "default features" in guide
+    # Talk 21 records no delivery failure in talk:bot:list -v: troubleshoot elsewhere.
+    assert not re.search(r"talk:bot:list -v`?[^.]*\bshows?\b[^.]*error", guide)
+    assert not re.search(r"errors? in `?(sudo -u www-data php occ )?talk:bot:list -v", guide)
+    assert "journalctl -u talkbot" in guide
+    assert "last_webhook_at" in guide
+    assert "nextcloud.log" in guide
+    # event.routed of a message the bot ignores is logged at debug level only.
+    if "event.routed" in guide:
+        assert "LOG_LEVEL=debug" in guide
 
 
 @pytest.mark.skipif(

@@ -12,7 +12,7 @@ import httpx2
 import openai
 import structlog
 
-from bot.config import LLMSettings
+from bot.config import LLMSettings, strip_credentials
 from bot.errors import LLMError
 
 log = structlog.get_logger(__name__)
@@ -59,6 +59,7 @@ class LLM:
         self._max_tokens = settings.max_tokens
         self._timeout_s = settings.timeout_s
         self._secret = settings.api_key.get_secret_value()
+        self._where = strip_credentials(endpoint_url(settings))  # for errors: never a key
         self._client = openai.AsyncOpenAI(
             base_url=endpoint_url(settings),
             api_key=self._secret or "not-needed",
@@ -106,7 +107,7 @@ class LLM:
         except openai.APIStatusError as exc:
             raise _status_error(exc.status_code) from None
         except openai.APIConnectionError as exc:
-            raise _connection_error(exc) from None
+            raise _connection_error(exc, self._where) from None
         except openai.OpenAIError as exc:
             raise LLMCallError("bad_response", type(exc).__name__) from None
 
@@ -140,13 +141,13 @@ def _status_error(status: int) -> LLMCallError:
     return LLMCallError("bad_response", f"the model server rejected the request (HTTP {status})")
 
 
-def _connection_error(exc: openai.APIConnectionError) -> LLMCallError:
+def _connection_error(exc: openai.APIConnectionError, where: str) -> LLMCallError:
     # The aiohttp transport reports a refused connection as a connect *timeout*;
     # the OSError underneath tells the two apart.
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
-            return LLMCallError("unavailable", "cannot connect to the model server")
+            return LLMCallError("unavailable", f"cannot connect to the model server at {where}")
         cause = cause.__cause__ or cause.__context__
     if isinstance(exc, openai.APITimeoutError):
         return LLMCallError("timeout", "the model server did not answer in time")

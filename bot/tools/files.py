@@ -41,9 +41,26 @@ READ_CHUNK = 64 * 1024
 PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
+FILE_TOOLS = ("file_list", "file_read", "file_write")
+ROOT_KEY = "[tools.files] root"  # named in every error about the root: where to fix it
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def root_problem(settings: FilesToolSettings) -> str | None:
+    """Why the file tools cannot work in ``root`` (missing, not a folder), or None.
+
+    The tools stay offered when it is missing: an admin may create the folder while the
+    daemon runs, and each call then names the key and the path.
+    """
+    root = Path(settings.root)
+    if not root.exists():
+        return f"{root} does not exist: {', '.join(FILE_TOOLS)} fail until an admin creates it"
+    if not root.is_dir():
+        return f"{root} is not a folder: {', '.join(FILE_TOOLS)} cannot work"
+    return None
 
 
 def split_path(raw: str) -> tuple[str, ...]:
@@ -125,9 +142,10 @@ class FileArea:
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise ToolError("the files folder does not exist; an admin has to create it") from None
+            missing = f"{ROOT_KEY} {self.root} does not exist; an admin has to create it"
+            raise ToolError(missing) from None
         except OSError as exc:
-            raise ToolError(f"the files folder cannot be opened: {exc.strerror}") from None
+            raise ToolError(f"{ROOT_KEY} {self.root} cannot be opened: {exc.strerror}") from None
         try:
             yield fd
         finally:

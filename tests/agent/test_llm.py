@@ -186,6 +186,14 @@ async def test_r01_refused_connection_is_unavailable() -> None:
     assert caught.value.kind == "unavailable"
 
 
+async def test_a_refused_connection_names_the_endpoint_but_not_the_key() -> None:
+    where = closed_port_url()
+    with pytest.raises(LLMCallError) as caught:
+        await complete_with(settings(where))
+    assert caught.value.reason == f"cannot connect to the model server at {where}"
+    assert API_KEY not in str(caught.value)
+
+
 async def test_r01_server_gone_mid_session_is_unavailable(fake: FakeLLM, llm: LLM) -> None:
     await llm.complete(USER, [])
     await fake.refuse_connections()

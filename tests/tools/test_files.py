@@ -80,11 +80,13 @@ def test_write_creates_missing_folders_inside_the_root(layout: Layout) -> None:
     assert (layout.root / "2026" / "11" / "plan.md").read_text() == "plan"
 
 
-def test_missing_root_is_a_clear_error(tmp_path: Path) -> None:
-    area = FileArea(FilesToolSettings(root=tmp_path / "nope"))
-    assert refusal(area.list_folder, "") == (
-        "the files folder does not exist; an admin has to create it"
-    )
+def test_missing_root_names_the_key_and_the_path(tmp_path: Path) -> None:
+    root = tmp_path / "nope"
+    area = FileArea(FilesToolSettings(root=root))
+    expected = f"[tools.files] root {root} does not exist; an admin has to create it"
+    assert refusal(area.list_folder, "") == expected
+    assert refusal(area.write_file, "notes.txt", "hello") == expected
+    assert not root.exists()
 
 
 # -- F01: names that try to leave --------------------------------------------------------
