@@ -19,11 +19,9 @@ from bot.access import Access, stored_roles
 from bot.agent.history import History
 from bot.agent.llm import LLM
 from bot.clock import Clock, SystemClock
-from bot.config import Role, Settings, config_warnings
+from bot.config import Role, Settings, config_warnings, strip_credentials
 from bot.dispatch import Dispatcher
-from bot.errors import (
-    ConfigError,
-)
+from bot.errors import ConfigError, TalkError
 from bot.handlers import EventHandler
 from bot.handlers.admin import (
     AdminCommands,
@@ -31,6 +29,7 @@ from bot.handlers.admin import (
     CommandSpec,
     JobCommands,
     PendingCommands,
+    RoomJobs,
     uptime_text,
 )
 from bot.handlers.chat import ChatDeps, ChatHandler, Poster
@@ -56,7 +55,7 @@ from bot.talk.client import TalkClient
 from bot.talk.events import Event, bot_actor_id, parse_event
 from bot.tools import Tool, Toolbox
 from bot.tools.clock import make_clock_tools
-from bot.tools.files import FILE_TOOLS, FileArea, make_file_tools, root_problem
+from bot.tools.files import FILE_TOOLS, FileArea, make_file_tools, root_problem, root_refusal
 from bot.tools.netguard import AddressPolicy
 from bot.tools.ops import make_ops_tools
 from bot.tools.plugins import ToolDeps as PluginDeps
@@ -194,6 +193,7 @@ async def validate_deployment(settings: Settings) -> list[tuple[str, str]]:
         await _dry_run_tools(settings)
     except ConfigError as exc:
         problems += exc.problems
+    problems += _files_root_refusal(settings)
     if problems:
         raise ConfigError(problems)
     return config_warnings(settings) + _files_warnings(settings)
@@ -232,6 +232,15 @@ async def _dry_run_tools(settings: Settings) -> None:
         await store.close()
 
 
+def _files_root_refusal(settings: Settings) -> list[tuple[str, str]]:
+    """A files root within reach of the config, a secret file or the store is refused."""
+    if not any(settings.tools.policy(name).enabled is not False for name in FILE_TOOLS):
+        return []
+    protected = [*settings.source_files, settings.storage.path]
+    refusal = root_refusal(Path(settings.tools.files.root), protected)
+    return [("tools.files.root", refusal)] if refusal else []
+
+
 def _files_warnings(settings: Settings) -> list[tuple[str, str]]:
     offered = any(settings.tools.policy(name).enabled is not False for name in FILE_TOOLS)
     problem = root_problem(settings.tools.files) if offered else None
@@ -257,6 +266,7 @@ async def build_parts(
         clock,
         count_runs(delivery, runtime.metrics),
         default_timezone=settings.chat.timezone,
+        limits=lambda: runtime.settings.limits,
     )
     rooms = RoomDirectory(
         store, lambda: config_rooms(runtime.settings.access.admin_room, runtime.settings.schedules)
@@ -293,6 +303,7 @@ async def build_parts(
         metrics=runtime.metrics,
         chat=settings.chat,
         llm_settings=settings.llm,
+        limits=settings.limits,
     )
     chat = ChatHandler(chat_deps)
     delivery.use_turns(chat.run_unattended)
@@ -426,14 +437,25 @@ def wire_confirmations(runtime: Runtime, parts: Parts, chat_deps: ChatDeps) -> C
 
 
 def wire_schedules(runtime: Runtime, parts: Parts) -> None:
-    """``!jobs``: the asker's own jobs in any room, every job for admins in the admin room."""
-    scheduler = parts.scheduler
+    """``!jobs [remove ID]``: own jobs in any room, the room's jobs for its moderators,
+    every job for admins in the admin room."""
+    jobs = RoomJobs(
+        parts.scheduler, parts.store, prefix=lambda: runtime.settings.access.command_prefix
+    )
 
-    async def own_jobs(event: Event, _role: Role, _route: Route) -> None:
-        await parts.chat.say(event, await scheduler.listing(event.actor.id))
+    async def room_jobs(event: Event, role: Role, route: Route) -> None:
+        await parts.chat.say(event, await jobs.in_room(event, role, route.args))
 
-    async def all_jobs(_event: Event, _args: str) -> str:
-        return await scheduler.listing(None)
+    async def member_left(event: Event, _role: Role, route: Route) -> None:
+        paused = await parts.scheduler.pause_for_departure(route.args, event.room.token)
+        if not paused:
+            return
+        prefix = runtime.settings.access.command_prefix
+        note = replies.jobs_paused_for_departure(route.args, paused, prefix)
+        try:  # not as a reply: Talk refuses replies to system messages
+            await parts.poster.send_message(event.room.token, note)
+        except TalkError as exc:
+            log.warning("schedule.departure_note_failed", error=type(exc).__name__)
 
     async def reconcile(new: Settings) -> None:
         try:
@@ -441,9 +463,15 @@ def wire_schedules(runtime: Runtime, parts: Parts) -> None:
         except ConfigError as exc:
             log.warning("schedule.reload_refused", reason=exc.one_line())
 
-    parts.handler.register_room_command("jobs", own_jobs)
+    parts.handler.register_room_command("jobs", room_jobs)
+    parts.handler.register(RouteKind.MEMBER_LEFT, member_left)
     if parts.admin is not None:
-        parts.admin.add("jobs", CommandSpec("jobs", "every scheduled job", all_jobs))
+        parts.admin.add(
+            "jobs",
+            CommandSpec(
+                "jobs [remove ID]", "every scheduled job, or remove one", jobs.in_admin_room
+            ),
+        )
     runtime.reload_hooks.append(reconcile)
 
 
@@ -454,7 +482,7 @@ async def status_facts(runtime: Runtime) -> dict[str, Any]:
     pending = await parts.store.list_open_pending()
     return {
         "uptime": uptime_text(runtime.started_at, runtime.clock.now()),
-        "model": f"{settings.llm.model} at {settings.llm.base_url}",
+        "model": f"{settings.llm.model} at {strip_credentials(settings.llm.base_url)}",
         "rooms": sum(1 for room in rooms if room.joined),
         "turns since start": int(sum(_samples(runtime.metrics.turns))),
         # Waiting only: the command asking is itself in the inbox, running.
@@ -514,7 +542,9 @@ async def reload_settings(runtime: Runtime) -> str:
     if new.llm != old.llm:
         old_llm, parts.llm = parts.llm, MeteredLLM(new.llm, runtime.metrics)
         await old_llm.aclose()
-    parts.chat.reconfigure(new.chat, new.llm, llm=parts.llm, toolbox=parts.toolbox)
+    parts.chat.reconfigure(
+        new.chat, new.llm, llm=parts.llm, toolbox=parts.toolbox, limits=new.limits
+    )
     runtime.settings = new
     for hook in runtime.reload_hooks:
         await hook(new)
@@ -572,7 +602,7 @@ async def start_parts(runtime: Runtime, parts: Parts, *, schedules: bool = True)
     """
     runtime.parts = parts
     runtime.started_at = runtime.clock.now()
-    runtime.redactor.add_secrets(_secrets(runtime.settings))
+    runtime.redactor.add_secrets(runtime.settings.secret_values())
     if parts.confirm is not None:  # before the inbox resumes: never re-run (A10)
         await parts.confirm.recover_interrupted()
     await parts.dispatcher.start()
@@ -603,13 +633,6 @@ def build_app(
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     return app
-
-
-def _secrets(settings: Settings) -> list[str]:
-    return [
-        settings.nextcloud.bot_secret.get_secret_value(),
-        settings.llm.api_key.get_secret_value(),
-    ]
 
 
 async def _webhook(request: web.Request) -> web.Response:

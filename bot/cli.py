@@ -174,9 +174,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(exc.one_line(), EXIT_CONFIG)
     ring, redactor = LogRing(), Redactor(debug=args.debug)
-    redactor.add_secrets(
-        [settings.nextcloud.bot_secret.get_secret_value(), settings.llm.api_key.get_secret_value()]
-    )
+    redactor.add_secrets(settings.secret_values())
     # Logs are the daemon's output: stdout for journald; one-line failures go to stderr.
     configure_logging(redactor=redactor, ring=ring, debug=args.debug, stream=sys.stdout)
     if level is not None:  # verbosity only: message text stays redacted without --debug
@@ -384,7 +382,7 @@ def _console(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(exc.one_line(), EXIT_CONFIG)
     ring, redactor = LogRing(), Redactor(debug=args.debug)
-    redactor.add_secrets([settings.llm.api_key.get_secret_value()])
+    redactor.add_secrets(settings.secret_values())
     configure_logging(redactor=redactor, ring=ring, debug=args.debug)
     quiet_logging(debug=args.debug)
     runtime = new_runtime(settings, ring=ring, redactor=redactor)

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -126,6 +127,22 @@ class LLMSettings(Frozen):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _one_credential(self) -> LLMSettings:
+        # user:password@ in the URL is sent as HTTP Basic auth, api_key as a Bearer token:
+        # a request carries one Authorization header.
+        if urlsplit(self.base_url).password is not None and self.api_key.get_secret_value():
+            raise ValueError(
+                "base_url has a user:password@ and api_key is set: an endpoint takes one;"
+                " keep the one your server expects"
+            )
+        return self
+
+    @property
+    def url_password(self) -> str:
+        """The password in ``base_url`` (a secret: redacted from logs like the key)."""
+        return urlsplit(self.base_url).password or ""
+
 
 class AccessSettings(Frozen):
     admins: tuple[str, ...] = ()
@@ -194,6 +211,18 @@ class ToolPolicy(BaseModel):
     roles: tuple[Role, ...] | None = None
     confirm: bool | None = None
     approver: Approver | None = None
+    # A tool's kind (#13) can be added to, never taken away: true adds it, false is refused.
+    reads_private: bool | None = None
+    brings_untrusted: bool | None = None
+    egress: bool | None = None
+    changes_state: bool | None = None
+
+    @field_validator("reads_private", "brings_untrusted", "egress", "changes_state")
+    @classmethod
+    def _kinds_only_add(cls, value: bool | None) -> bool | None:
+        if value is False:
+            raise ValueError("a tool's kind can be added (true), not removed")
+        return value
 
 
 class FilesToolSettings(ToolPolicy):
@@ -309,6 +338,16 @@ class ScheduleSettings(Frozen):
         return self
 
 
+class LimitsSettings(Frozen):
+    """Caps on what one turn or one person can set off, whatever the model is told (#13)."""
+
+    tool_calls_per_round: int = Field(default=16, ge=1)
+    tool_calls_per_turn: int = Field(default=48, ge=1)
+    fetches_per_turn: int = Field(default=12, ge=0)  # http_fetch and web_search together
+    jobs_per_person: int = Field(default=20, ge=0)  # admins too; config jobs do not count
+    jobs_per_room: int = Field(default=50, ge=0)
+
+
 class Settings(Frozen):
     server: ServerSettings = ServerSettings()
     nextcloud: NextcloudSettings
@@ -318,7 +357,24 @@ class Settings(Frozen):
     confirm: ConfirmSettings = ConfirmSettings()
     storage: StorageSettings = StorageSettings()
     tools: ToolsSettings = ToolsSettings()
+    limits: LimitsSettings = LimitsSettings()
     schedules: tuple[ScheduleSettings, ...] = ()
+    # The config file and the secret files these settings were read from (not a key).
+    _source_files: tuple[Path, ...] = PrivateAttr(default=())
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, for the log redactor (empty ones dropped)."""
+        values = [
+            self.nextcloud.bot_secret.get_secret_value(),
+            self.llm.api_key.get_secret_value(),
+            self.llm.url_password,
+        ]
+        return [value for value in values if value]
+
+    @property
+    def source_files(self) -> tuple[Path, ...]:
+        """Files holding secrets: nothing a tool may reach (the files root is checked)."""
+        return self._source_files
 
     @model_validator(mode="after")
     def _unique_schedule_ids(self) -> Settings:
@@ -395,18 +451,22 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         raise ConfigError([(str(path), f"cannot read: {exc}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from None
-    return settings_from_mapping(raw, environ)
+    settings = settings_from_mapping(raw, environ)
+    settings._source_files = (path, *settings.source_files)  # the loader fills it, once
+    return settings
 
 
 def settings_from_mapping(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     data = _apply_env(raw, environ)
-    problems = _read_secret_files(data)
+    secret_files: list[Path] = []
+    problems = _read_secret_files(data, secret_files)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         problems += [(_field_name(err["loc"]), _reason(err)) for err in exc.errors()]
     if problems:
         raise ConfigError(problems)
+    settings._source_files = tuple(secret_files)  # the loader fills it, once
     return settings
 
 
@@ -466,7 +526,8 @@ def _is_text(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, TEXT_TYPES)
 
 
-def _read_secret_files(data: dict[str, Any]) -> list[tuple[str, str]]:
+def _read_secret_files(data: dict[str, Any], read: list[Path]) -> list[tuple[str, str]]:
+    """Replace each ``<key>_file`` by the file's text; ``read`` collects the paths."""
     problems: list[tuple[str, str]] = []
     for section, fields in SECRET_FIELDS.items():
         table = data.get(section)
@@ -477,6 +538,7 @@ def _read_secret_files(data: dict[str, Any]) -> list[tuple[str, str]]:
             if file_key not in table:
                 continue
             path = Path(str(table.pop(file_key))).expanduser()
+            read.append(path)
             try:
                 table[field] = path.read_text(encoding="utf-8").strip()
             except (OSError, UnicodeDecodeError) as exc:

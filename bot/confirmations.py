@@ -22,6 +22,7 @@ from bot.clock import Clock
 from bot.config import ConfirmSettings, Role
 from bot.errors import StoreError
 from bot.store import NewPendingAction, PendingAction, Store
+from bot.talk.events import message_key
 
 log = structlog.get_logger(__name__)
 
@@ -155,6 +156,12 @@ class Confirmations:
 
     # -- finding what an answer is about -----------------------------------------------
 
+    async def written_by_a_person(self, room: str, message_id: str) -> bool:
+        """True when Talk delivered this message to us: the bot's own never come back, so
+        it is a person's (a copy of a prompt, say), whatever its text (#13.7)."""
+        keys = [message_key(kind, room, message_id) for kind in ("Create", "Activity")]
+        return await self._store.seen_any(keys)
+
     async def open_in_room(self, room: str) -> list[PendingAction]:
         """Actions waiting in a room, including ones expired less than a TTL ago.
 
@@ -261,6 +268,13 @@ class Confirmations:
                 await self._audit(action, "cancelled", requester, "cancelled")
                 cancelled.append(action)
         return cancelled
+
+    async def withdraw(self, action: PendingAction, *, reason: str) -> bool:
+        """pending -> cancelled before anyone could answer (its prompt cannot be shown)."""
+        if await self._store.transition_pending(action.id, "pending", "cancelled"):
+            await self._audit(action, "refused", "", "cancelled", reason)
+            return True
+        return False
 
     async def expire(self, action: PendingAction) -> bool:
         if await self._store.transition_pending(action.id, "pending", "expired"):

@@ -210,11 +210,35 @@ CREATE TABLE inbox (
 # 4: the unused counters table goes (492e774).
 _NO_COUNTERS = ("DROP TABLE counters",)
 
+# 5: each job records the room it was made in (#13.4): a prompt job runs only there unless
+# an admin made it for another room. Jobs from before had no such record; each is taken
+# as made where it posts ('' for the config's, which no room made). An index lists a
+# room's jobs for its moderators.
+_JOB_ORIGIN_ROOM = (
+    "ALTER TABLE jobs ADD COLUMN origin_room TEXT NOT NULL DEFAULT ''",
+    "UPDATE jobs SET origin_room = room WHERE source != 'config'",
+    "CREATE INDEX jobs_room ON jobs (room, id)",
+)
+
+# 6: each history row says where its text came from (#13): "" clean, or "untrusted" /
+# "private" labels. Rows from before could not tell: tool rows (pages, files, logs) and
+# answers written right after them in the same room count as untrusted; the rest as clean.
+_HISTORY_PROVENANCE = (
+    "ALTER TABLE history ADD COLUMN provenance TEXT NOT NULL DEFAULT ''",
+    "UPDATE history SET provenance = 'untrusted' WHERE role = 'tool'",
+    """UPDATE history SET provenance = 'untrusted' WHERE role = 'assistant' AND (
+    SELECT before.role FROM history AS before
+    WHERE before.room = history.room AND before.id < history.id
+    ORDER BY before.id DESC LIMIT 1) = 'tool'""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("the first store: inbox, rooms, history, roles, audit", _FIRST_STORE),
     Migration("pending actions, jobs and job runs", _CONFIRMATIONS_AND_JOBS),
     Migration("the inbox keeps each webhook's random", _INBOX_RANDOM),
     Migration("the unused counters table goes", _NO_COUNTERS),
+    Migration("jobs record the room they were made in", _JOB_ORIGIN_ROOM),
+    Migration("history rows record where their text came from", _HISTORY_PROVENANCE),
 )
 
 # Stores written before the schema had a version (user_version 0) have the shape of one

@@ -29,9 +29,10 @@ class RouteKind(StrEnum):
     CONFIRM = "confirm"  # the requester said yes (code may choose among several)
     DENY = "deny"  # the requester said no
     NOT_REQUESTER = "not_requester"  # someone else answered a pending prompt
-    REACTION = "reaction"  # a Like/Undo that may answer a prompt
+    REACTION = "reaction"  # a Like/Undo while prompts wait: `code` if it answers one (#13.7)
     CHAT = "chat"
     REMEMBER = "remember"  # not a turn, but worth keeping as context (file shares)
+    MEMBER_LEFT = "member_left"  # a person left the room: their jobs there pause (#13.4)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class PendingRef:
 
     code: str
     requester: str
+    prompt: str = ""  # the exact prompt text posted for it ("" until it is posted)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def classify(
 ) -> Route:
     """Decide what to do with one event; no I/O, table-tested."""
     if event.type != "Create" or event.message is None:
-        return _not_a_message(event, role, pending)
+        return _not_a_message(event, role, policy, pending)
     if role == "none":
         return _ignore("no role")
     text = event.message.text.strip()
@@ -83,11 +85,13 @@ def classify(
     return Route(RouteKind.CHAT)
 
 
-def _not_a_message(event: Event, role: Role, pending: tuple[PendingRef, ...]) -> Route:
+def _not_a_message(
+    event: Event, role: Role, policy: RoutingPolicy, pending: tuple[PendingRef, ...]
+) -> Route:
     if event.type in ("Join", "Leave"):
         return Route(RouteKind.MEMBERSHIP)
     if event.type in ("Like", "Undo"):
-        return Route(RouteKind.REACTION) if pending else _ignore("reaction")
+        return reaction_route(event, policy, pending) if pending else _ignore("reaction")
     if event.type == "Activity":
         return _activity(event, role)
     return _ignore(f"event type {event.type}")
@@ -109,6 +113,8 @@ def _ignore(reason: str) -> Route:
 
 def _activity(event: Event, role: Role) -> Route:
     message = event.message
+    if message is not None and (gone := message.removed_actor):
+        return Route(RouteKind.MEMBER_LEFT, args=gone)  # whoever removed them: any role
     if message is not None and message.files and role != "none":
         return Route(RouteKind.REMEMBER)
     return _ignore("system message")
@@ -195,3 +201,46 @@ def reaction_answer(reaction: str | None) -> RouteKind | None:
     if reaction in THUMBS_DOWN:
         return RouteKind.DENY
     return None
+
+
+def reaction_route(event: Event, policy: RoutingPolicy, pending: tuple[PendingRef, ...]) -> Route:
+    """A Like/Undo while prompts wait (#13.7, I08): the prompt it answers, or why none.
+
+    A 👍/👎 answers only where Talk names who reacted (Talk 23: ``Event.reactor``) and
+    only on the bot's own prompt. Up to Talk 22 the actor is the reacted message's author:
+    a person there means the message is not the bot's (a pasted copy of a prompt names
+    its writer, whoever reacted), and the bot there means nobody knows who reacted.
+    Talk 23 names the reactor but not the author, and posting returns no message id, so
+    the message is the prompt when its text is exactly the prompt text the bot recorded.
+    The route's ``code`` names the prompt; whether the reactor is its requester is
+    decided with the action, as for a yes-word (A05). Without ``code``, ``reason`` says
+    why the reaction answers nothing: it neither approves nor cancels.
+    """
+    reason = _reaction_refusal(event, policy)
+    if reason:
+        return Route(RouteKind.REACTION, reason=reason)
+    text = event.message.text.strip() if event.message else ""
+    for ref in pending:
+        if ref.prompt and text == ref.prompt.strip():
+            return Route(RouteKind.REACTION, code=ref.code)
+    return Route(RouteKind.REACTION, reason="the reacted message is no waiting prompt")
+
+
+def _reaction_refusal(event: Event, policy: RoutingPolicy) -> str:
+    if event.type != "Like":
+        return "removing a reaction answers nothing"
+    if reaction_answer(event.reaction) is None:
+        return "not 👍 or 👎"
+    if event.message is None:
+        return "no reacted message"
+    return "" if event.reactor is not None else _unnamed_reactor(event, policy)
+
+
+def _unnamed_reactor(event: Event, policy: RoutingPolicy) -> str:
+    # No reacting person named: the Talk <= 22 shape, whose actor is the message's author.
+    # Its id alone tells the bot's prompt from anything else; a name proves nothing.
+    if event.actor.id == policy.bot_actor_id:
+        return "the bot's own reaction, or one on its message where Talk <= 22 hides who"
+    if event.actor.is_bot:
+        return "a bot's reaction, or one on another bot's message"
+    return "Talk <= 22: the reacted message was written by a person, not the bot"

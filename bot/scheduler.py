@@ -35,7 +35,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from bot import replies
 from bot.access import at_least
 from bot.clock import Clock
-from bot.config import EVERY_PATTERN, Role, ScheduleSettings
+from bot.config import EVERY_PATTERN, LimitsSettings, Role, ScheduleSettings
 from bot.crashpoints import crash_point
 from bot.errors import ConfigError, TalkbotError
 from bot.store import JobRecord, RunRecord, Store
@@ -84,6 +84,13 @@ class ScheduleError(TalkbotError):
         super().__init__(f"{field}: {reason}")
 
 
+class JobLimitError(ScheduleError):
+    """A new job would pass ``[limits] jobs_per_person`` or ``jobs_per_room`` (#13.6)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("limits", reason)
+
+
 @dataclass(frozen=True)
 class ScheduledJob:
     """A job as data: when (kind + expr in timezone), where, and a message or a prompt."""
@@ -102,10 +109,26 @@ class ScheduledJob:
     source: Source = "config"
     created_at: float = 0.0  # also the phase of "every" jobs
     active_since: float = 0.0  # no run and no catch-up for fire times before this
+    origin_room: str = ""  # the room it was made in; "" for the config's jobs
 
     @property
     def one_off(self) -> bool:
         return self.kind == "at"
+
+    @property
+    def counts_against_limits(self) -> bool:
+        """Jobs people made count against ``[limits]``; the config's do not."""
+        return self.source != "config"
+
+    @property
+    def may_prompt_elsewhere(self) -> bool:
+        """Whether a prompt job may run in a room other than the one it was made in (#13.4).
+
+        The config's jobs and those an admin typed as ``!job add`` were made by a person
+        on purpose; in chat only admins may name another room, and schedule_add asks them
+        first. Anyone else's prompt job reads and answers only the room it was made in.
+        """
+        return self.source in ("config", "admin") or self.created_by_role == "admin"
 
     def same_definition(self, other: ScheduledJob) -> bool:
         return _definition(self) == _definition(other)
@@ -326,6 +349,7 @@ def job_from_record(record: JobRecord) -> ScheduledJob:
         source=_literal(record.source, Source, "chat"),
         created_at=record.created_at,
         active_since=record.active_since,
+        origin_room=record.origin_room,
     )
 
 
@@ -345,6 +369,7 @@ def job_record(job: ScheduledJob) -> JobRecord:
         source=job.source,
         created_at=job.created_at,
         active_since=job.active_since,
+        origin_room=job.origin_room,
     )
 
 
@@ -429,10 +454,12 @@ class Scheduler:
         default_timezone: str = "UTC",
         grace_s: float = DEFAULT_GRACE_S,
         timer: Timer | None = None,
+        limits: Callable[[], LimitsSettings] = LimitsSettings,
     ) -> None:
         self._store = store
         self._clock = clock
         self._deliver = deliver
+        self._limits = limits  # read at each add: !reload may change them
         self.default_timezone = default_timezone
         self._grace_s = grace_s
         self.timer = timer or Timer(clock)
@@ -484,8 +511,11 @@ class Scheduler:
 
     # -- jobs as data ----------------------------------------------------------------
 
-    async def jobs(self, owner: str | None = None) -> list[ScheduledJob]:
-        return [job_from_record(r) for r in await self._store.list_jobs(owner=owner)]
+    async def jobs(
+        self, owner: str | None = None, *, room: str | None = None
+    ) -> list[ScheduledJob]:
+        records = await self._store.list_jobs(owner=owner, room=room)
+        return [job_from_record(r) for r in records]
 
     async def get(self, job_id: str) -> ScheduledJob | None:
         record = await self._store.get_job(job_id)
@@ -506,9 +536,10 @@ class Scheduler:
                 return job_id
 
     async def add(self, job: ScheduledJob) -> ScheduledJob:
-        """Validate, persist and arm a job; ScheduleError names a bad field."""
+        """Validate, persist and arm a job; ScheduleError names a bad field or the limit."""
         if not _ID_ALPHABET.match(job.id):
             raise ScheduleError("id", "use 1-64 letters, digits, '_', '.' or '-'")
+        await self._check_limits(job)
         now = float(int(self._clock.now()))
         job = replace(job, created_at=job.created_at or now, active_since=now)
         trigger = self.trigger(job)
@@ -518,6 +549,26 @@ class Scheduler:
         log.info("schedule.added", job=job.id, source=job.source, room=job.room, kind=job.kind)
         self._arm(job)
         return job
+
+    async def _check_limits(self, job: ScheduledJob) -> None:
+        """JobLimitError when one more job would pass ``[limits]`` (a job it replaces aside)."""
+        if not job.counts_against_limits:
+            return
+        limits = self._limits()
+        mine = [j for j in await self.jobs(job.owner) if j.counts_against_limits and j.id != job.id]
+        if len(mine) >= limits.jobs_per_person:
+            raise JobLimitError(
+                f"{job.owner} already has {len(mine)} scheduled jobs, the most one person may"
+                f" have ([limits] jobs_per_person = {limits.jobs_per_person}); remove one first"
+            )
+        here = [
+            j for j in await self.jobs(room=job.room) if j.counts_against_limits and j.id != job.id
+        ]
+        if len(here) >= limits.jobs_per_room:
+            raise JobLimitError(
+                f"room {job.room} already has {len(here)} scheduled jobs, the most one room may"
+                f" have ([limits] jobs_per_room = {limits.jobs_per_room}); remove one first"
+            )
 
     async def remove(self, job_id: str) -> bool:
         self.timer.disarm(job_id)
@@ -534,6 +585,15 @@ class Scheduler:
         self.timer.disarm(job_id)
         log.info("schedule.paused", job=job_id)
         return True
+
+    async def pause_for_departure(self, owner: str, room: str) -> list[str]:
+        """Pause the jobs ``owner`` made in or for ``room``, which they have left (#13.4):
+        a job must not go on reading or posting to a room its creator is no longer in."""
+        affected = [job for job in await self.jobs(owner) if room in (job.room, job.origin_room)]
+        paused = [job.id for job in affected if not job.paused and await self.pause(job.id)]
+        if paused:
+            log.info("schedule.paused_for_departure", room=room, owner=owner, jobs=paused)
+        return paused
 
     async def resume(self, job_id: str) -> bool:
         """Resume without catching up on fire times that passed while paused."""
@@ -561,6 +621,13 @@ class Scheduler:
         lines = [self.summary(job, with_owner=owner is None) for job in await self.jobs(owner)]
         return replies.jobs_list(lines, everyone=owner is None)
 
+    async def room_listing(self, room: str, asker: str) -> str:
+        """``!jobs`` for a room's moderators: every job of the room with its owner, then
+        the asker's own jobs elsewhere."""
+        here = [self.summary(job, with_owner=True) for job in await self.jobs(room=room)]
+        elsewhere = [self.summary(job) for job in await self.jobs(asker) if job.room != room]
+        return replies.room_jobs_list(room, here, elsewhere)
+
     def summary(self, job: ScheduledJob, *, with_owner: bool = False) -> str:
         """One line about a job: id, when, where, what, and its next run."""
         return replies.job_line(
@@ -571,6 +638,7 @@ class Scheduler:
             next_run=_local_text(self.next_fire_time(job), job.timezone),
             paused=job.paused,
             owner=job.owner if with_owner else None,
+            made_in=job.origin_room if job.origin_room not in ("", job.room) else None,
         )
 
     # -- config reconciliation -------------------------------------------------------
@@ -792,10 +860,12 @@ class JobDelivery:
             )
         else:
             text = job.message or ""
-        if job.source == "chat":
-            text = replies.defuse_mentions(text)
+        # Whoever made the job (config, admin, chat) and whatever the model answered: a job
+        # never notifies the whole room (#13.8, I09).
         await self._poster.send_message(
-            job.room, text, reference_id=f"talkbot-job-{job.id}-{fire_time}"
+            job.room,
+            replies.defuse_mentions(text),
+            reference_id=f"talkbot-job-{job.id}-{fire_time}",
         )
         return None
 
@@ -804,6 +874,8 @@ class JobDelivery:
         room = await self._store.get_room(job.room)
         if room is not None and not room.joined:
             return "the bot is no longer in the room"
+        if job.prompt is not None and job.room != job.origin_room and not job.may_prompt_elsewhere:
+            return f"a prompt job runs only in the room it was made in ({job.origin_room or '?'})"
         if job.source == "config":
             return None
         role = self._role_of(job.owner)
@@ -818,3 +890,21 @@ def config_rooms(admin_room: str, schedules: Iterable[ScheduleSettings]) -> froz
     if admin_room:
         rooms.add(admin_room)
     return frozenset(rooms)
+
+
+RemoveRight = Literal["owner", "moderator", "admin"]
+
+
+def remove_right(
+    job: ScheduledJob, *, actor: str, role: Role, room: str, moderator: bool
+) -> RemoveRight | None:
+    """Who may remove a job (DESIGN.md §7): its owner, the moderators of the room it posts
+    in (from that room), and admins; None for anyone else. Config jobs are changed in the
+    config file, whoever asks."""
+    if job.owner == actor:
+        return "owner"
+    if role == "admin":
+        return "admin"
+    if moderator and job.room == room:
+        return "moderator"
+    return None

@@ -66,6 +66,9 @@ class HistoryEntry:
     actor_name: str = ""
     message_id: str | None = None
     created_at: float = 0.0
+    # Where the text came from beyond its role: "" (clean) or labels like "untrusted",
+    # "private,untrusted" (bot/agent/history.py reads them; docs/store.md, version 6).
+    provenance: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ class JobRecord:
     source: str  # "config" | "chat" | "admin"
     created_at: float
     active_since: float  # fire times before this are neither run nor caught up
+    origin_room: str = ""  # where it was made; "" for the config's jobs
 
 
 @dataclass(frozen=True)
@@ -302,6 +306,15 @@ class Store:
         ).fetchone()
         return int(row[0])
 
+    async def seen_any(self, dedupe_keys: Sequence[str]) -> bool:
+        """Whether an event with one of these keys was accepted (and not yet purged)."""
+        marks = ", ".join("?" for _ in dedupe_keys)
+        row = self._db.execute(
+            f"SELECT 1 FROM inbox WHERE dedupe_key IN ({marks}) LIMIT 1",  # noqa: S608 - placeholders only
+            tuple(dedupe_keys),
+        ).fetchone()
+        return row is not None
+
     async def event_status(self, event_id: int) -> str | None:
         row = self._db.execute("SELECT status FROM inbox WHERE id = ?", (event_id,)).fetchone()
         return None if row is None else str(row[0])
@@ -370,7 +383,7 @@ class Store:
     async def add_history(self, room: str, entry: HistoryEntry) -> None:
         await self._write(
             "INSERT INTO history (room, role, actor_id, actor_name, content, message_id,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " created_at, provenance) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 room,
                 entry.role,
@@ -379,13 +392,15 @@ class Store:
                 entry.content,
                 entry.message_id,
                 entry.created_at or self._clock.now(),
+                entry.provenance,
             ),
         )
 
     async def recent_history(self, room: str, limit: int) -> list[HistoryEntry]:
         """The last ``limit`` entries of a room, oldest first."""
         rows = self._db.execute(
-            "SELECT role, content, actor_id, actor_name, message_id, created_at FROM history"
+            "SELECT role, content, actor_id, actor_name, message_id, created_at, provenance"
+            " FROM history"
             " WHERE room = ? ORDER BY id DESC LIMIT ?",
             (room, limit),
         ).fetchall()
@@ -549,13 +564,14 @@ class Store:
         """Insert or replace a job definition by id."""
         self._db.execute(
             "INSERT INTO jobs (id, owner, room, kind, expr, timezone, message, prompt,"
-            " created_by_role, paused, misfire, source, created_at, active_since)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            " created_by_role, paused, misfire, source, created_at, active_since, origin_room)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
             " owner = excluded.owner, room = excluded.room, kind = excluded.kind,"
             " expr = excluded.expr, timezone = excluded.timezone, message = excluded.message,"
             " prompt = excluded.prompt, created_by_role = excluded.created_by_role,"
             " paused = excluded.paused, misfire = excluded.misfire, source = excluded.source,"
-            " created_at = excluded.created_at, active_since = excluded.active_since",
+            " created_at = excluded.created_at, active_since = excluded.active_since,"
+            " origin_room = excluded.origin_room",
             (
                 job.id,
                 job.owner,
@@ -571,6 +587,7 @@ class Store:
                 job.source,
                 job.created_at,
                 job.active_since,
+                job.origin_room,
             ),
         )
 
@@ -579,13 +596,13 @@ class Store:
         return None if row is None else _job(row)
 
     async def list_jobs(
-        self, *, owner: str | None = None, source: str | None = None
+        self, *, owner: str | None = None, source: str | None = None, room: str | None = None
     ) -> list[JobRecord]:
-        """Jobs ordered by id, optionally only one owner's or one source's."""
+        """Jobs ordered by id, optionally only one owner's, one source's or one room's."""
         rows = self._db.execute(
             f"{_JOB_SELECT} WHERE (? IS NULL OR owner = ?) AND (? IS NULL OR source = ?)"
-            " ORDER BY id",
-            (owner, owner, source, source),
+            " AND (? IS NULL OR room = ?) ORDER BY id",
+            (owner, owner, source, source, room, room),
         )
         return [_job(row) for row in rows]
 
@@ -673,7 +690,7 @@ def _inbox_item(row: sqlite3.Row) -> InboxItem:
 
 _JOB_SELECT = (
     "SELECT id, owner, room, kind, expr, timezone, message, prompt, created_by_role, paused,"
-    " misfire, source, created_at, active_since FROM jobs"
+    " misfire, source, created_at, active_since, origin_room FROM jobs"
 )
 _RUN_SELECT = "SELECT job_id, fire_time, status, started_at, finished_at, detail FROM job_runs"
 

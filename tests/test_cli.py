@@ -106,6 +106,7 @@ def test_check_does_not_show_credentials_inside_urls(
 ) -> None:
     data = config_data(tmp_path, talk, llm)
     data["llm"]["base_url"] = "https://bot:hunter2-password@llm.example.com/v1"
+    data["llm"]["api_key"] = ""  # the URL's user:password is the credential
     config = write_config(tmp_path, data)
     assert main(["check", "--offline", "--config", str(config)]) == 0
     out = capsys.readouterr().out
@@ -365,10 +366,11 @@ def test_check_warns_about_what_a_first_time_admin_left_as_in_the_example(
 def test_check_warns_about_half_an_admin_setup(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], access: dict[str, Any], field: str
 ) -> None:
+    (tmp_path / "files").mkdir()
     data = {
         "nextcloud": {"url": "https://cloud.test", "bot_secret": SECRET},
         "access": access,
-        "tools": {"files": {"root": str(tmp_path)}},
+        "tools": {"files": {"root": str(tmp_path / "files")}},
     }
     config = write_config(tmp_path, data)
     assert main(["check", "--offline", "--config", str(config)]) == 0

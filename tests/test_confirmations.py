@@ -268,3 +268,21 @@ async def test_list_open_and_by_code_for_admins(
     assert await confirmations.by_code(action.code.lower()) == action
     clock.advance(TTL + 1)
     assert await confirmations.list_open() == []
+
+
+async def test_i06_a_withdrawn_action_no_longer_waits_and_is_audited(
+    confirmations: Confirmations, store: Store
+) -> None:
+    """#13.5: a call too large to show is withdrawn before anyone can answer it."""
+    action = await _one(confirmations)
+    assert await confirmations.withdraw(action, reason="too large to show")
+    assert await confirmations.open_in_room(ROOM) == []
+    waiting = await confirmations.open_in_room(ROOM)
+    assert confirmations.match_answer(
+        waiting, actor_id="users/alice", message_id="101"
+    ).verdict is (Verdict.NONE_OPEN)
+    assert await confirmations.approve(action, by="users/alice") is Verdict.ALREADY_DECIDED
+    audit = await store.recent_audit()
+    assert audit[-1].action == "confirm.refused"
+    assert "too large to show" in audit[-1].detail
+    assert not await confirmations.withdraw(action, reason="again")

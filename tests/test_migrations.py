@@ -152,6 +152,7 @@ async def test_pending_actions_and_jobs_survive_the_upgrade(
             source="chat",
             created_at=1780000062.0,
             active_since=1780000062.0,
+            origin_room="grouproom1",  # step 5: taken as made where it posts
         )
     ]
     assert await store.job_runs("standup") == [
@@ -272,13 +273,14 @@ async def test_no_backup_for_a_fresh_store_or_one_already_current(
     assert [e for e in logs if e["event"] == "store.migrated"] == []
 
 
-async def test_the_last_unversioned_store_gets_its_version_without_a_backup(
+async def test_the_last_unversioned_store_gets_its_version_and_a_backup_before_later_steps(
     tmp_path: Path, clock: ManualClock
 ) -> None:
     path = old_store(tmp_path, 4)
     await Store.open(path, clock).close()
     assert stored_version(path) == LATEST
-    assert backups(tmp_path) == []
+    [backup] = backups(tmp_path)
+    assert backup.name.startswith("talkbot.sqlite3.bak-v4-")
 
 
 # -- refusals and failures -----------------------------------------------------------

@@ -126,12 +126,19 @@ async def test_r02_unknown_tool_is_refused_and_the_turn_goes_on(daemon: Daemon) 
     await assert_still_serving(daemon)
 
 
-async def test_r02_fifty_parallel_tool_calls_all_run(daemon: Daemon) -> None:
-    zones = ["UTC", "Europe/Berlin", "Asia/Tokyo", "America/New_York", "Australia/Sydney"]
-    daemon.llm.calls([("current_time", {"timezone": zones[i % 5]}, None) for i in range(50)])
-    daemon.llm.reply("Here are fifty clocks.")
-    assert await daemon.say(dm_event("time everywhere, 50 times")) == ["Here are fifty clocks."]
-    results = tool_results(daemon, 1)
+async def test_r02_fifty_parallel_tool_calls_all_run_within_the_configured_cap(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM
+) -> None:
+    """Fifty calls in one answer, allowed by [limits]: each runs and answers its own id
+    (the default cap of 16 and what happens beyond it: tests/test_injection.py, I07)."""
+    extra = {"limits": {"tool_calls_per_round": 50, "tool_calls_per_turn": 50}}
+    async with running_daemon(tmp_path, talk, llm, extra) as daemon:
+        zones = ["UTC", "Europe/Berlin", "Asia/Tokyo", "America/New_York", "Australia/Sydney"]
+        llm.calls([("current_time", {"timezone": zones[i % 5]}, None) for i in range(50)])
+        llm.reply("Here are fifty clocks.")
+        texts = await daemon.say(dm_event("time everywhere, 50 times"))
+        assert texts == ["Here are fifty clocks."]
+        results = tool_results(daemon, 1)
     assert len(results) == 50
     assert not any(r.startswith("error:") for r in results)
     assert all(zones[i % 5] in results[i] for i in range(50))

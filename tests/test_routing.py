@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bot.config import AccessSettings, ChatSettings, ConfirmSettings, Role
@@ -14,7 +16,8 @@ from bot.routing import (
     names_bot,
     reaction_answer,
 )
-from bot.talk.events import Actor, Event, Message, ReplyRef, Room
+from bot.talk.events import Actor, Event, Message, ReplyRef, Room, bot_actor_id, parse_event
+from tests.talk.fixtures import CAPTURE_URL, load_webhook
 
 POLICY = RoutingPolicy(
     access=AccessSettings(admins=("root",), admin_room="adminroom"),
@@ -256,3 +259,88 @@ def test_reaction_answers() -> None:
     assert reaction_answer("👎") is RouteKind.DENY
     assert reaction_answer("👀") is None
     assert reaction_answer(None) is None
+
+
+# -- reactions (#13.7, I08) -------------------------------------------------------------
+
+# The captured deliveries are by CaptureBot; its real message 23 (reacted to in 049)
+# stands for a prompt the bot posted for alice, and bob's message 4 (010) for a copy
+# of a prompt of bob's, written by bob himself.
+CAPTURE_POLICY = RoutingPolicy(
+    POLICY.access, POLICY.chat, POLICY.confirm, bot_actor_id(CAPTURE_URL)
+)
+ALICE_23 = {"type": "Person", "id": "users/alice", "name": "Alice", "talkParticipantType": "3"}
+BOB_23 = {"type": "Person", "id": "users/bob", "name": "Bob", "talkParticipantType": "2"}
+CAPTURE_BOT_23 = {"type": "Person", "id": bot_actor_id(CAPTURE_URL), "name": "CaptureBot (Bot)"}
+
+
+def captured(seq: int, *, emoji: str | None = None, actor: dict[str, str] | None = None) -> Event:
+    """A real Like/Undo; ``actor`` makes it the Talk 23 shape (the reacting attendee)."""
+    body = json.loads(load_webhook(seq).raw_body)
+    if emoji is not None:
+        body["content"] = emoji
+    if actor is not None:
+        body["actor"] = actor
+    return parse_event(json.dumps(body).encode())
+
+
+def reacted_text(seq: int) -> str:
+    message = captured(seq).message
+    assert message is not None
+    return message.text
+
+
+def prompts_waiting() -> tuple[PendingRef, ...]:
+    return (
+        PendingRef(code="K7QX", requester="users/alice", prompt=reacted_text(49)),
+        PendingRef(code="M3PA", requester="users/bob", prompt=reacted_text(10)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("seq", "emoji", "actor", "code"),
+    [
+        # Talk <= 22: the actor is the reacted message's author, never who reacted.
+        pytest.param(10, None, None, None, id="talk21-alices-thumbs-on-bobs-copy-names-bob"),
+        pytest.param(10, "👎", None, None, id="talk21-thumbs-down-on-the-copy-cancels-nothing"),
+        pytest.param(23, None, None, None, id="talk21-bots-own-thumbs-on-the-copy-names-bob"),
+        pytest.param(49, "👍", None, None, id="talk21-thumbs-on-the-bots-prompt-reactor-unknown"),
+        pytest.param(49, None, None, None, id="talk21-rocket-is-no-answer"),
+        pytest.param(11, None, None, None, id="talk21-heart-is-no-answer"),
+        pytest.param(26, None, None, None, id="talk21-bots-own-party-popper"),
+        pytest.param(13, None, None, None, id="undo-answers-nothing"),
+        pytest.param(13, None, ALICE_23, None, id="talk23-undo-answers-nothing"),
+        # Talk 23: the actor is who reacted, with talkParticipantType.
+        pytest.param(49, "👍", ALICE_23, "K7QX", id="talk23-thumbs-on-the-prompt"),
+        pytest.param(49, "👎🏽", ALICE_23, "K7QX", id="talk23-thumbs-down-on-the-prompt"),
+        pytest.param(49, "❤️", ALICE_23, None, id="talk23-heart-is-no-answer"),
+        pytest.param(49, "👍", CAPTURE_BOT_23, None, id="talk23-the-bots-own-thumbs"),
+        pytest.param(11, "👍", ALICE_23, None, id="talk23-thumbs-on-a-message-that-is-no-prompt"),
+        # Someone else's 👍 on the prompt names the prompt; the requester check refuses it
+        # when it is decided, as for a yes-word (A05).
+        pytest.param(49, "👍", BOB_23, "K7QX", id="talk23-someone-else-on-the-prompt"),
+        # Talk 23 does not say who wrote the reacted message and the bot API returns no
+        # message id: the exact recorded prompt text is what shows it is the prompt, so only
+        # the requester's own 👍 on an exact copy could count (the I08 residual).
+        pytest.param(10, "👍", BOB_23, "M3PA", id="talk23-requesters-own-thumbs-on-a-copy"),
+    ],
+)
+def test_i08_a_reaction_answers_only_the_bots_prompt_on_talk_23(
+    seq: int, emoji: str | None, actor: dict[str, str] | None, code: str | None
+) -> None:
+    """#13.7, I08: a 👍/👎 names a waiting prompt only when Talk names who reacted (Talk 23)
+    and the reacted message is exactly that prompt; anything else says why it is ignored."""
+    event = captured(seq, emoji=emoji, actor=actor)
+    result = classify(event, role="user", policy=CAPTURE_POLICY, pending=prompts_waiting())
+    assert result.kind is RouteKind.REACTION
+    assert result.code == code
+    assert bool(result.reason) is (code is None)
+
+
+def test_i08_a_prompt_not_yet_recorded_matches_no_reaction() -> None:
+    """#13.7, I08: an action whose prompt text is not stored yet is answered by no reaction."""
+    pending = (PendingRef(code="K7QX", requester="users/alice"),)
+    event = captured(49, emoji="👍", actor=ALICE_23)
+    result = classify(event, role="user", policy=CAPTURE_POLICY, pending=pending)
+    assert (result.kind, result.code) == (RouteKind.REACTION, None)
+    assert result.reason

@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from bot.access import Access
 from bot.clock import ManualClock
-from bot.config import AccessSettings, ScheduleSettings
+from bot.config import AccessSettings, LimitsSettings, ScheduleSettings
 from bot.errors import ConfigError
 from bot.scheduler import (
     TIMER_JOB_DEFAULTS,
@@ -465,6 +465,7 @@ def chat_job(job_id: str = "jabc123", **changes: object) -> ScheduledJob:
         "owner": "users/alice",
         "created_by_role": "user",
         "source": "chat",
+        "origin_room": "room1234",
     }
     values.update(changes)
     return ScheduledJob(**values)  # type: ignore[arg-type]  # test data by keyword
@@ -637,4 +638,70 @@ async def test_chat_made_messages_cannot_notify_the_whole_room(
     assert await scheduler.fire(job, int(T0)) == "done"
     assert posted.sent[0][1] != "@all wake up"
     assert posted.sent[0][1].endswith("all wake up")
+    await scheduler.stop()
+
+
+@pytest.mark.parametrize(
+    "source",
+    [{"source": "config", "owner": "config", "created_by_role": "admin"}, {"source": "admin"}],
+)
+async def test_i09_config_and_admin_jobs_cannot_notify_the_whole_room(
+    store: Store, clock: ManualClock, source: dict[str, str]
+) -> None:
+    access = Access(AccessSettings(admins=("alice",)))
+    delivery, posted = await delivery_for(store, access)
+    job = chat_job(message='@all wake up, @"here" too', **source)
+    assert await delivery(job, int(T0)) is None
+    [(_room, text)] = posted.sent
+    assert "@all" not in text
+    assert '@"here"' not in text
+    assert text.replace("\u200b", "") == '@all wake up, @"here" too'
+
+
+async def test_i05_a_users_prompt_job_outside_the_room_it_was_made_in_is_skipped(
+    store: Store, clock: ManualClock
+) -> None:
+    access = Access(AccessSettings(admins=("root",)))
+    delivery, posted = await delivery_for(store, access)
+    turns: list[str] = []
+
+    async def run_turn(room: str, _who: str, _role: object, prompt: str, _tz: str) -> str:
+        turns.append(room)
+        return f"answer to {prompt}"
+
+    delivery.use_turns(run_turn)
+    moved = chat_job(message=None, prompt="digest", origin_room="elsewhere1")
+    refusal = await delivery.refusal(moved)
+    assert refusal is not None
+    assert "room it was made in (elsewhere1)" in refusal
+    assert await delivery(moved, int(T0)) == Skipped(refusal)
+    # Fixed messages read nothing; an admin's cross-room prompt job was confirmed.
+    assert await delivery.refusal(chat_job(origin_room="elsewhere1")) is None
+    admins = chat_job(
+        message=None,
+        prompt="digest",
+        origin_room="elsewhere1",
+        owner="users/root",
+        created_by_role="admin",
+    )
+    assert await delivery(admins, int(T0)) is None
+    assert turns == ["room1234"]
+    assert posted.sent == [("room1234", "answer to digest")]
+
+
+async def test_i07_the_scheduler_counts_people_and_rooms_but_not_config_jobs(
+    store: Store, clock: ManualClock
+) -> None:
+    limits = LimitsSettings(jobs_per_person=2, jobs_per_room=3)
+    scheduler = Scheduler(store, clock, Deliveries(), limits=lambda: limits)
+    await scheduler.start([hourly(), hourly(job_id="lunch")])  # two config jobs in room1234
+    await scheduler.add(chat_job("a1"))
+    await scheduler.add(chat_job("a2"))
+    with pytest.raises(ScheduleError, match=r"\[limits\] jobs_per_person = 2"):
+        await scheduler.add(chat_job("a3"))
+    await scheduler.add(chat_job("a2", message="changed"))  # replacing one is no new job
+    await scheduler.add(chat_job("b1", owner="users/bob"))
+    with pytest.raises(ScheduleError, match=r"room room1234 already has 3 .*jobs_per_room = 3"):
+        await scheduler.add(chat_job("b2", owner="users/bob"))
+    assert len(await scheduler.jobs(room="room1234")) == 5  # with the config's two
     await scheduler.stop()

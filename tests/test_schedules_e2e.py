@@ -185,7 +185,11 @@ async def test_prompt_job_runs_an_unattended_turn_and_posts_the_answer(
         )
         llm.reply("Scheduled.")
         await daemon.say(join_event())  # the bot knows the group room
+        # Another room: the admin confirms it first; the job records where it was made.
         await daemon.say(dm_event("every day at 10 greet the team", sender="root"))
+        await daemon.say(dm_event("yes", sender="root"))
+        [job] = await scheduler_of(daemon).jobs()
+        assert (job.room, job.origin_room) == (GROUP, ONE2ONE)
         # At fire time the model tries a send that needs a confirmation: refused, no prompt.
         llm.call("nc_talk_send", {"room": ADMIN_ROOM, "message": "hello"})
         llm.reply("Good morning, team!")

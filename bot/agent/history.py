@@ -1,15 +1,56 @@
-"""Per-room conversation memory in the store, trimmed to a count and a character budget."""
+"""Per-room conversation memory in the store, trimmed to a count and a character budget.
+
+Every entry keeps where its text came from (its provenance): a person (by actor id), the
+bot's own words, or a tool's output, with labels for text that was not clean: ``untrusted``
+(outside content, or an answer written after reading some) and ``private`` (files, logs).
+``recall`` tells a turn whether what it is about to show the model holds anything the
+requester did not write; tool output goes back to the model as tool output, never as the
+bot's own words.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from bot.config import ChatSettings
 from bot.store import HistoryEntry, Store
+from bot.tools import TOOL_NAME
 
 TOOL_RESULT_CHARS = 600
 # Rows kept per room beyond what a prompt uses, so trimming runs rarely.
 KEEP_FACTOR = 4
+UNTRUSTED = "untrusted"
+PRIVATE = "private"
+UNKNOWN_TOOL = "unknown_tool"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """The labels of a bot or tool entry; stored as text (``HistoryEntry.provenance``)."""
+
+    untrusted: bool = False
+    private: bool = False
+
+    def label(self) -> str:
+        return ",".join(
+            name for name, on in ((PRIVATE, self.private), (UNTRUSTED, self.untrusted)) if on
+        )
+
+    @classmethod
+    def of(cls, label: str) -> Provenance:
+        """Read a stored label; one this code does not know counts as untrusted."""
+        parts = {part for part in label.split(",") if part}
+        unknown = bool(parts - {UNTRUSTED, PRIVATE})
+        return cls(untrusted=UNTRUSTED in parts or unknown, private=PRIVATE in parts)
+
+
+@dataclass(frozen=True)
+class Recall:
+    """The history a turn shows the model, and whether any of it is not the requester's."""
+
+    messages: list[dict[str, Any]]
+    untrusted: bool
 
 
 class History:
@@ -34,14 +75,24 @@ class History:
             ),
         )
 
-    async def record_reply(self, room: str, text: str) -> None:
-        await self._store.add_history(room, HistoryEntry(role="assistant", content=text))
+    async def record_reply(
+        self, room: str, text: str, *, untrusted: bool = True, private: bool = False
+    ) -> None:
+        """The bot's words; untrusted unless the caller knows its turn read nothing foreign
+        (a confirmation prompt quotes the model's arguments, so it stays untrusted)."""
+        label = Provenance(untrusted=untrusted, private=private).label()
+        await self._store.add_history(
+            room, HistoryEntry(role="assistant", content=text, provenance=label)
+        )
         await self._store.trim_history(room, max(self._settings.history_messages, 1) * KEEP_FACTOR)
 
-    async def record_tool(self, room: str, tool: str, result: str) -> None:
+    async def record_tool(
+        self, room: str, tool: str, result: str, *, untrusted: bool = True, private: bool = False
+    ) -> None:
         short = result if len(result) <= TOOL_RESULT_CHARS else result[:TOOL_RESULT_CHARS] + "…"
+        label = Provenance(untrusted=untrusted, private=private).label()
         await self._store.add_history(
-            room, HistoryEntry(role="tool", content=short, actor_name=tool)
+            room, HistoryEntry(role="tool", content=short, actor_name=tool, provenance=label)
         )
 
     async def forget(self, room: str) -> int:
@@ -49,23 +100,51 @@ class History:
 
     async def messages(self, room: str) -> list[dict[str, Any]]:
         """Chat messages for the model, oldest first, newest kept when trimming."""
+        return (await self.recall(room, requester="")).messages
+
+    async def recall(self, room: str, *, requester: str) -> Recall:
+        """What the model sees of the room, and whether it holds content ``requester``
+        (an actor id) did not write: another person's message, outside content, or an
+        answer written after reading some."""
         entries = await self._store.recent_history(room, self._settings.history_messages)
         budget = self._settings.history_chars
-        kept: list[dict[str, Any]] = []
-        for entry in reversed(entries):
-            message = _as_message(entry)
-            budget -= len(message["content"])
+        kept: list[list[dict[str, Any]]] = []
+        untrusted = False
+        for index in range(len(entries) - 1, -1, -1):
+            entry = entries[index]
+            group = _as_messages(entry, index)
+            budget -= sum(len(message["content"]) for message in group)
             if budget < 0 and kept:
                 break
-            kept.append(message)
+            kept.append(group)
+            untrusted = untrusted or _foreign(entry, requester)
         kept.reverse()
-        return kept
+        return Recall([message for group in kept for message in group], untrusted)
 
 
-def _as_message(entry: HistoryEntry) -> dict[str, Any]:
+def _foreign(entry: HistoryEntry, requester: str) -> bool:
+    if entry.role == "user":
+        return not requester or entry.actor_id != requester
+    if entry.role in ("assistant", "tool"):
+        return Provenance.of(entry.provenance).untrusted
+    return True
+
+
+def _as_messages(entry: HistoryEntry, index: int) -> list[dict[str, Any]]:
     if entry.role == "assistant":
-        return {"role": "assistant", "content": entry.content}
+        return [{"role": "assistant", "content": entry.content}]
     if entry.role == "tool":
-        return {"role": "assistant", "content": f"[{entry.actor_name} returned: {entry.content}]"}
+        # A tool result goes back as one: a call with its result, never the bot's words.
+        name = entry.actor_name if TOOL_NAME.match(entry.actor_name) else UNKNOWN_TOOL
+        call_id = f"history_{index}"
+        call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}
+        return [
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {
+                "role": "tool",
+                "tool_call_id": call_id,
+                "content": f"[{name} returned: {entry.content}]",
+            },
+        ]
     speaker = entry.actor_name or entry.actor_id or "someone"
-    return {"role": "user", "content": f"{speaker}: {entry.content}"}
+    return [{"role": "user", "content": f"{speaker}: {entry.content}"}]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx2
 import openai
@@ -51,6 +53,17 @@ def endpoint_url(settings: LLMSettings) -> str:
     return f"{settings.base_url}/api" if settings.flavor == "openwebui" else settings.base_url
 
 
+def split_basic_auth(url: str) -> tuple[str, str | None]:
+    """The URL without its user:password@, and that part as a Basic Authorization value."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    token = base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host)), f"Basic {token}"
+
+
 class LLM:
     """One chat-completions endpoint. ``timeout_s`` bounds each call, retries included."""
 
@@ -60,12 +73,16 @@ class LLM:
         self._timeout_s = settings.timeout_s
         self._secret = settings.api_key.get_secret_value()
         self._where = strip_credentials(endpoint_url(settings))  # for errors: never a key
+        url, basic = split_basic_auth(endpoint_url(settings))
         self._client = openai.AsyncOpenAI(
-            base_url=endpoint_url(settings),
+            base_url=url,
             api_key=self._secret or "not-needed",
             timeout=settings.timeout_s,
             max_retries=MAX_RETRIES,
             http_client=openai.DefaultAioHttpClient(timeout=settings.timeout_s),
+            # A password in the URL would make aiohttp refuse every request (it will not
+            # send credentials from the URL next to the SDK's Authorization header).
+            default_headers={"Authorization": basic} if basic else None,
         )
 
     async def aclose(self) -> None:

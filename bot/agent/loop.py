@@ -11,7 +11,7 @@ import structlog
 
 from bot.agent import prompts
 from bot.agent.llm import LLM, Completion, LLMCallError, ToolCallRequest
-from bot.config import Approver
+from bot.config import Approver, LimitsSettings
 from bot.errors import LLMError, ToolError
 from bot.tools import Tool, Toolbox, ToolContext, canonical_json, parse_arguments
 
@@ -22,13 +22,26 @@ MAX_TOOL_NAME_CHARS = 64
 
 
 @dataclass(frozen=True)
+class ToolOutput:
+    """A tool result of this turn, with where its text came from (for the room's history)."""
+
+    tool: str
+    text: str
+    untrusted: bool = False  # from a tool that brings outside content
+    private: bool = False  # from a tool that reads private data
+
+
+@dataclass(frozen=True)
 class Reply:
     text: str
     rounds: int
     tools_used: tuple[str, ...]
-    # (tool name, result text) of every call that ran in this turn, for the room's history;
-    # derived from the turn's messages, so not part of what makes two replies equal.
-    tool_results: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    # Every tool result of this turn, for the room's history; derived from the turn's
+    # messages, so not part of what makes two replies equal. So is the turn's provenance,
+    # which the answer carries into later turns (an answer after a page is not clean).
+    tool_results: tuple[ToolOutput, ...] = field(default=(), compare=False)
+    untrusted: bool = field(default=False, compare=False)
+    private: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -47,9 +60,15 @@ class TurnState:
 
     messages: tuple[dict[str, Any], ...]
     rounds: int = 0
-    tainted: bool = False
+    tainted: bool = False  # untrusted content entered the turn (ToolContext.tainted)
     tools_used: tuple[str, ...] = ()
     pending: tuple[PendingCall, ...] = field(default=())
+    private: bool = False  # a reads_private tool ran in this turn
+    request: str = ""  # the requester's own message that started the turn
+    start: int = 0  # messages from here on are this turn's own (its tool results)
+    calls: int = 0  # tool calls handled so far, for [limits]
+    fetches: int = 0
+    capped: int = 0  # calls not run because of a cap
 
     def to_json(self) -> str:
         return json.dumps(
@@ -60,6 +79,10 @@ class TurnState:
                 "tainted": self.tainted,
                 "tools_used": list(self.tools_used),
                 "pending": [vars(call) for call in self.pending],
+                "private": self.private,
+                "request": self.request,
+                "start": self.start,
+                "counts": [self.calls, self.fetches, self.capped],
             },
             ensure_ascii=False,
         )
@@ -78,12 +101,21 @@ class TurnState:
             raise ValueError(f"version {data['v']!r} is not {STATE_VERSION}")
         if not all(isinstance(message, dict) for message in data["messages"]):
             raise ValueError("messages must be objects")
+        # States paused before provenance existed lack the newer keys: a private read
+        # could not be told apart then, so such a turn counts as private (fails closed).
+        calls, fetches, capped = data.get("counts", (0, 0, 0))
         return cls(
             messages=tuple(data["messages"]),
             rounds=int(data["rounds"]),
             tainted=bool(data["tainted"]),
             tools_used=tuple(str(name) for name in data["tools_used"]),
             pending=tuple(PendingCall(**call) for call in data["pending"]),
+            private=bool(data.get("private", True)),
+            request=str(data.get("request", "")),
+            start=int(data.get("start", 0)),  # then no message was history's tool result
+            calls=int(calls),
+            fetches=int(fetches),
+            capped=int(capped),
         )
 
 
@@ -107,11 +139,27 @@ TurnOutcome = Reply | NeedsConfirmation | GaveUp
 
 
 async def run_turn(
-    llm: LLM, toolbox: Toolbox, ctx: ToolContext, messages: list[dict[str, Any]], *, max_rounds: int
+    llm: LLM,
+    toolbox: Toolbox,
+    ctx: ToolContext,
+    messages: list[dict[str, Any]],
+    *,
+    max_rounds: int,
+    limits: LimitsSettings | None = None,
 ) -> TurnOutcome:
-    """Run a turn whose messages already hold the system prompt, history and new message."""
-    state = TurnState(messages=tuple(messages), tainted=ctx.tainted)
-    return await _timed(llm, toolbox, ctx, state, max_rounds)
+    """Run a turn whose messages already hold the system prompt, history and new message.
+
+    ``ctx.tainted`` says whether that input already holds content the requester did not
+    write; ``ctx.request`` is the requester's own message.
+    """
+    state = TurnState(
+        messages=tuple(messages),
+        tainted=ctx.tainted,
+        private=ctx.private,
+        request=ctx.request,
+        start=len(messages),
+    )
+    return await _timed(_Run(llm, toolbox, ctx, limits or LimitsSettings()), state, max_rounds)
 
 
 async def resume_turn(
@@ -122,25 +170,50 @@ async def resume_turn(
     results: dict[str, str],
     *,
     max_rounds: int,
+    limits: LimitsSettings | None = None,
 ) -> TurnOutcome:
     """Continue a paused turn; ``results`` maps call ids to what happened to each pending call.
 
     A pending call missing from ``results`` counts as not confirmed. The model always gets
-    at least one more round to report the outcome.
+    at least one more round to report the outcome. A confirmed call that ran marks the
+    turn like any other call of its kind (a confirmed fetch brings untrusted content).
     """
     answers = [
         _tool_message(call.call_id, results.get(call.call_id, prompts.NOT_CONFIRMED))
         for call in state.pending
     ]
     resumed = replace(state, messages=(*state.messages, *answers), pending=())
-    return await _timed(llm, toolbox, ctx, resumed, max(max_rounds, state.rounds + 1))
+    for call in state.pending:
+        tool = toolbox.get(call.tool_name)
+        if call.call_id in results and tool is not None:
+            resumed = _marked(resumed, tool)
+    rounds = max(max_rounds, state.rounds + 1)
+    return await _timed(_Run(llm, toolbox, ctx, limits or LimitsSettings()), resumed, rounds)
 
 
-async def _timed(
-    llm: LLM, toolbox: Toolbox, ctx: ToolContext, state: TurnState, max_rounds: int
-) -> TurnOutcome:
+def _marked(state: TurnState, tool: Tool[Any]) -> TurnState:
+    """The state after ``tool`` ran: its kind taints the rest of the turn."""
+    return replace(
+        state,
+        tools_used=(*state.tools_used, tool.name),
+        tainted=state.tainted or tool.brings_untrusted,
+        private=state.private or tool.reads_private,
+    )
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a turn runs with besides its state."""
+
+    llm: LLM
+    toolbox: Toolbox
+    ctx: ToolContext
+    limits: LimitsSettings
+
+
+async def _timed(run: _Run, state: TurnState, max_rounds: int) -> TurnOutcome:
     started = time.perf_counter()
-    outcome = await _drive(llm, toolbox, ctx, state, max_rounds)
+    outcome = await _drive(run, state, max_rounds)
     rounds, tools = _summary(outcome)
     log.info(
         "turn.done",
@@ -159,13 +232,11 @@ def _summary(outcome: TurnOutcome) -> tuple[int, tuple[str, ...]]:
     return outcome.rounds, outcome.tools_used
 
 
-async def _drive(
-    llm: LLM, toolbox: Toolbox, ctx: ToolContext, state: TurnState, max_rounds: int
-) -> TurnOutcome:
-    specs = toolbox.specs_for(ctx.role, unattended=ctx.unattended)
+async def _drive(run: _Run, state: TurnState, max_rounds: int) -> TurnOutcome:
+    specs = run.toolbox.specs_for(run.ctx.role, unattended=run.ctx.unattended)
     while state.rounds < max_rounds:
         try:
-            completion = await llm.complete(list(state.messages), specs)
+            completion = await run.llm.complete(list(state.messages), specs)
         except LLMError as exc:
             kind = exc.kind if isinstance(exc, LLMCallError) else "bad_response"
             return GaveUp(
@@ -173,15 +244,15 @@ async def _drive(
             )
         state = replace(state, rounds=state.rounds + 1)
         if not completion.tool_calls:
-            return _final(completion, state)
-        state = await _run_round(toolbox, ctx, state, completion)
+            return _final(completion, state, run.toolbox)
+        state = await _run_round(run, state, completion)
         if state.pending:
             return NeedsConfirmation(completion.text, state.pending, state)
     summary = prompts.max_rounds_summary(state.rounds, state.tools_used)
     return GaveUp("max_rounds", summary, rounds=state.rounds, tools_used=state.tools_used)
 
 
-def _final(completion: Completion, state: TurnState) -> Reply | GaveUp:
+def _final(completion: Completion, state: TurnState, toolbox: Toolbox) -> Reply | GaveUp:
     text = (completion.text or "").strip()
     if completion.finish_reason == "length":
         if not text:
@@ -189,11 +260,20 @@ def _final(completion: Completion, state: TurnState) -> Reply | GaveUp:
         text = f"{text}\n\n{prompts.TRUNCATED_NOTE}"
     if not text:
         return GaveUp("empty", rounds=state.rounds, tools_used=state.tools_used)
-    return Reply(text, state.rounds, state.tools_used, tool_results(state.messages))
+    if state.capped:
+        text = f"{text}\n\n{prompts.capped_note(state.capped)}"
+    return Reply(
+        text,
+        state.rounds,
+        state.tools_used,
+        tool_results(state.messages[state.start :], toolbox),
+        untrusted=state.tainted,
+        private=state.private,
+    )
 
 
-def tool_results(messages: tuple[dict[str, Any], ...]) -> tuple[tuple[str, str], ...]:
-    """The tool results among a turn's messages, each with the name of its tool."""
+def tool_results(messages: tuple[dict[str, Any], ...], toolbox: Toolbox) -> tuple[ToolOutput, ...]:
+    """The tool results among a turn's own messages, each with its tool and its kind."""
     names = {
         call.get("id"): call.get("function", {}).get("name", "?")
         for message in messages
@@ -201,11 +281,21 @@ def tool_results(messages: tuple[dict[str, Any], ...]) -> tuple[tuple[str, str],
         for call in message.get("tool_calls") or ()
         if isinstance(call, dict)
     }
-    return tuple(
-        (str(names.get(message.get("tool_call_id"), "?")), str(message.get("content", "")))
-        for message in messages
-        if message.get("role") == "tool"
-    )
+    outputs = []
+    for message in messages:
+        if message.get("role") != "tool":
+            continue
+        name = str(names.get(message.get("tool_call_id"), "?"))
+        tool = toolbox.get(name)
+        outputs.append(
+            ToolOutput(
+                name,
+                str(message.get("content", "")),
+                untrusted=tool is not None and tool.brings_untrusted,
+                private=tool is not None and tool.reads_private,
+            )
+        )
+    return tuple(outputs)
 
 
 @dataclass(frozen=True)
@@ -256,26 +346,45 @@ def _tool_message(call_id: str, text: str) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": call_id, "content": text}
 
 
-async def _run_round(
-    toolbox: Toolbox, ctx: ToolContext, state: TurnState, completion: Completion
-) -> TurnState:
+async def _run_round(run: _Run, state: TurnState, completion: Completion) -> TurnState:
     calls = _normalise(completion.tool_calls, state)
     messages = [*state.messages, _assistant_message(completion.text, calls)]
     pending: list[PendingCall] = []
-    for request, call in zip(completion.tool_calls, calls, strict=True):
-        step = await _handle_call(toolbox, replace(ctx, tainted=state.tainted), call, request)
+    capped_before = state.capped
+    for index, (request, call) in enumerate(zip(completion.tool_calls, calls, strict=True)):
+        state, cap = _counted(run, state, request.name, index)
+        if cap is not None:
+            messages.append(_tool_message(call.id, prompts.capped_result(cap)))
+            continue
+        ctx = replace(run.ctx, tainted=state.tainted, private=state.private, request=state.request)
+        step = await _handle_call(run.toolbox, ctx, call, request)
         if isinstance(step, PendingCall):
             pending.append(step)
             continue
         text, tool = step
         messages.append(_tool_message(call.id, text))
         if tool is not None:
-            state = replace(
-                state,
-                tools_used=(*state.tools_used, tool.name),
-                tainted=state.tainted or tool.untrusted_output,
-            )
+            state = _marked(state, tool)
+    if state.capped and not capped_before:
+        log.warning("turn.capped", capped=state.capped, calls=state.calls, fetches=state.fetches)
     return replace(state, messages=tuple(messages), pending=tuple(pending))
+
+
+def _counted(run: _Run, state: TurnState, name: str, index: int) -> tuple[TurnState, str | None]:
+    """Count one call against [limits]; the cap it is over (then it is not run), or None."""
+    limits = run.limits
+    tool = run.toolbox.get(name)
+    fetch = tool is not None and tool.fetches
+    cap = None
+    if index >= limits.tool_calls_per_round:
+        cap = f"{limits.tool_calls_per_round} tool calls per round"
+    elif state.calls >= limits.tool_calls_per_turn:
+        cap = f"{limits.tool_calls_per_turn} tool calls per turn"
+    elif fetch and state.fetches >= limits.fetches_per_turn:
+        cap = f"{limits.fetches_per_turn} fetches and searches per turn"
+    if cap is not None:
+        return replace(state, capped=state.capped + 1), cap
+    return replace(state, calls=state.calls + 1, fetches=state.fetches + fetch), None
 
 
 async def _handle_call(

@@ -68,6 +68,20 @@ def system_prompt(
     )
 
 
+def capped_result(cap: str) -> str:
+    """The tool result of a call over one of the [limits] caps: it was not run."""
+    return f"not run: this turn reached its limit of {cap}. Answer with what you have."
+
+
+def capped_note(count: int) -> str:
+    """Added to the answer of a turn that hit a cap, so the person knows it was cut short."""
+    calls = "call was" if count == 1 else "calls were"
+    return (
+        f"(I stopped early: {count} tool {calls} over this bot's limit per turn and not run. "
+        "Ask again with a narrower request if something is missing.)"
+    )
+
+
 def confirmed_result(result_text: str, *, ok: bool) -> str:
     """The tool result the model sees for a call a human confirmed and the bot then ran."""
     return f"done: {result_text}" if ok else f"the confirmed action failed: {result_text}"

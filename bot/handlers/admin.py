@@ -11,13 +11,13 @@ from typing import Any
 
 import structlog
 
-from bot import __version__
+from bot import __version__, replies
 from bot.access import Access, parse_role
 from bot.config import Role
 from bot.handlers.confirm import ConfirmHandler
 from bot.logs import LogRing
 from bot.routing import Route
-from bot.scheduler import ScheduledJob, ScheduleError, Scheduler, TriggerKind
+from bot.scheduler import ScheduledJob, ScheduleError, Scheduler, TriggerKind, remove_right
 from bot.store import Store
 from bot.talk.events import Event
 
@@ -244,7 +244,11 @@ class PendingCommands:
 
     def specs(self) -> dict[str, CommandSpec]:
         return {
-            "pending": CommandSpec("pending", "open confirmations in every room", self._pending),
+            "pending": CommandSpec(
+                "pending [CODE]",
+                "open confirmations in every room, or one call with its arguments in full",
+                self._pending,
+            ),
             "approve": CommandSpec(
                 "approve CODE",
                 "run a waiting action for its requester (where allowed)",
@@ -263,7 +267,10 @@ class PendingCommands:
         await self._confirm.request_command(event, "admin", "bot_restart")
         return ""
 
-    async def _pending(self, _event: Event, _args: str) -> str:
+    async def _pending(self, _event: Event, args: str) -> str:
+        code = args.strip()
+        if code:
+            return await self._confirm.details(code, self._timezone())
         return await self._confirm.listing(self._timezone())
 
     async def _approve(self, event: Event, args: str) -> str:
@@ -352,7 +359,77 @@ class JobCommands:
             owner=event.actor.id,
             created_by_role="admin",
             source="admin",
+            origin_room=event.room.token,
         )
+
+
+class RoomJobs:
+    """``!jobs`` and ``!jobs remove ID`` (DESIGN.md §7): in any room, a person's own jobs;
+    a room's moderators and admins see every job of that room with its owner and may
+    remove any of them; in the admin room, admins see and remove every job."""
+
+    def __init__(self, scheduler: Scheduler, store: Store, *, prefix: Callable[[], str]) -> None:
+        self._scheduler = scheduler
+        self._store = store
+        self._prefix = prefix
+
+    async def in_room(self, event: Event, role: Role, args: str) -> str:
+        """The room command, for anyone with a role."""
+        verb, job_id = _jobs_args(args)
+        if verb == "remove" and job_id:
+            return await self._remove(event, role, job_id)
+        if verb:
+            return replies.jobs_usage(self._prefix())
+        if event.actor.is_moderator or role == "admin":
+            return await self._scheduler.room_listing(event.room.token, event.actor.id)
+        return await self._scheduler.listing(event.actor.id)
+
+    async def in_admin_room(self, event: Event, args: str) -> str:
+        """The admin command: every job, and removing any of them."""
+        verb, job_id = _jobs_args(args)
+        if verb == "remove" and job_id:
+            return await self._remove(event, "admin", job_id)
+        if verb:
+            return replies.jobs_usage(self._prefix())
+        return await self._scheduler.listing(None)
+
+    async def _remove(self, event: Event, role: Role, job_id: str) -> str:
+        job = await self._scheduler.get(job_id)
+        right = (
+            None
+            if job is None
+            else remove_right(
+                job,
+                actor=event.actor.id,
+                role=role,
+                room=event.room.token,
+                moderator=event.actor.is_moderator,
+            )
+        )
+        if job is None or right is None:
+            return replies.job_not_removable(job_id)
+        if job.source == "config":
+            return replies.job_from_config(job.id)
+        await self._scheduler.remove(job.id)
+        await self._store.audit(
+            actor=event.actor.id,
+            room=event.room.token,
+            action="schedule.remove",
+            outcome=right,
+            detail=f"{job.id} of {job.owner} in {job.room}",
+        )
+        log.info("schedule.removed_by", job=job.id, by=event.actor.id, right=right)
+        return replies.job_removed(job.id, job.owner, own=right == "owner")
+
+
+def _jobs_args(args: str) -> tuple[str, str]:
+    """``remove ID`` -> ("remove", "ID"); anything else keeps what it cannot parse in verb."""
+    words = args.split()
+    if not words:
+        return "", ""
+    if words[0].lower() == "remove" and len(words) == 2:  # noqa: PLR2004 - remove ID
+        return "remove", words[1]
+    return words[0].lower(), ""
 
 
 def _job_words(words: list[str]) -> tuple[str, dict[str, str], TriggerKind, str]:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -19,7 +19,7 @@ from bot.agent.llm import LLM
 from bot.agent.loop import GaveUp, NeedsConfirmation, Reply, TurnState, resume_turn, run_turn
 from bot.agent.prompts import system_prompt
 from bot.clock import Clock
-from bot.config import ChatSettings, LLMSettings, Role
+from bot.config import ChatSettings, LimitsSettings, LLMSettings, Role
 from bot.crashpoints import crash_point
 from bot.errors import TalkError
 from bot.metrics import Metrics
@@ -73,6 +73,7 @@ class ChatDeps:
     chat: ChatSettings
     llm_settings: LLMSettings
     on_confirmation: OnConfirmation | None = None
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
 
 
 class ChatHandler:
@@ -88,19 +89,23 @@ class ChatHandler:
         *,
         llm: LLM | None = None,
         toolbox: Toolbox | None = None,
+        limits: LimitsSettings | None = None,
     ) -> None:
         self._deps.chat = chat
         self._deps.llm_settings = llm_settings
+        self._deps.limits = limits or self._deps.limits
         self._deps.llm = llm or self._deps.llm
         self._deps.toolbox = toolbox or self._deps.toolbox
 
     def context_for(self, event: Event, role: Role, *, tainted: bool = False) -> ToolContext:
+        """``tainted``: the turn's input already holds content the requester did not write."""
         return ToolContext(
             requester=event.actor.id,
             role=role,
             room=event.room.token,
             unattended=False,
             tainted=tainted,
+            request=event.message.text if event.message is not None else "",
             now=self._deps.clock.now,
             timezone=self._deps.chat.timezone,
         )
@@ -108,16 +113,22 @@ class ChatHandler:
     async def handle(self, event: Event, role: Role, *, note: str | None = None) -> None:
         """One turn for one message; ``note`` tells the model something first (a cancel)."""
         deps = self._deps
-        ctx = self.context_for(event, role)
+        recalled = await deps.history.recall(event.room.token, requester=event.actor.id)
+        ctx = self.context_for(event, role, tainted=recalled.untrusted)
         messages = [{"role": "system", "content": self._system_prompt(event, role)}]
-        messages += await deps.history.messages(event.room.token)
+        messages += recalled.messages
         if note:
             messages.append({"role": "system", "content": note})
         started = time.monotonic()
         async with self._room_lock(event.room.token):
             async with self._working(event), self._model_slots:
                 result = await run_turn(
-                    deps.llm, deps.toolbox, ctx, messages, max_rounds=deps.llm_settings.max_rounds
+                    deps.llm,
+                    deps.toolbox,
+                    ctx,
+                    messages,
+                    max_rounds=deps.llm_settings.max_rounds,
+                    limits=deps.limits,
                 )
             deps.metrics.turn_seconds.observe(time.monotonic() - started)
             await self.finish(event, ctx, result)
@@ -136,6 +147,7 @@ class ChatHandler:
                     state,
                     results,
                     max_rounds=deps.llm_settings.max_rounds,
+                    limits=deps.limits,
                 )
             await self.finish(event, ctx, result)
 
@@ -154,9 +166,19 @@ class ChatHandler:
         crash_point("before_reply")
         await self.say(event, text)
         if isinstance(result, Reply):
-            for tool, output in result.tool_results:
-                await deps.history.record_tool(event.room.token, tool, output)
-            await deps.history.record_reply(event.room.token, text)
+            await self._remember(event.room.token, result)
+
+    async def _remember(self, room: str, reply: Reply) -> None:
+        """The turn's tool results as tool rows, then the answer, each with its provenance:
+        an answer written after outside content carries that into later turns (I04)."""
+        history = self._deps.history
+        for output in reply.tool_results:
+            await history.record_tool(
+                room, output.tool, output.text, untrusted=output.untrusted, private=output.private
+            )
+        await history.record_reply(
+            room, reply.text, untrusted=reply.untrusted, private=reply.private
+        )
 
     async def say(self, event: Event, text: str) -> None:
         reply_to = event.message.id if event.message is not None else None
@@ -175,6 +197,7 @@ class ChatHandler:
     ) -> str:
         """A scheduled agent turn: nobody can confirm anything; returns the text to post."""
         deps = self._deps
+        recalled = await deps.history.recall(room, requester=requester)
         ctx = ToolContext(
             requester=requester,
             role=role,
@@ -182,6 +205,8 @@ class ChatHandler:
             now=deps.clock.now,
             timezone=timezone,
             unattended=True,
+            tainted=recalled.untrusted,
+            request=prompt,  # the creator's own words, confirmed if they came from elsewhere
         )
         system = system_prompt(
             deps.chat.persona,
@@ -195,16 +220,21 @@ class ChatHandler:
             timezone=timezone,
         )
         messages = [{"role": "system", "content": system}]
-        messages += await deps.history.messages(room)
+        messages += recalled.messages
         messages.append({"role": "system", "content": SCHEDULED_TURN_NOTE})
         messages.append({"role": "user", "content": prompt})
         async with self._room_lock(room), self._model_slots:
             result = await run_turn(
-                deps.llm, deps.toolbox, ctx, messages, max_rounds=deps.llm_settings.max_rounds
+                deps.llm,
+                deps.toolbox,
+                ctx,
+                messages,
+                max_rounds=deps.llm_settings.max_rounds,
+                limits=deps.limits,
             )
         deps.metrics.turns.labels(outcome=type(result).__name__.lower()).inc()
         if isinstance(result, Reply):
-            await deps.history.record_reply(room, result.text)
+            await self._remember(room, result)
             return result.text
         if isinstance(result, NeedsConfirmation):  # the loop refuses these when unattended
             return replies.apology()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -67,7 +68,10 @@ class ConfirmHandler:
     async def lookup(self, room: str) -> tuple[PendingRef, ...]:
         """What routing needs to recognise answers in a room (EventHandler's lookup)."""
         waiting = await self._confirmations.open_in_room(room)
-        return tuple(PendingRef(code=action.code, requester=action.requester) for action in waiting)
+        return tuple(
+            PendingRef(code=action.code, requester=action.requester, prompt=action.prompt_text)
+            for action in waiting
+        )
 
     async def on_confirmation(
         self, event: Event, ctx: ToolContext, needs: NeedsConfirmation
@@ -90,9 +94,21 @@ class ConfirmHandler:
         actions = await self._confirmations.request(requester, calls, needs.state.to_json())
         for action in actions:
             text = replies.defuse_mentions(self._prompt(action, ctx.timezone))
+            if len(text) > replies.MESSAGE_LIMIT:
+                await self._withdraw_unshowable(event, action, len(text))
+                continue
             await self._confirmations.set_prompt(action, text)
             await self._chat.say(event, text)
             await self._history.record_reply(ctx.room, text)
+
+    async def _withdraw_unshowable(self, event: Event, action: PendingAction, size: int) -> None:
+        """A prompt must show every argument in full (§5): too large for one message, the
+        call is refused rather than abbreviated; the rest of its turn still waits."""
+        reason = f"the prompt would be {size} characters, more than one message holds"
+        await self._confirmations.withdraw(action, reason=reason)
+        note = replies.confirmation_too_large(action.tool, size)
+        await self._chat.say(event, note)
+        await self._history.record_reply(action.room, note)
 
     async def on_answer(self, event: Event, role: Role, route: Route) -> None:
         """CONFIRM / DENY: a yes- or no-word from someone the routing saw as a requester."""
@@ -118,25 +134,35 @@ class ConfirmHandler:
             event, replies.only_requester_can_confirm([a.requester_name for a in chosen])
         )
 
-    async def on_reaction(self, event: Event, role: Role, _route: Route) -> None:
-        """👍/👎 on the prompt, by the requester, where Talk names the reacting person.
+    async def on_reaction(self, event: Event, role: Role, route: Route) -> None:
+        """👍/👎 on the bot's prompt, by the requester, where Talk names who reacted (#13.7).
 
-        Talk 23+ reports the person who reacted. Up to Talk 22 the actor is the author of
-        the reacted message: for the bot's prompt that is the bot itself (dropped by the
-        webhook), so a reaction there never counts. The prompt is recognised by its code
-        and its exact text; the bot's own reactions (👀) are never answers.
+        Routing (``reaction_route``) names the prompt the reaction is on, only for a Like
+        in the Talk 23 shape on a message whose text is exactly a recorded prompt; up to
+        Talk 22 the actor is the reacted message's author, so nothing there counts (I08).
+        Any other reaction neither approves nor cancels: its reason is logged. Whether the
+        reactor is the requester, and in time, is checked as for a yes-word (A05, A07).
         """
         answer = reaction_answer(event.reaction)
         message = event.message
-        if event.type != "Like" or answer is None or message is None or event.actor.is_bot:
+        reason = route.reason or "not an answer"
+        if (
+            route.code is not None
+            and message is not None
+            and await self._confirmations.written_by_a_person(event.room.token, message.id)
+        ):
+            route, reason = replace(route, code=None), "on a person's copy of the prompt"
+        if route.code is None or answer is None or message is None:
+            log.info(
+                "confirm.reaction_ignored",
+                room=event.room.token,
+                actor=event.actor.id,
+                reason=reason,
+            )
             return
         waiting = await self._confirmations.open_in_room(event.room.token)
-        prompted = [a for a in waiting if _is_prompt_of(message.text, a)]
-        if not prompted:
-            log.info("confirm.reaction_ignored", room=event.room.token, reason="not_a_prompt")
-            return
         match = self._confirmations.match_answer(
-            prompted, actor_id=event.actor.id, message_id=message.id
+            waiting, actor_id=event.actor.id, message_id=message.id, code=route.code
         )
         await self._decide(event, role, match, approve=answer is RouteKind.CONFIRM)
 
@@ -203,7 +229,7 @@ class ConfirmHandler:
         return replies.admin_approved(action.code, action.tool, action.room, ok=ok)
 
     async def listing(self, timezone: str = "UTC") -> str:
-        """``!pending``: every unfinished action in every room, oldest first."""
+        """``!pending``: every unfinished action in every room, oldest first, abbreviated."""
         lines = [
             replies.pending_line(
                 action.code,
@@ -212,10 +238,30 @@ class ConfirmHandler:
                 requester=action.requester,
                 status=action.status,
                 expires=_clock_time(action.expires_at, timezone),
+                args=_args_for_display(action.args_json),
             )
             for action in await self._confirmations.list_open()
         ]
-        return replies.pending_list(lines)
+        return replies.pending_list(lines, prefix=self._prefix())
+
+    async def details(self, code: str, timezone: str = "UTC") -> str:
+        """``!pending CODE``: one action with every argument in full, escaped like its prompt."""
+        action = await self._confirmations.by_code(code)
+        if action is None:
+            return replies.admin_no_action(code.strip().upper())
+        text = replies.pending_call(
+            action.code,
+            tool=action.tool,
+            room=action.room,
+            requester=action.requester,
+            status=action.status,
+            expires=_clock_time(action.expires_at, timezone),
+            args=_args_for_display(action.args_json),
+            args_hash=action.args_hash,
+        )
+        if len(text) > replies.MESSAGE_LIMIT:
+            return replies.pending_call_too_large(action.code, len(text))
+        return text
 
     async def cancel_by_admin(self, code: str, admin_id: str) -> str:
         """``!cancel CODE``: deny a waiting action; its turn resumes without it."""
@@ -356,15 +402,6 @@ def _state_of(action: PendingAction) -> TurnState | None:
     except ValueError:
         log.exception("confirm.state_unreadable", code=action.code)
         return None
-
-
-def _is_prompt_of(text: str, action: PendingAction) -> bool:
-    """The reacted-to message is this action's prompt: its code, and its exact text."""
-    return (
-        bool(action.prompt_text)
-        and action.code in text
-        and (text.strip() == action.prompt_text.strip())
-    )
 
 
 def _origin_event(action: PendingAction) -> Event:

@@ -104,6 +104,16 @@ class Message:
         return [param for param in self.parameters.values() if param.get("type") == "file"]
 
     @property
+    def removed_actor(self) -> str | None:
+        """For a "user_removed" system message (someone left or was removed): the actor id
+        of the person who is gone, from its "user" parameter (fixture 017)."""
+        user = self.parameters.get("user") if self.name == "user_removed" else None
+        if not isinstance(user, dict) or user.get("type") != "user":
+            return None
+        uid = user.get("id")
+        return f"users/{uid}" if isinstance(uid, str) and uid else None
+
+    @property
     def is_system(self) -> bool:
         """True for system messages such as "call_started" or "reaction_revoked"."""
         return self.name not in _NON_SYSTEM_NAMES
@@ -121,17 +131,35 @@ class Event:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
+    def reactor(self) -> Actor | None:
+        """Who reacted, for a Like or Undo that says so; None where Talk does not.
+
+        From Talk 23 the actor is the reacting attendee, with ``talkParticipantType``. Up
+        to Talk 22 it is the reacted message's author and never has one (fixtures 010, 049;
+        protocol §2), so who reacted is unknown. Bots never carry a participant type.
+        """
+        if self.type not in {"Like", "Undo"} or self.actor.is_bot:
+            return None
+        return self.actor if self.actor.participant_type is not None else None
+
+    @property
     def dedupe_key(self) -> str | None:
         """Identity of a repeated delivery; None where only the random can tell."""
         if self.message is None:
             return None
         if self.type in {"Create", "Activity"}:
-            return f"{self.type}:{self.room.token}:{self.message.id}"
+            return message_key(self.type, self.room.token, self.message.id)
         if self.type in {"Like", "Undo"}:
             return (
                 f"{self.type}:{self.room.token}:{self.actor.id}:{self.message.id}:{self.reaction}"
             )
         return None
+
+
+def message_key(kind: str, room: str, message_id: str) -> str:
+    """The dedupe key of a delivered Create or Activity: Talk never delivers a bot's own
+    messages to it, so a message with such a key was written by a person."""
+    return f"{kind}:{room}:{message_id}"
 
 
 # Ids Talk resolves after a bare "@"; anything else needs the quoted form @"...".

@@ -23,6 +23,7 @@ TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_RESULT_CHARS = 8000
 MAX_ARGS_CHARS = 100_000
 GENERIC_FAILURE = "the tool failed"
+KINDS = ("reads_private", "brings_untrusted", "egress", "changes_state")
 NOT_ALLOWED = "not allowed: this tool is not available to you"
 
 A = TypeVar("A", bound=BaseModel)
@@ -51,7 +52,10 @@ class ToolContext:
     now: Callable[[], float]  # epoch seconds, from the injected clock
     timezone: str = "UTC"
     unattended: bool = False  # scheduled turn: nobody can confirm anything
-    tainted: bool = False  # untrusted content (a fetched page...) entered this turn
+    # Provenance of the turn's input so far (docs/threat-model.md, "the lethal combination"):
+    tainted: bool = False  # it holds content the requester did not write (untrusted)
+    private: bool = False  # a reads_private tool ran in this turn
+    request: str = ""  # the requester's own current message, as they wrote it
 
 
 @dataclass(frozen=True)
@@ -72,11 +76,31 @@ class Tool(Generic[A]):
     confirm: bool = False
     approver: Approver = "requester"
     timeout_s: float = 30
-    egress: bool = False  # sends data out of the room or writes: confirm it in a tainted turn
-    untrusted_output: bool = False  # its output taints the rest of the turn
+    # Its kind, which the gate decides by (Toolbox.needs_confirmation); [tools.<name>] may
+    # add kinds, never remove them.
+    reads_private: bool = False  # its output is private data: files, logs, other rooms
+    brings_untrusted: bool = False  # its output is outside content: it taints the turn
+    egress: bool = False  # it sends data out of the room (its arguments leave)
+    changes_state: bool = False  # it changes something that outlives the turn
+    # Egress for some arguments only (schedule_add into another room, a prompt job).
+    egress_when: Callable[[A, ToolContext], bool] | None = None
+    # The argument that carries nothing injected when the requester's own message holds
+    # it verbatim (http_fetch's url, web_search's query): then no yes is needed for it,
+    # unless the turn read private data.
+    quoted_arg: Callable[[A], str] | None = None
     confirm_when: Callable[[A, ToolContext], bool] | None = None
     # Refuses (ToolError) a call that could never run, before anyone is asked to confirm it.
     precheck: Callable[[A, ToolContext], Awaitable[None]] | None = None
+
+    @property
+    def untrusted_output(self) -> bool:
+        """The former name of ``brings_untrusted``."""
+        return self.brings_untrusted
+
+    @property
+    def fetches(self) -> bool:
+        """A call that reaches outside and brings content back: counted by fetches_per_turn."""
+        return self.egress and self.brings_untrusted
 
     def parameters(self) -> dict[str, Any]:
         """The JSON schema of the arguments, shaped for OpenAI function calling."""
@@ -166,7 +190,23 @@ def _with_policy(tool: Tool[Any], settings: ToolsSettings) -> Tool[Any] | None:
         changes["confirm"] = policy.confirm
     if policy.approver is not None:
         changes["approver"] = policy.approver
+    for kind in KINDS:
+        if getattr(policy, kind):  # only ever adds a kind (the config model refuses false)
+            changes[kind] = True
     return replace(tool, **changes) if changes else tool
+
+
+def normalised(text: str) -> str:
+    """Whitespace collapsed, case folded: how a quoted argument is compared."""
+    return " ".join(text.split()).casefold()
+
+
+def quoted_by_requester(tool: Tool[Any], args: BaseModel, ctx: ToolContext) -> bool:
+    """The call's quoted argument appears verbatim in the requester's own message."""
+    if tool.quoted_arg is None:
+        return False
+    value = normalised(tool.quoted_arg(args))
+    return bool(value) and value in normalised(ctx.request)
 
 
 class Toolbox:
@@ -244,16 +284,23 @@ class Toolbox:
             await tool.precheck(args, ctx)
 
     def needs_confirmation(self, tool: Tool[Any], args: BaseModel, ctx: ToolContext) -> bool:
-        """Decided from the tool and the policy only, never from what the model says."""
-        if tool.confirm or (ctx.tainted and tool.egress):
+        """Decided from the tool, the policy and the turn's provenance, never from what the
+        model says: ``confirm``, ``confirm_when``, and the lethal combination."""
+        if tool.confirm or _rule(tool, tool.confirm_when, args, ctx):
             return True
-        if tool.confirm_when is None:
+        return self.is_way_out(tool, args, ctx)
+
+    def is_way_out(self, tool: Tool[Any], args: BaseModel, ctx: ToolContext) -> bool:
+        """An egress call after untrusted or private content entered the turn.
+
+        In a private turn (a file, the logs... read in this turn) every egress needs a yes.
+        In an untrusted one, only what the requester did not quote in their own message.
+        """
+        if not (ctx.private or ctx.tainted):
             return False
-        try:
-            return bool(tool.confirm_when(args, ctx))
-        except Exception:
-            log.exception("tool.confirm_rule_failed", tool=tool.name)
-            return True
+        if not (tool.egress or _rule(tool, tool.egress_when, args, ctx)):
+            return False
+        return ctx.private or not quoted_by_requester(tool, args, ctx)
 
     async def execute(
         self, name: str, args: BaseModel, ctx: ToolContext, *, confirmed: bool = False
@@ -296,3 +343,19 @@ class Toolbox:
             log.exception("tool.crashed", tool=tool.name)
             return ToolResult(GENERIC_FAILURE, ok=False)
         return ToolResult(text)
+
+
+def _rule(
+    tool: Tool[Any],
+    rule: Callable[[Any, ToolContext], bool] | None,
+    args: BaseModel,
+    ctx: ToolContext,
+) -> bool:
+    """A tool's argument-dependent rule; a rule that crashes says yes (fails closed)."""
+    if rule is None:
+        return False
+    try:
+        return bool(rule(args, ctx))
+    except Exception:
+        log.exception("tool.confirm_rule_failed", tool=tool.name)
+        return True

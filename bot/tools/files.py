@@ -16,7 +16,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,26 @@ def root_problem(settings: FilesToolSettings) -> str | None:
         return f"{root} does not exist: {', '.join(FILE_TOOLS)} fail until an admin creates it"
     if not root.is_dir():
         return f"{root} is not a folder: {', '.join(FILE_TOOLS)} cannot work"
+    return None
+
+
+# Folders whose contents are the system's or a person's: never a root for the model.
+_SYSTEM_ROOTS = (Path("/"), Path("/etc"), Path("/root"), Path("/home"))
+
+
+def root_refusal(root: Path, protected: Sequence[Path]) -> str | None:
+    """Why ``root`` must not be the files root, or None (#13.9, I10).
+
+    The model reads whatever the file tools reach and may be told by any text to do so:
+    a root holding the config, a secret file or the store would hand them to it.
+    """
+    where = root.expanduser().resolve()
+    if where in _SYSTEM_ROOTS or where == Path.home().resolve() or where.parent == Path("/home"):
+        return f"{root} is a system or home folder: give the file tools a folder of their own"
+    for path in protected:
+        target = path.expanduser().resolve()
+        if target == where or where in target.parents:
+            return f"{root} holds {path}: the file tools would let the model read it"
     return None
 
 
@@ -377,6 +397,7 @@ def make_file_tools(settings: FilesToolSettings) -> list[Tool[Any]]:
             args=ListArgs,
             run=file_list,
             roles=admins,
+            reads_private=True,
         ),
         Tool(
             name="file_read",
@@ -384,6 +405,8 @@ def make_file_tools(settings: FilesToolSettings) -> list[Tool[Any]]:
             args=ReadArgs,
             run=file_read,
             roles=admins,
+            reads_private=True,
+            brings_untrusted=True,  # a file may hold anyone's text (a shared folder)
         ),
         Tool(
             name="file_write",
@@ -392,6 +415,7 @@ def make_file_tools(settings: FilesToolSettings) -> list[Tool[Any]]:
             run=file_write,
             roles=admins,
             confirm=True,
-            egress=True,
+            egress=True,  # the folder may be shared beyond the room
+            changes_state=True,
         ),
     ]

@@ -75,7 +75,8 @@ def make_ops_tools(
             run=bot_logs,
             roles=admins,
             timeout_s=5,
-            untrusted_output=True,  # log lines quote what others sent (URLs, names, errors)
+            reads_private=True,  # other rooms and people
+            brings_untrusted=True,  # log lines quote what others sent (URLs, names, errors)
         ),
         Tool(
             name="bot_restart",
@@ -84,6 +85,7 @@ def make_ops_tools(
             run=bot_restart,
             roles=admins,
             confirm=True,
+            changes_state=True,
             timeout_s=5,
         ),
     ]

@@ -18,7 +18,11 @@ Such a module looks like this::
                      args=TicketArgs, run=ticket_status, roles=roles_from("user"))]
 
 The tools join the same toolbox as the built-in ones: the role filter, the confirmation
-gate and the ``[tools.<name>]`` overrides apply to them unchanged.
+gate and the ``[tools.<name>]`` overrides apply to them unchanged. A tool declares its kind
+like a built-in one (``reads_private``, ``brings_untrusted``, ``egress``, ``changes_state``,
+``egress_when``, ``quoted_arg``; docs/threat-model.md): a tool that calls a remote service
+with its arguments is ``egress``, one whose output is someone else's text
+``brings_untrusted``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from pydantic import BaseModel
 
 from bot.clock import Clock
 from bot.errors import ConfigError
-from bot.tools import ROLE_ORDER, TOOL_NAME, Tool
+from bot.tools import KINDS, ROLE_ORDER, TOOL_NAME, Tool
 from bot.tools.files import FileArea
 from bot.tools.web import HttpFetcher
 
@@ -117,3 +121,9 @@ def _check_tool(module: str, tool: Any) -> None:
         raise _problem(module, f"{tool.name}: roles must be a frozenset of {ROLE_ORDER}")
     if not callable(tool.run):
         raise _problem(module, f"{tool.name}: run must be an async function")
+    for kind in KINDS:
+        if not isinstance(getattr(tool, kind), bool):
+            raise _problem(module, f"{tool.name}: {kind} must be True or False")
+    for rule in ("egress_when", "quoted_arg", "confirm_when"):
+        if getattr(tool, rule) is not None and not callable(getattr(tool, rule)):
+            raise _problem(module, f"{tool.name}: {rule} must be a function or None")

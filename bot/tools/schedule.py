@@ -1,7 +1,9 @@
 """``schedule_add`` / ``schedule_list`` / ``schedule_remove``: reminders and recurring messages.
 
 Users see and change only their own jobs, in their current room; admins see all jobs and
-may schedule into any room the bot knows. Jobs made here persist and survive restarts.
+may schedule into any room the bot knows. Each job records the room it was made in (a user's
+prompt job runs only there) and counts against ``[limits] jobs_per_person`` and
+``jobs_per_room``, which the scheduler enforces. Jobs made here persist and survive restarts.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from bot.scheduler import (
 from bot.tools import Tool, ToolContext, roles_from
 from bot.tools.talk import RoomDirectory, check_room
 
-MAX_JOBS_PER_USER = 20
 MIN_USER_EVERY_S = 60
 MAX_TEXT_CHARS = 4000
 
@@ -83,6 +84,16 @@ def _when(args: ScheduleAddArgs) -> tuple[TriggerKind, str]:
     return given[0]
 
 
+def _elsewhere(args: ScheduleAddArgs, ctx: ToolContext) -> bool:
+    """Into another room: confirmed like nc_talk_send (#13.1)."""
+    return (args.room.strip() or ctx.room) != ctx.room
+
+
+def _sends_out(args: ScheduleAddArgs, ctx: ToolContext) -> bool:
+    """Egress: a job elsewhere, or a prompt job (its later turn may read and post anything)."""
+    return _elsewhere(args, ctx) or bool((args.prompt or "").strip())
+
+
 def _what(args: ScheduleAddArgs) -> tuple[str | None, str | None]:
     message = (args.message or "").strip() or None
     prompt = (args.prompt or "").strip() or None
@@ -116,6 +127,7 @@ class ScheduleTools:
             owner=ctx.requester,
             created_by_role=ctx.role,
             source="chat",
+            origin_room=ctx.room,
         )
         try:
             job = await self._scheduler.add(job)
@@ -123,18 +135,21 @@ class ScheduleTools:
             raise ToolError(str(exc)) from None
         return f"scheduled {self._scheduler.summary(job).removeprefix('- ')}"
 
+    async def _room_allowed(self, args: ScheduleAddArgs, ctx: ToolContext) -> None:
+        """A user's other room is refused before anyone is asked to confirm it."""
+        await check_room(args.room.strip() or ctx.room, ctx, self._rooms)
+
     async def _check_user_limits(self, kind: TriggerKind, expr: str, ctx: ToolContext) -> None:
-        if ctx.role == "admin":
+        """Non-admins: at least a minute between runs. How many jobs anyone may have is
+        ``[limits]``, checked by the scheduler for every source."""
+        if ctx.role == "admin" or kind != "every":
             return
-        if kind == "every":
-            try:
-                seconds = every_seconds(expr)
-            except ScheduleError as exc:
-                raise ToolError(str(exc)) from None
-            if seconds < MIN_USER_EVERY_S:
-                raise ToolError(f"every: at least {MIN_USER_EVERY_S}s between messages")
-        if len(await self._scheduler.jobs(ctx.requester)) >= MAX_JOBS_PER_USER:
-            raise ToolError(f"you already have {MAX_JOBS_PER_USER} jobs; remove one first")
+        try:
+            seconds = every_seconds(expr)
+        except ScheduleError as exc:
+            raise ToolError(str(exc)) from None
+        if seconds < MIN_USER_EVERY_S:
+            raise ToolError(f"every: at least {MIN_USER_EVERY_S}s between messages")
 
     async def list_jobs(self, _args: ScheduleListArgs, ctx: ToolContext) -> str:
         return await self._scheduler.listing(None if ctx.role == "admin" else ctx.requester)
@@ -161,6 +176,10 @@ class ScheduleTools:
                 args=ScheduleAddArgs,
                 run=self.add_job,
                 roles=user,
+                changes_state=True,
+                egress_when=_sends_out,
+                confirm_when=_elsewhere,
+                precheck=self._room_allowed,
                 timeout_s=10,
             ),
             Tool(

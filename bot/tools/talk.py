@@ -96,7 +96,7 @@ def make_talk_tools(poster: MessagePoster, rooms: RoomDirectory) -> list[Tool[Ta
             args=TalkSendArgs,
             run=nc_talk_send,
             roles=roles_from("user"),
-            egress=True,
+            egress=True,  # even in this room: the model writes it, not the requester (A03)
             confirm_when=needs_confirmation,
             precheck=allowed_room,
             timeout_s=60,

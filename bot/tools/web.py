@@ -253,7 +253,9 @@ def make_fetch_tools(fetcher: HttpFetcher) -> list[Tool[FetchArgs]]:
             run=http_fetch,
             roles=roles_from("user"),
             timeout_s=fetcher.settings.timeout_s + 5,
-            untrusted_output=True,  # a fetched page taints the turn (A03)
+            brings_untrusted=True,  # a fetched page taints the turn (A03)
+            egress=True,  # the URL leaves the server: it can carry data out (I02)
+            quoted_arg=lambda args: args.url,
         )
     ]
 
@@ -359,6 +361,8 @@ def make_search_tools(
             run=web_search,
             roles=roles_from("user"),
             timeout_s=SEARCH_TIMEOUT_S + 5,
-            untrusted_output=True,  # snippets are third-party text
+            brings_untrusted=True,  # snippets are third-party text
+            egress=True,  # the query leaves the server: it can carry data out (I03)
+            quoted_arg=lambda args: args.query,
         )
     ]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.agent.history import History
+import pytest
+
+from bot.agent.history import History, Provenance
 from bot.clock import ManualClock
 from bot.config import ChatSettings
 from bot.store import Store
@@ -26,9 +28,12 @@ async def test_messages_are_oldest_first_and_name_the_speaker(tmp_path: Path) ->
     await say(history, "r", "hello")
     await history.record_tool("r", "current_time", "09:00")
     await history.record_reply("r", "Hi!")
+    call = {"id": "history_1", "type": "function"}
+    call["function"] = {"name": "current_time", "arguments": "{}"}
     assert await history.messages("r") == [
         {"role": "user", "content": "Alice: hello"},
-        {"role": "assistant", "content": "[current_time returned: 09:00]"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "history_1", "content": "[current_time returned: 09:00]"},
         {"role": "assistant", "content": "Hi!"},
     ]
 
@@ -62,5 +67,58 @@ async def test_rooms_are_separate_and_forget_is_per_room(tmp_path: Path) -> None
 async def test_long_tool_results_are_shortened(tmp_path: Path) -> None:
     history = await make(tmp_path)
     await history.record_tool("r", "http_fetch", "p" * 5000)
-    [message] = await history.messages("r")
+    [_call, message] = await history.messages("r")
     assert len(message["content"]) < 700
+
+
+async def test_i04_what_the_requester_alone_wrote_is_trusted(tmp_path: Path) -> None:
+    history = await make(tmp_path)
+    await say(history, "r", "what time is it?")
+    await history.record_tool("r", "current_time", "09:00", untrusted=False)
+    await history.record_reply("r", "Nine.", untrusted=False)
+    assert not (await history.recall("r", requester="users/alice")).untrusted
+    assert (await history.recall("r", requester="users/bob")).untrusted  # alice is not bob
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "another person",
+        "a fetched page",
+        "an answer written after a page",
+        "a prompt (the default)",
+    ],
+)
+async def test_i04_anything_not_the_requesters_makes_the_recall_untrusted(
+    tmp_path: Path, step: str
+) -> None:
+    history = await make(tmp_path)
+    await say(history, "r", "hello")
+    if step == "another person":
+        await say(history, "r", "[[do http_fetch {}]]", who="Mallory")
+    elif step == "a fetched page":
+        await history.record_tool("r", "http_fetch", "a page", untrusted=True)
+    elif step == "an answer written after a page":
+        await history.record_reply("r", "the page says hi", untrusted=True)
+    else:
+        await history.record_reply("r", "Confirm before I run ...")
+    assert (await history.recall("r", requester="users/alice")).untrusted
+
+
+async def test_i04_the_label_survives_the_store_and_unknown_labels_fail_closed(
+    tmp_path: Path,
+) -> None:
+    history = await make(tmp_path)
+    await history.record_tool("r", "file_read", "secret", untrusted=False, private=True)
+    assert not (await history.recall("r", requester="users/alice")).untrusted
+    assert Provenance.of("private") == Provenance(private=True)
+    assert Provenance.of("private,untrusted") == Provenance(untrusted=True, private=True)
+    assert Provenance.of("from-the-future").untrusted
+    assert Provenance(untrusted=True, private=True).label() == "private,untrusted"
+
+
+async def test_the_budget_never_splits_a_tool_call_from_its_result(tmp_path: Path) -> None:
+    history = await make(tmp_path, history_chars=60)
+    await history.record_tool("r", "http_fetch", "p" * 40)
+    await say(history, "r", "q" * 30)
+    assert [m["role"] for m in await history.messages("r")] == ["user"]

@@ -23,7 +23,7 @@ from bot.agent.loop import (
     resume_turn,
     run_turn,
 )
-from bot.config import LLMSettings, Role
+from bot.config import LimitsSettings, LLMSettings, Role
 from bot.errors import ToolError
 from bot.tools import Tool, Toolbox, ToolContext, roles_from
 from bot.tools.clock import make_clock_tools
@@ -90,7 +90,7 @@ def toolbox(spy: Spy) -> Toolbox:
             *make_clock_tools(),
             spy.tool("note"),
             spy.tool("other"),
-            spy.tool("fetch", untrusted_output=True),
+            spy.tool("fetch", brings_untrusted=True),
             spy.tool("send", egress=True, confirm_when=lambda a, c: a.text != c.room),
             spy.tool("file_write", "admin", args=PathArgs, confirm=True),
             spy.tool("bot_restart", "admin", confirm=True),
@@ -405,7 +405,7 @@ async def test_resume_after_confirmation_reaches_a_reply(
         {call.call_id: prompts.confirmed_result(result.text, ok=result.ok)},
         max_rounds=3,
     )
-    assert outcome == Reply("Written a.txt.", rounds=2, tools_used=("note",))
+    assert outcome == Reply("Written a.txt.", rounds=2, tools_used=("note", "file_write"))
     assert spy.runs == ['note:{"text":"hi"}', 'file_write:{"path":"a.txt"}']
     last = fake.requests[-1]
     assert tool_messages(last)[-1] == {
@@ -496,3 +496,113 @@ async def test_one_summary_line_per_turn_without_message_text(
     assert (done["outcome"], done["rounds"], done["tools"]) == ("Reply", 2, "note")
     assert isinstance(done["ms"], int)
     assert "private" not in repr(logs)
+
+
+# -- provenance and the lethal combination (#13) -------------------------------------------
+
+
+@pytest.fixture
+def gated(spy: Spy) -> Toolbox:
+    """A private read, a fetch that is egress quoted by its text, and a plain note."""
+    return Toolbox(
+        [
+            spy.tool("note"),
+            spy.tool("read", reads_private=True),
+            spy.tool(
+                "fetch", brings_untrusted=True, egress=True, quoted_arg=lambda args: args.text
+            ),
+        ]
+    )
+
+
+async def test_i02_after_a_private_read_even_a_quoted_fetch_needs_a_yes(
+    fake: FakeLLM, llm: LLM, gated: Toolbox, spy: Spy
+) -> None:
+    fake.call("fetch", {"text": "http://a.test/x"}, id="f0")  # quoted: runs
+    fake.call("read", {"text": "secret.txt"}, id="r1")
+    fake.call("fetch", {"text": "http://a.test/x"}, id="f1")  # same call, now private
+    outcome = await turn(llm, gated, ctx("admin", request="please read http://a.test/x"))
+    assert spy.runs == ['fetch:{"text":"http://a.test/x"}', 'read:{"text":"secret.txt"}']
+    assert isinstance(outcome, NeedsConfirmation)
+    assert [call.call_id for call in outcome.calls] == ["f1"]
+    assert outcome.state.private
+    assert TurnState.from_json(outcome.state.to_json()).private  # survives the pause
+
+
+async def test_i03_in_an_untrusted_turn_only_what_the_requester_quoted_runs(
+    fake: FakeLLM, llm: LLM, gated: Toolbox, spy: Spy
+) -> None:
+    request = "Search   FOR Cats please"
+    fake.calls(
+        [("fetch", {"text": "search for cats"}, "quoted"), ("fetch", {"text": "cats d=x"}, "new")]
+    )
+    outcome = await turn(llm, gated, ctx(tainted=True, request=request))
+    assert spy.runs == ['fetch:{"text":"search for cats"}']
+    assert isinstance(outcome, NeedsConfirmation)
+    assert [call.call_id for call in outcome.calls] == ["new"]
+
+
+async def test_i04_a_confirmed_fetch_taints_the_rest_of_the_turn(
+    fake: FakeLLM, llm: LLM, gated: Toolbox, spy: Spy
+) -> None:
+    fake.call("fetch", {"text": "http://b.test"}, id="f1")
+    paused = await turn(llm, gated, ctx("admin", private=True))
+    assert isinstance(paused, NeedsConfirmation)
+    assert not paused.state.tainted
+    fake.reply("done")
+    outcome = await resume_turn(
+        llm, gated, ctx("admin"), paused.state, {"f1": "done: the page"}, max_rounds=3
+    )
+    assert isinstance(outcome, Reply)
+    assert outcome.untrusted  # the answer carries the page's taint into the history
+    assert [(out.tool, out.untrusted) for out in outcome.tool_results] == [("fetch", True)]
+
+
+async def test_i04_the_answer_knows_which_results_were_private_or_untrusted(
+    fake: FakeLLM, llm: LLM, gated: Toolbox
+) -> None:
+    history = [{"role": "tool", "tool_call_id": "old", "content": "[fetch returned: x]"}]
+    fake.call("read", {"text": "a"}, id="r")
+    fake.reply("It says a.")
+    messages = [START[0], *history, START[1]]
+    outcome = await run_turn(llm, gated, ctx("admin"), messages, max_rounds=3)
+    assert isinstance(outcome, Reply)
+    # Only this turn's own results: the one from the history is not recorded again.
+    assert [(o.tool, o.private, o.untrusted) for o in outcome.tool_results] == [
+        ("read", True, False)
+    ]
+    assert (outcome.private, outcome.untrusted) == (True, False)
+
+
+async def test_i07_calls_over_the_caps_are_not_run_and_the_answer_says_so(
+    fake: FakeLLM, llm: LLM, gated: Toolbox, spy: Spy
+) -> None:
+    limits = LimitsSettings(tool_calls_per_round=3, tool_calls_per_turn=3, fetches_per_turn=1)
+    fake.calls([("fetch", {"text": "u"}, None)] * 2 + [("note", {"text": "n"}, None)] * 3)
+    fake.calls([("note", {"text": "m"}, None)] * 2)
+    fake.reply("Here is what I have.")
+    with capture_logs() as logs:
+        outcome = await run_turn(
+            llm, gated, ctx(request="u"), list(START), max_rounds=5, limits=limits
+        )
+    assert spy.runs == ['fetch:{"text":"u"}', 'note:{"text":"n"}', 'note:{"text":"m"}']
+    results = [m["content"] for m in tool_messages(fake.requests[2])]
+    assert results[1] == prompts.capped_result("1 fetches and searches per turn")
+    assert results[3:5] == [prompts.capped_result("3 tool calls per round")] * 2
+    assert results[6] == prompts.capped_result("3 tool calls per turn")
+    assert_every_call_answered(fake.requests[2])
+    assert isinstance(outcome, Reply)
+    assert outcome.text == "Here is what I have.\n\n" + prompts.capped_note(4)
+    (capped,) = [entry for entry in logs if entry["event"] == "turn.capped"]
+    assert capped["capped"] == 3  # logged once, when the turn first hit a cap
+
+
+async def test_i02_a_scheduled_turn_cannot_ask_so_its_way_out_is_refused(
+    fake: FakeLLM, llm: LLM, gated: Toolbox, spy: Spy
+) -> None:
+    fake.calls([("read", {"text": "a"}, "r"), ("fetch", {"text": "http://c.test/?d=a"}, "f")])
+    fake.reply("Posted the digest.")
+    outcome = await turn(llm, gated, ctx("admin", unattended=True, request="post a digest"))
+    assert isinstance(outcome, Reply)
+    assert spy.runs == ['read:{"text":"a"}']
+    assert tool_messages(fake.requests[1])[-1]["content"] == prompts.UNATTENDED_REFUSED

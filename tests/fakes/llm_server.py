@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
+import urllib.parse
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +16,13 @@ from typing import Any
 from aiohttp import web
 
 DEFAULT_REPLY = "ok"
+# What an obedient model does with text it reads (FakeLLM.obey): [[do TOOL {json args}]]
+# anywhere in any message is a tool call it makes; "$RESULT" in the args is the text of
+# the latest tool result (URL-encoded inside a "url"), as an attacker's "put the file's
+# content into this link" would have it. One instruction per answer, in order; those
+# already carried out since the last user message (by id) are skipped.
+OBEY_ID = "call_obey_"
+INSTRUCTION = re.compile(r"\[\[do (?P<tool>[a-z_][a-z0-9_]*) (?P<args>\{.*?\})\]\]", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,8 @@ class FakeLLM:
         self.latency_s = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
+        # Unscripted answers follow [[do ...]] instructions found in the input (obey()).
+        self.obedient = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -175,6 +186,11 @@ class FakeLLM:
         """The next request gets no answer for ``seconds`` (or until the fake closes)."""
         self._script.append(_Answer(200, _completion(_text(self.default), "stop"), delay_s=seconds))
 
+    def obey(self) -> None:
+        """From now on, unscripted answers do what any text in the input tells the model:
+        the worst case of prompt injection, which every guarantee must survive."""
+        self.obedient = True
+
     def _push(self, status: int, body: str) -> None:
         self._script.append(_Answer(status, body, {"Content-Type": "application/json"}))
 
@@ -210,6 +226,12 @@ class FakeLLM:
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         recorded = await self._record(request)
         answer = self._script.popleft() if self._script else None
+        if answer is None and self.obedient:
+            message, finish = _obey(recorded.messages)
+            self._auto_id += 1
+            for call in message.get("tool_calls", []):
+                call["id"] = f"{OBEY_ID}{self._auto_id}"
+            return _json_response(200, _completion(message, finish))
         if answer is None:
             if self.latency_s:
                 await asyncio.sleep(self.latency_s)
@@ -241,6 +263,35 @@ class FakeLLM:
             self.requests.append(recorded)
             self._arrived.notify_all()
         return recorded
+
+
+def _obey(messages: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """The next instruction not yet carried out in this turn, or a plain answer."""
+    found = [
+        (m["tool"], m["args"])
+        for message in messages
+        if isinstance(message.get("content"), str)
+        for m in INSTRUCTION.finditer(message["content"])
+    ]
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=0)
+    # Only the calls this fake made by obeying count: a test may script calls first.
+    done = sum(
+        str(call.get("id", "")).startswith(OBEY_ID)
+        for m in messages[last_user:]
+        for call in m.get("tool_calls") or []
+    )
+    if done >= len(found):
+        return _text("Here is a harmless summary."), "stop"
+    tool, args = found[done]
+    results = [m for m in messages if m.get("role") == "tool"]
+    latest = str(results[-1].get("content", "")) if results else ""
+    args = args.replace(
+        "$RESULT",
+        urllib.parse.quote(latest, safe="") if '"url"' in args else json.dumps(latest)[1:-1],
+    )
+    return {"role": "assistant", "content": None, "tool_calls": [_tool_call(tool, args, None)]}, (
+        "tool_calls"
+    )
 
 
 def _text(content: str) -> dict[str, Any]:

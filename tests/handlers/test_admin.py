@@ -196,6 +196,39 @@ async def test_job_add_list_pause_run_remove(daemon: Daemon) -> None:
     assert "No job" in await ask(daemon, "!job remove standup")
 
 
+async def test_i05_admin_jobs_lists_every_job_and_removes_any_but_the_configs(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM
+) -> None:
+    extra = {
+        "schedules": [{"id": "lunch", "every": "1h", "room": "grouproom1", "message": "Lunch"}]
+    }
+    async with running_daemon(tmp_path, talk, llm, extra) as daemon:
+        llm.call("schedule_add", {"every": "1h", "message": "water"})
+        llm.reply("Done.")
+        await daemon.say(create_event("talkbot remind me hourly", sender="bob"))
+        [job] = await daemon.runtime.running.scheduler.jobs("users/bob")
+        listing = await ask(daemon, "!jobs")
+        assert f"`{job.id}`" in listing
+        assert "by users/bob" in listing
+        assert "`lunch`" in listing
+        assert "config file" in await ask(daemon, "!jobs remove lunch")
+        assert f"Removed job `{job.id}` of users/bob" in await ask(daemon, f"!jobs remove {job.id}")
+        assert await daemon.runtime.running.scheduler.get(job.id) is None
+        assert "Usage" in await ask(daemon, "!jobs frobnicate")
+
+
+async def test_i07_job_add_stops_at_the_configured_jobs_per_person(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM
+) -> None:
+    extra = {"limits": {"jobs_per_person": 1}}
+    async with running_daemon(tmp_path, talk, llm, extra) as daemon:
+        assert (await ask(daemon, "!job add one every 1h -- first")).startswith("Added:")
+        refused = await ask(daemon, "!job add two every 1h -- second")
+        assert "Job not added" in refused
+        assert "[limits] jobs_per_person = 1" in refused
+        assert (await ask(daemon, "!job add one every 2h -- changed")).startswith("Added:")
+
+
 @pytest.mark.parametrize(
     ("command", "expected"),
     [

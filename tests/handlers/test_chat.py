@@ -302,14 +302,15 @@ async def test_a_scheduled_turn_waits_for_the_rooms_chat_turn(daemon: Daemon) ->
 
 async def test_a_mention_reaches_the_model_as_the_id_talk_resolves(daemon: Daemon) -> None:
     """#12.6: "@Bob B." in an answer would be resolved by Talk to the user id "Bob"; the
-    model reads the mention as "@bob", so repeating it mentions the right person."""
+    model reads the mention as "@bob", the id Talk knows, never the display name."""
     bob = {"type": "user", "id": "bob", "name": "Bob B.", "mention-id": "bob"}
     event = create_event(
         "talkbot, tell {mention-user1} the build is green",
         parameters={"mention-user1": bob},
     )
     daemon.llm.reply("@bob the build is green")
-    assert await daemon.say(event) == ["@bob the build is green"]
+    # What the model writes pings nobody (#13.8): the mention keeps its text, not its power.
+    assert await daemon.say(event) == ["@\u200bbob the build is green"]
     asked = daemon.llm.requests[0].messages[-1]["content"]
     assert "tell @bob the build" in asked
     assert "Bob B." not in asked

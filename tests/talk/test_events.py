@@ -199,6 +199,41 @@ def test_bots_own_reaction_comes_back_as_a_like_and_just_parses() -> None:
     assert own_message.reaction == "🚀"
 
 
+def _talk23(seq: int, reactor: dict[str, Any]) -> Event:
+    """A captured Like or Undo as Talk 23+ sends it: the reacting attendee is the actor."""
+    body = json.loads(load_webhook(seq).raw_body)
+    body["actor"] = reactor
+    if body["type"] == "Undo":
+        body["object"]["actor"] = reactor
+    return parse_event(json.dumps(body).encode())
+
+
+@pytest.mark.parametrize("seq", [10, 11, 13, 23, 25, 26, 49])
+def test_i08_talk_21_reactions_do_not_name_who_reacted(seq: int) -> None:
+    """#13.7, I08: up to Talk 22 a Like/Undo's actor is the reacted message's author
+    (bob in 010 although alice reacted, the bot in 049) and never has a participant type."""
+    event = _event(seq)
+    assert event.type in {"Like", "Undo"}
+    assert event.reactor is None
+
+
+@pytest.mark.parametrize("seq", [10, 13, 49])
+def test_i08_talk_23_reactions_name_the_reacting_attendee(seq: int) -> None:
+    """#13.7, I08: from Talk 23 the actor is who reacted, with ``talkParticipantType``."""
+    event = _talk23(seq, ALICE)
+    assert event.reactor is not None
+    assert event.reactor.id == "users/alice"
+    assert event.reactor.participant_type == 3
+
+
+def test_reactor_is_only_for_reactions_and_never_a_bot() -> None:
+    """A Create's actor is its author, not a reactor; a bot never carries a participant type,
+    so a bot's own reaction names no person either."""
+    assert _event(2).reactor is None
+    bot = {"type": "Person", "id": CAPTURE_BOT, "name": "CaptureBot", "talkParticipantType": "3"}
+    assert _talk23(49, bot).reactor is None
+
+
 @pytest.mark.parametrize(
     ("seq", "name", "text"),
     [

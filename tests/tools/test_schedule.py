@@ -13,14 +13,15 @@ from typing import Any
 import pytest
 
 from bot.clock import ManualClock
-from bot.config import Role, ScheduleSettings
+from bot.config import LimitsSettings, Role, ScheduleSettings
 from bot.scheduler import ScheduledJob, Scheduler, Skipped
 from bot.store import Store
 from bot.tools import Toolbox, ToolContext, ToolResult
-from bot.tools.schedule import MAX_JOBS_PER_USER, make_schedule_tools
+from bot.tools.schedule import make_schedule_tools
 from bot.tools.talk import RoomDirectory
 
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC).timestamp()  # Monday 09:00 in Berlin
+LIMITS = LimitsSettings(jobs_per_person=3, jobs_per_room=4)
 HERE = "hereroom1"
 OTHER = "teamroom1"
 
@@ -35,9 +36,12 @@ class Setup:
     scheduler: Scheduler
     clock: ManualClock
 
-    async def call(self, name: str, args: dict[str, Any], context: ToolContext) -> ToolResult:
+    async def call(
+        self, name: str, args: dict[str, Any], context: ToolContext, *, confirmed: bool = False
+    ) -> ToolResult:
+        """``confirmed``: as the confirmation handler runs a call after the requester's yes."""
         validated = self.toolbox.validate(name, json.dumps(args))
-        return await self.toolbox.execute(name, validated, context)
+        return await self.toolbox.execute(name, validated, context, confirmed=confirmed)
 
 
 @pytest.fixture
@@ -46,7 +50,9 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     store = Store.open(tmp_path / "talkbot.sqlite3", clock)
     await store.record_room(HERE, name="Here", one_to_one=False)
     await store.record_room(OTHER, name="Team", one_to_one=False)
-    scheduler = Scheduler(store, clock, no_delivery, default_timezone="Europe/Berlin")
+    scheduler = Scheduler(
+        store, clock, no_delivery, default_timezone="Europe/Berlin", limits=lambda: LIMITS
+    )
     standup = ScheduleSettings.model_validate(
         {"id": "standup", "cron": "0 9 * * 1-5", "room": OTHER, "message": "Stand-up"}
     )
@@ -95,7 +101,7 @@ async def test_timezone_argument_overrides_the_default(setup: Setup) -> None:
 
 async def test_user_cannot_schedule_into_another_room(setup: Setup) -> None:
     args = {"every": "1h", "message": "spam", "room": OTHER}
-    result = await setup.call("schedule_add", args, ctx())
+    result = await setup.call("schedule_add", args, ctx(), confirmed=True)
     assert not result.ok
     assert "only use this room" in result.text
     assert await setup.scheduler.jobs("users/alice") == []
@@ -103,13 +109,17 @@ async def test_user_cannot_schedule_into_another_room(setup: Setup) -> None:
 
 async def test_admin_schedules_into_any_known_room_but_not_unknown_ones(setup: Setup) -> None:
     known = await setup.call(
-        "schedule_add", {"every": "1d", "message": "Hi team", "room": OTHER}, ctx("root", "admin")
+        "schedule_add",
+        {"every": "1d", "message": "Hi team", "room": OTHER},
+        ctx("root", "admin"),
+        confirmed=True,
     )
     assert known.ok
     unknown = await setup.call(
         "schedule_add",
         {"every": "1d", "message": "Hi", "room": "elsewhere1"},
         ctx("root", "admin"),
+        confirmed=True,
     )
     assert not unknown.ok
     assert "unknown room" in unknown.text
@@ -141,13 +151,44 @@ async def test_invalid_requests_tell_the_model_which_field(
     assert await setup.scheduler.jobs("users/alice") == []
 
 
-async def test_a_user_has_a_job_limit(setup: Setup) -> None:
-    for index in range(MAX_JOBS_PER_USER):
-        result = await setup.call("schedule_add", {"every": "1h", "message": f"#{index}"}, ctx())
-        assert result.ok
-    result = await setup.call("schedule_add", {"every": "1h", "message": "one more"}, ctx())
+@pytest.mark.parametrize(("uid", "role"), [("alice", "user"), ("root", "admin")])
+async def test_i07_a_person_has_the_configured_job_limit_admins_too(
+    setup: Setup, uid: str, role: Role
+) -> None:
+    for index in range(LIMITS.jobs_per_person):
+        args = {"every": "1h", "prompt": f"digest #{index}"}
+        result = await setup.call("schedule_add", args, ctx(uid, role))
+        assert result.ok, result.text
+    result = await setup.call(
+        "schedule_add", {"every": "1h", "message": "one more"}, ctx(uid, role)
+    )
     assert not result.ok
+    assert "[limits] jobs_per_person = 3" in result.text
     assert "remove one first" in result.text
+    assert len(await setup.scheduler.jobs(f"users/{uid}")) == LIMITS.jobs_per_person
+
+
+async def test_i07_a_room_has_the_configured_job_limit_and_config_jobs_do_not_count(
+    setup: Setup,
+) -> None:
+    for uid in ("alice", "bob"):
+        for index in range(2):
+            args = {"every": "1h", "message": f"{uid} #{index}"}
+            assert (await setup.call("schedule_add", args, ctx(uid))).ok
+    full = await setup.call("schedule_add", {"every": "1h", "message": "one more"}, ctx("carol"))
+    assert not full.ok
+    assert f"room {HERE} already has 4 scheduled jobs" in full.text
+    assert "[limits] jobs_per_room = 4" in full.text
+    # The config's stand-up in the other room does not count: three of root's fit there.
+    for index in range(3):
+        args = {"every": "1h", "message": f"#{index}"}
+        assert (await setup.call("schedule_add", args, ctx("root", "admin", OTHER))).ok, index
+
+
+async def test_i05_a_chat_job_records_the_room_it_was_made_in(setup: Setup) -> None:
+    assert (await setup.call("schedule_add", {"every": "1h", "prompt": "digest"}, ctx())).ok
+    [job] = await setup.scheduler.jobs("users/alice")
+    assert (job.room, job.origin_room) == (HERE, HERE)
 
 
 async def test_scheduled_runs_cannot_schedule_more(setup: Setup) -> None:

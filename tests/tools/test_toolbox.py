@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from structlog.testing import capture_logs
 
 from bot.config import Role, ToolsSettings
@@ -314,3 +314,54 @@ def test_duplicate_tool_names_are_rejected_at_wiring() -> None:
     spy = Spy()
     with pytest.raises(ValueError, match="declared twice"):
         Toolbox([spy.tool("note"), spy.tool("note")])
+
+
+# -- kinds and the lethal combination (#13) ---------------------------------------------
+
+
+def test_i02_config_adds_a_kind_and_cannot_take_one_away() -> None:
+    settings = ToolsSettings.model_validate({"note": {"egress": True, "reads_private": True}})
+    note = toolbox(Spy(), settings).get("note")
+    assert note is not None
+    assert (note.egress, note.reads_private, note.brings_untrusted) == (True, True, False)
+    with pytest.raises(ValidationError, match="can be added"):
+        ToolsSettings.model_validate({"http_fetch": {"egress": False}})
+
+
+def test_i02_a_private_turn_needs_a_yes_for_every_way_out() -> None:
+    box = Toolbox([Spy().tool("send", egress=True, quoted_arg=lambda args: args.text)])
+    send = box.get("send")
+    assert send is not None
+    quoted = NoteArgs(text="http://x.test/a")
+    assert not box.needs_confirmation(send, quoted, ctx(tainted=True, request=quoted.text))
+    assert box.needs_confirmation(send, quoted, ctx(private=True, request=quoted.text))
+    assert not box.needs_confirmation(send, quoted, ctx())  # a clean turn asks nothing
+
+
+def test_i01_egress_for_some_arguments_only() -> None:
+    def elsewhere(args: NoteArgs, context: ToolContext) -> bool:
+        return args.text != context.room
+
+    box = Toolbox([Spy().tool("job", egress_when=elsewhere, changes_state=True)])
+    job = box.get("job")
+    assert job is not None
+    assert not box.needs_confirmation(job, NoteArgs(text="room1"), ctx(tainted=True))
+    assert box.needs_confirmation(job, NoteArgs(text="room2"), ctx(tainted=True))
+    assert not box.needs_confirmation(job, NoteArgs(text="room2"), ctx())
+
+
+@pytest.mark.parametrize(
+    ("request_text", "quoted"),
+    [
+        pytest.param("search for  Cats\nplease", True, id="whitespace_and_case"),
+        pytest.param("search for dogs", False, id="not_in_the_message"),
+        pytest.param("", False, id="no_message"),
+    ],
+)
+def test_i03_only_what_the_requester_wrote_is_quoted(request_text: str, quoted: bool) -> None:
+    box = Toolbox([Spy().tool("search", egress=True, quoted_arg=lambda args: args.text)])
+    search = box.get("search")
+    assert search is not None
+    args = NoteArgs(text="cats please")
+    context = ctx(tainted=True, request=request_text)
+    assert box.needs_confirmation(search, args, context) is not quoted
