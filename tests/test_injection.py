@@ -297,3 +297,23 @@ async def test_i03_a_plain_fetch_or_search_the_requester_wrote_needs_no_yes(
         ]
     assert len(site.hits("/page")) == 1
     assert len(site.hits("/search")) == 2
+
+
+async def test_i04_a_prompt_from_a_clean_turn_does_not_taint_the_next_one(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, site: Web
+) -> None:
+    """A confirmation prompt quotes the model's arguments, so it is as trusted as the turn
+    that made them: after root's own confirmed write in her own room, her next request may
+    still fetch without a yes (nothing anyone else wrote is in sight)."""
+    (tmp_path / "files").mkdir()
+    async with injected(tmp_path, talk, llm, site) as daemon:
+        llm.call("file_write", {"path": "notes.txt", "content": "plan"})
+        [prompt] = prompts_in(await daemon.say(dm_event("talkbot, save my plan", sender="root")))
+        llm.reply("Saved.")
+        assert await daemon.say(dm_event("yes", sender="root")) == ["Saved."]
+        llm.call("http_fetch", {"url": f"{site.base}/page"})
+        llm.reply("Nothing to see there.")
+        texts = await daemon.say(dm_event("talkbot, what does our status page say?", sender="root"))
+    assert "file_write" in prompt
+    assert texts == ["Nothing to see there."]
+    assert len(site.hits("/page")) == 1

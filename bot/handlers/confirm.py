@@ -99,7 +99,11 @@ class ConfirmHandler:
                 continue
             await self._confirmations.set_prompt(action, text)
             await self._chat.say(event, text)
-            await self._history.record_reply(ctx.room, text)
+            # The prompt quotes the model's arguments: as trusted as the turn that made them.
+            state = needs.state
+            await self._history.record_reply(
+                ctx.room, text, untrusted=state.tainted, private=state.private
+            )
 
     async def _withdraw_unshowable(self, event: Event, action: PendingAction, size: int) -> None:
         """A prompt must show every argument in full (§5): too large for one message, the
@@ -108,7 +112,7 @@ class ConfirmHandler:
         await self._confirmations.withdraw(action, reason=reason)
         note = replies.confirmation_too_large(action.tool, size)
         await self._chat.say(event, note)
-        await self._history.record_reply(action.room, note)
+        await self._history.record_reply(action.room, note, untrusted=False)  # our own words
 
     async def on_answer(self, event: Event, role: Role, route: Route) -> None:
         """CONFIRM / DENY: a yes- or no-word from someone the routing saw as a requester."""

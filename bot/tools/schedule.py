@@ -188,6 +188,8 @@ class ScheduleTools:
                 args=ScheduleListArgs,
                 run=self.list_jobs,
                 roles=user,
+                # An admin's listing holds other rooms' jobs and prompts: private data.
+                reads_private=True,
                 timeout_s=10,
             ),
             Tool(

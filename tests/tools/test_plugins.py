@@ -137,6 +137,10 @@ BROKEN = {
         "tool 'http_fetch' is already declared",
     ),
     "bad_name": (GOOD.replace('name="greet"', 'name="greet me"'), "tool name 'greet me' must"),
+    "kind_not_a_bool": (  # a kind the gate reads must be exactly True or False (#13)
+        GOOD.replace('roles=roles_from("user")),', 'roles=roles_from("user"), egress="yes"),'),
+        "greet: egress must be True or False",
+    ),
 }
 
 
