@@ -232,6 +232,11 @@ _HISTORY_PROVENANCE = (
     ORDER BY before.id DESC LIMIT 1) = 'tool'""",
 )
 
+# 7: replays stay dropped after their inbox rows are purged (#14.3): per room, the highest
+# Talk message id among purged messages. Talk's message ids only grow, so a message at or
+# below it was accepted long ago; the floor does not depend on the clock.
+_REPLAY_FLOOR = ("CREATE TABLE replay_floor (room TEXT PRIMARY KEY, message_id INTEGER NOT NULL)",)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("the first store: inbox, rooms, history, roles, audit", _FIRST_STORE),
     Migration("pending actions, jobs and job runs", _CONFIRMATIONS_AND_JOBS),
@@ -239,6 +244,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("the unused counters table goes", _NO_COUNTERS),
     Migration("jobs record the room they were made in", _JOB_ORIGIN_ROOM),
     Migration("history rows record where their text came from", _HISTORY_PROVENANCE),
+    Migration("replays stay dropped after the inbox purge", _REPLAY_FLOOR),
 )
 
 # Stores written before the schema had a version (user_version 0) have the shape of one

@@ -32,10 +32,15 @@ ROW_RETENTION_S = 180 * 24 * 3600
 # The schema (tables, columns, indexes) is built and upgraded by bot/migrations.py;
 # docs/store.md describes each version.
 
+# A message at or below its room's replay floor was accepted before and purged since:
+# the row is not inserted, so the webhook is a repeat (H03).
 INSERT_EVENT = (
     "INSERT OR IGNORE INTO inbox (room, dedupe_key, random, kind, body, received_at)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+    " SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
+    " (SELECT 1 FROM replay_floor WHERE room = ? AND message_id >= ?)"
 )
+# Kinds whose dedupe key ends in the Talk id of the message itself (not a reacted one).
+_FLOORED_KINDS = ("Create", "Activity")
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,14 @@ class Store:
     # -- inbox -----------------------------------------------------------------------
 
     async def accept_event(
-        self, *, room: str, kind: str, body: bytes, random: str, dedupe_key: str | None
+        self,
+        *,
+        room: str,
+        kind: str,
+        body: bytes,
+        random: str,
+        dedupe_key: str | None,
+        message_id: int | None = None,
     ) -> int | None:
         """Store a verified webhook; None when its random or its key was seen before.
 
@@ -232,7 +244,7 @@ class Store:
         committed together: one transaction per event-loop tick, not one per webhook.
         """
         row = (room, dedupe_key, random, kind, body.decode("utf-8"), self._clock.now())
-        return await self._write(INSERT_EVENT, row)
+        return await self._write(INSERT_EVENT, (*row, room, message_id))
 
     async def _write(self, sql: str, params: tuple[Any, ...]) -> int | None:
         """One statement, committed together with the others of this loop tick.
@@ -337,6 +349,7 @@ class Store:
                 " AND received_at < ? AND body != ''",
                 (now - bodies_older_than_s,),
             )
+            _raise_replay_floors(db, now - rows_older_than_s)
             db.execute(
                 "DELETE FROM inbox WHERE status NOT IN ('pending', 'running') AND received_at < ?",
                 (now - rows_older_than_s,),
@@ -411,9 +424,10 @@ class Store:
         return cursor.rowcount
 
     async def trim_history(self, room: str, keep: int) -> None:
+        """Keep a room's newest ``keep`` rows; the index walks only those (H06)."""
         self._db.execute(
-            "DELETE FROM history WHERE room = ? AND id NOT IN"
-            " (SELECT id FROM history WHERE room = ? ORDER BY id DESC LIMIT ?)",
+            "DELETE FROM history WHERE room = ? AND id <= (SELECT id FROM history"
+            " WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
             (room, room, keep),
         )
 
@@ -659,6 +673,26 @@ class Store:
             (cutoff,),
         )
         return cursor.rowcount
+
+
+def _raise_replay_floors(db: sqlite3.Connection, before: float) -> None:
+    """Before rows go, each room's floor rises to the highest message id among them: the
+    row that made a replay a no-op is gone, the floor keeps doing it (H03)."""
+    floors: dict[str, int] = {}
+    rows = db.execute(
+        "SELECT room, dedupe_key FROM inbox WHERE status NOT IN ('pending', 'running')"
+        " AND received_at < ? AND kind IN (?, ?) AND dedupe_key IS NOT NULL",
+        (before, *_FLOORED_KINDS),
+    )
+    for room, key in rows:
+        number = str(key).rpartition(":")[2]
+        if number.isdigit():
+            floors[room] = max(floors.get(room, 0), int(number))
+    db.executemany(
+        "INSERT INTO replay_floor (room, message_id) VALUES (?, ?) ON CONFLICT (room)"
+        " DO UPDATE SET message_id = max(message_id, excluded.message_id)",
+        sorted(floors.items()),
+    )
 
 
 def _lock(path: Path) -> int:

@@ -81,6 +81,7 @@ class WebhookReceiver:
             body=body,
             random=random,
             dedupe_key=event.dedupe_key,
+            message_id=event.talk_message_number,
         )
         crash_point("after_accept")
         if item_id is None:

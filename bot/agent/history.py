@@ -20,6 +20,9 @@ from bot.tools import TOOL_NAME
 TOOL_RESULT_CHARS = 600
 # Rows kept per room beyond what a prompt uses, so trimming runs rarely.
 KEEP_FACTOR = 4
+# A room's history is trimmed after this many new rows, whoever wrote them: a busy room
+# where the bot rarely answers stays bounded too (H06), at one cheap DELETE per batch.
+TRIM_EVERY = 16
 UNTRUSTED = "untrusted"
 PRIVATE = "private"
 UNKNOWN_TOOL = "unknown_tool"
@@ -57,6 +60,7 @@ class History:
     def __init__(self, store: Store, settings: ChatSettings) -> None:
         self._store = store
         self._settings = settings
+        self._untrimmed: dict[str, int] = {}  # room -> rows added since its last trim
 
     def reconfigure(self, settings: ChatSettings) -> None:
         self._settings = settings
@@ -74,6 +78,15 @@ class History:
                 message_id=message_id,
             ),
         )
+        added = self._untrimmed.get(room, 0) + 1
+        if added >= TRIM_EVERY:
+            await self._trim(room)
+        else:
+            self._untrimmed[room] = added
+
+    async def _trim(self, room: str) -> None:
+        self._untrimmed.pop(room, None)
+        await self._store.trim_history(room, max(self._settings.history_messages, 1) * KEEP_FACTOR)
 
     async def record_reply(
         self, room: str, text: str, *, untrusted: bool = True, private: bool = False
@@ -84,7 +97,7 @@ class History:
         await self._store.add_history(
             room, HistoryEntry(role="assistant", content=text, provenance=label)
         )
-        await self._store.trim_history(room, max(self._settings.history_messages, 1) * KEEP_FACTOR)
+        await self._trim(room)
 
     async def record_tool(
         self, room: str, tool: str, result: str, *, untrusted: bool = True, private: bool = False

@@ -143,6 +143,18 @@ class Event:
         return self.actor if self.actor.participant_type is not None else None
 
     @property
+    def talk_message_number(self) -> int | None:
+        """The Talk id of the message a Create or Activity carries (ids only grow), for
+        the store's replay floor; None for other events and for ids that are no number."""
+        if self.type not in {"Create", "Activity"} or self.message is None:
+            return None
+        return (
+            int(self.message.id)
+            if self.message.id.isascii() and self.message.id.isdigit()
+            else None
+        )
+
+    @property
     def dedupe_key(self) -> str | None:
         """Identity of a repeated delivery; None where only the random can tell."""
         if self.message is None:

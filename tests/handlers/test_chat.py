@@ -314,3 +314,18 @@ async def test_a_mention_reaches_the_model_as_the_id_talk_resolves(daemon: Daemo
     asked = daemon.llm.requests[0].messages[-1]["content"]
     assert "tell @bob the build" in asked
     assert "Bob B." not in asked
+
+
+async def test_h06_history_stays_bounded_where_the_bot_never_answers(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM
+) -> None:
+    """#14.6: a busy room talks among itself; its history is trimmed all the same."""
+    extra = {"chat": {"history_messages": 5}}  # keeps 4 x 5 rows, trimmed every 16 new
+    async with running_daemon(tmp_path, talk, llm, extra) as daemon:
+        for number in range(120):
+            await daemon.post(create_event(f"chatter {number}", sender="carol"))
+        await daemon.idle()
+        kept = await daemon.runtime.running.store.recent_history("grouproom1", 10_000)
+    assert talk.messages == []
+    assert len(kept) <= 5 * 4 + 16
+    assert kept[-1].content.endswith("chatter 119")
