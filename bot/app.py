@@ -21,7 +21,7 @@ from bot.agent.llm import LLM
 from bot.clock import Clock, SystemClock
 from bot.config import Role, Settings, config_warnings, strip_credentials
 from bot.dispatch import Dispatcher
-from bot.errors import ConfigError, TalkError
+from bot.errors import ConfigError, StoreError, TalkError
 from bot.handlers import EventHandler
 from bot.handlers.admin import (
     AdminCommands,
@@ -50,7 +50,7 @@ from bot.scheduler import (
     check_schedules,
     config_rooms,
 )
-from bot.store import InboxItem, Store
+from bot.store import InboxItem, Store, StoreHealth
 from bot.talk.client import TalkClient
 from bot.talk.events import Event, bot_actor_id, parse_event
 from bot.tools import Tool, Toolbox
@@ -70,6 +70,8 @@ log = structlog.get_logger(__name__)
 STOP_DEADLINE_S = 60.0
 HOUSEKEEPING_INTERVAL_S = 6 * 3600  # below systemd's TimeoutStopSec (90 s by default)
 EXIT_RESTART = 75  # EX_TEMPFAIL: systemd's Restart=on-failure starts us again
+# /readyz waits this long for the store to answer a query before calling it unresponsive.
+READYZ_STORE_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -126,6 +128,43 @@ class Parts:
     admin: AdminCommands | None = None
     housekeeping: asyncio.Task[None] | None = None
     confirm: ConfirmHandler | None = None
+    store_notices: StoreNotices | None = None
+
+
+class StoreNotices:
+    """Tells the admin room when the store stops committing and when it can again (H04):
+    one notice per outage and one when it is over; owns the tasks that post them."""
+
+    def __init__(self, poster: Poster, admin_room: Callable[[], str]) -> None:
+        self._poster = poster
+        self._admin_room = admin_room
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._down_since: float | None = None
+
+    def __call__(self, health: StoreHealth) -> None:
+        room = self._admin_room()
+        if health.ok:
+            down_s = 0.0 if self._down_since is None else health.since - self._down_since
+            self._down_since = None
+            text = replies.store_recovered(down_s)
+        else:
+            self._down_since = health.since
+            text = replies.store_down(health.since, health.reason)
+        if room:
+            task = asyncio.create_task(self._post(room, text), name="store-notice")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _post(self, room: str, text: str) -> None:
+        try:
+            await self._poster.send_message(room, text)
+        except TalkError as exc:
+            log.warning("store.notice_failed", error=type(exc).__name__)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -327,6 +366,8 @@ async def build_parts(
         store,
         handler.handle,
         clock=clock,
+        triage=handler.triage,
+        act=handler.act,
         concurrency=max(settings.llm.concurrency * 4, 8),
         on_failure=apologise,
         on_overflow=busy,
@@ -356,6 +397,8 @@ async def build_parts(
         scheduler=scheduler,
         tool_deps=tool_deps,
     )
+    parts.store_notices = StoreNotices(poster, lambda: runtime.settings.access.admin_room)
+    store.watch_health(parts.store_notices)
     admin = wire_admin(runtime, parts)
     wire_schedules(runtime, parts)
     confirm = wire_confirmations(runtime, parts, chat_deps)
@@ -482,6 +525,7 @@ async def status_facts(runtime: Runtime) -> dict[str, Any]:
     pending = await parts.store.list_open_pending()
     return {
         "uptime": uptime_text(runtime.started_at, runtime.clock.now()),
+        "store": _store_fact(parts.store.health),
         "model": f"{settings.llm.model} at {strip_credentials(settings.llm.base_url)}",
         "rooms": sum(1 for room in rooms if room.joined),
         "turns since start": int(sum(_samples(runtime.metrics.turns))),
@@ -493,6 +537,13 @@ async def status_facts(runtime: Runtime) -> dict[str, Any]:
         "send failures": parts.talk.failures,
         "last send error": parts.talk.last_error,
     }
+
+
+def _store_fact(health: StoreHealth) -> str:
+    if health.ok:
+        return "saving"
+    when = datetime.fromtimestamp(health.since, UTC)
+    return f"cannot save since {when:%Y-%m-%d %H:%M:%S} UTC: {health.reason}"
 
 
 async def _next_runs(scheduler: Scheduler, count: int = 3) -> str:
@@ -587,6 +638,9 @@ async def close_parts(parts: Parts) -> None:
         parts.housekeeping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await parts.housekeeping
+    if parts.store_notices is not None:
+        await parts.store_notices.aclose()
+    await parts.tool_deps.fetcher.stop_converting()  # a hostile page never holds the stop (H01)
     await parts.scheduler.stop()
     await parts.dispatcher.stop(STOP_DEADLINE_S)
     await parts.llm.aclose()
@@ -648,15 +702,14 @@ async def _readyz(request: web.Request) -> web.Response:
     parts = runtime.parts
     if parts is None:
         return web.json_response({"ready": False, "store": "closed"}, status=503)
-    backlog = await parts.store.inbox_backlog()  # a query: the store answers, not just "open"
-    ready = parts.scheduler.running
+    store = await _store_readiness(parts.store)
+    ready = parts.scheduler.running and store["store"] == "open"
     body = {
         "ready": ready,
         "version": __version__,
         "uptime_s": round(runtime.clock.now() - runtime.started_at, 3),
-        "store": "open",
+        **store,
         "scheduler": "running" if parts.scheduler.running else "stopped",
-        "inbox_backlog": backlog,
         "turns_in_progress": parts.dispatcher.backlog,
         "last_webhook_at": parts.webhook.last_webhook_at,
         "send_failures": parts.talk.failures,
@@ -664,6 +717,24 @@ async def _readyz(request: web.Request) -> web.Response:
         "last_send_error_at": parts.talk.last_error_at,
     }
     return web.json_response(body, status=200 if ready else 503)
+
+
+async def _store_readiness(store: Store) -> dict[str, Any]:
+    """Whether the store commits (its health) and answers a query in time (H04)."""
+    health = store.health
+    try:  # a query: the store answers, not just "open"
+        backlog: int | None = await asyncio.wait_for(store.inbox_backlog(), READYZ_STORE_TIMEOUT_S)
+    except (TimeoutError, StoreError):
+        backlog = None
+    state = "open" if health.ok else "unavailable"
+    if backlog is None:
+        state = "unresponsive"
+    return {
+        "store": state,
+        "store_error": None if health.ok else health.reason,
+        "store_down_since": None if health.ok else health.since,
+        "inbox_backlog": backlog,
+    }
 
 
 async def _metrics(request: web.Request) -> web.Response:

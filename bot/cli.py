@@ -12,7 +12,6 @@ import os
 import secrets
 import shlex
 import signal
-import socket
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from http import HTTPStatus
@@ -45,7 +44,8 @@ from bot.errors import (
     TalkRateLimitedError,
     TalkUnavailableError,
 )
-from bot.logs import LogRing, Redactor, configure_logging
+from bot.logs import LogLimiter, LogRing, Redactor, configure_logging
+from bot.serving import bind, open_gate, raise_fd_limit
 from bot.systemd import Notifier, Watchdog, watchdog_interval
 from bot.talk.client import RetryPolicy, TalkClient
 
@@ -176,7 +176,9 @@ def _serve(args: argparse.Namespace) -> int:
     ring, redactor = LogRing(), Redactor(debug=args.debug)
     redactor.add_secrets(settings.secret_values())
     # Logs are the daemon's output: stdout for journald; one-line failures go to stderr.
-    configure_logging(redactor=redactor, ring=ring, debug=args.debug, stream=sys.stdout)
+    configure_logging(
+        redactor=redactor, ring=ring, debug=args.debug, stream=sys.stdout, limiter=LogLimiter()
+    )
     if level is not None:  # verbosity only: message text stays redacted without --debug
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
     path = _config_path(args)
@@ -196,19 +198,26 @@ async def _run_daemon(
     log_warnings(await preflight(settings, os.environ))  # a broken config: before binding
     runtime = new_runtime(settings, ring=ring, redactor=redactor)
     runtime.load_settings = lambda: load_settings(config_path)
-    listener = _bind(settings.server.host, settings.server.port)  # before any part starts
+    fd_limit = raise_fd_limit()
+    listener = bind(settings.server.host, settings.server.port)  # before any part starts
     runner = web.AppRunner(build_app(runtime), handle_signals=False, access_log=None)
     try:
         await runner.setup()
     except BaseException:
         listener.close()
         raise
-    await web.SockSite(runner, listener).start()
+    gate = open_gate(runner, listener, settings.server, fd_limit)
     where = f"{settings.server.host}:{settings.server.port}"
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, runtime.request_stop)
-    log.info("talkbot.listening", host=settings.server.host, port=settings.server.port)
+    log.info(
+        "talkbot.listening",
+        host=settings.server.host,
+        port=settings.server.port,
+        max_connections=gate.limit,
+        fd_limit=fd_limit,
+    )
     notifier = Notifier.from_environ()
     interval = watchdog_interval()
     watchdog = Watchdog(notifier, interval) if interval else None
@@ -218,6 +227,7 @@ async def _run_daemon(
         notifier.ready(f"listening on {where}")
         await runtime.stop_requested.wait()
         notifier.stopping("finishing the turns in progress")
+        await gate.close()
         await runner.cleanup()
     finally:
         if watchdog is not None:
@@ -225,16 +235,6 @@ async def _run_daemon(
         notifier.close()
     log.info("talkbot.stopped", exit_code=runtime.exit_code)
     return runtime.exit_code
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """The listening socket, or one line naming the address (a port in use, a bad host)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family, backlog=128)
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise TalkbotError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 # -- check ---------------------------------------------------------------------------

@@ -56,8 +56,11 @@ class ServerSettings(Frozen):
     webhook_path: str = "/webhook"
     public_url: str = ""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    # A client gets this long to send the whole body, then it is cut off (W09).
+    # A client gets this long to send its request headers, and as long again for the
+    # whole body; then it is cut off (W09, H05).
     body_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # Inbound connections open at once; None: derived from the descriptor limit (H05).
+    max_connections: int | None = Field(default=None, ge=1)
     # Source addresses allowed to post webhooks (CIDRs); empty allows any.
     allowed_sources: tuple[str, ...] = ()
 
@@ -247,6 +250,15 @@ class HttpFetchSettings(ToolPolicy):
     max_bytes: int = Field(default=2_000_000, ge=1)
     max_chars: int = Field(default=20_000, ge=100)
     timeout_s: float = Field(default=15, gt=0)
+    # HTML becomes text in a worker process of its own, within these limits (H01): the
+    # HTML is cut at max_html_bytes; lists and quotes nested deeper than max_depth are
+    # refused; the worker is killed after convert_timeout_s or over convert_memory_mb;
+    # at most max_parallel_conversions run at once (others wait up to convert_timeout_s).
+    max_html_bytes: int = Field(default=1_000_000, ge=1)
+    max_depth: int = Field(default=100, ge=1)
+    convert_timeout_s: float = Field(default=10, gt=0, le=600)
+    convert_memory_mb: int = Field(default=512, ge=64)
+    max_parallel_conversions: int = Field(default=2, ge=1, le=64)
     # Ports http_fetch may connect to; addresses must be public whatever the port.
     ports: tuple[int, ...] = Field(default=(80, 443), min_length=1)
 

@@ -1,29 +1,102 @@
-"""Runs inbox events: in order within a room, rooms in parallel, under a global cap."""
+"""Runs inbox events: triaged on arrival, in turn within a room, rooms in parallel.
+
+Each room has two lanes (H02, #14.2). Every event enters the room's intake, which triages
+it in arrival order without waiting for any turn: what needs no turn (ignored messages,
+file shares kept as context, Join/Leave) is handled there at once. The rest waits for the
+room's turns, first in first out per person and people served in rotation, so a flooding
+person slows only themselves. Only chat turns count against the room's places; when they
+are full, a newcomer takes the newest place of whoever holds the most (a fair share, not a
+fixed per-person cap: one person alone in a note-to-self room may still use them all). An
+answer to a prompt or a command is never dropped for anyone else's traffic.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from functools import partial
 
 import structlog
 
 from bot.clock import Clock
 from bot.crashpoints import crash_point
+from bot.routing import Lane, Triage
 from bot.store import InboxItem, Store
 
 log = structlog.get_logger(__name__)
 
 Handle = Callable[[InboxItem], Awaitable[None]]
 Notify = Callable[[InboxItem], Awaitable[None]]
+Triager = Callable[[InboxItem], Awaitable[Triage]]
+Act = Callable[[Triage], Awaitable[None]]
 
 # An event whose handling was cut off this many times (crash loops) is given up.
 MAX_ATTEMPTS = 3
 BUSY_NOTICE_INTERVAL_S = 60.0
+ROOM_QUEUE_CAP = 20
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    item: InboxItem
+    sender: str  # "" when nobody is known (no triage, or it failed): takes no one's place
+    chat: bool  # a chat turn: counts against the room's places
+
+
+class _Turns:
+    """One room's waiting events: first in first out per person, people in rotation."""
+
+    def __init__(self) -> None:
+        self._people: dict[str, collections.deque[_Waiting]] = {}
+        self.chats = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._people)
+
+    def __len__(self) -> int:
+        return sum(len(queue) for queue in self._people.values())
+
+    def waiting(self, sender: str, *, chat: bool) -> int:
+        return sum(w.chat is chat for w in self._people.get(sender, ()))
+
+    def push(self, waiting: _Waiting) -> None:
+        self._people.setdefault(waiting.sender, collections.deque()).append(waiting)
+        self.chats += waiting.chat
+
+    def biggest(self) -> tuple[str, int]:
+        """The person with the most chat turns waiting, and how many."""
+        held = {sender: self.waiting(sender, chat=True) for sender in self._people}
+        sender = max(held, key=held.__getitem__, default="")
+        return sender, held.get(sender, 0)
+
+    def drop_newest(self, sender: str) -> _Waiting:
+        """Take back the newest chat turn ``sender`` has waiting."""
+        queue = self._people[sender]
+        newest = next(w for w in reversed(queue) if w.chat)
+        queue.remove(newest)
+        if not queue:
+            del self._people[sender]
+        self.chats -= 1
+        return newest
+
+    def pop(self) -> _Waiting:
+        sender = next(iter(self._people))
+        queue = self._people.pop(sender)
+        waiting = queue.popleft()
+        if queue:
+            self._people[sender] = queue  # to the back of the rotation
+        self.chats -= waiting.chat
+        return waiting
+
+    def clear(self) -> None:
+        self._people.clear()
+        self.chats = 0
 
 
 class Dispatcher:
-    """Owns one worker task per busy room; the inbox row is the unit of work."""
+    """Owns each busy room's intake and turn tasks; the inbox row is the unit of work."""
 
     def __init__(
         self,
@@ -31,19 +104,24 @@ class Dispatcher:
         handle: Handle,
         *,
         clock: Clock,
+        triage: Triager | None = None,
+        act: Act | None = None,
         concurrency: int = 8,
-        room_queue_cap: int = 20,
+        room_queue_cap: int = ROOM_QUEUE_CAP,
         on_failure: Notify | None = None,
         on_overflow: Notify | None = None,
     ) -> None:
         self._store = store
         self._handle = handle
+        self._triage = triage
+        self._act = act
         self._clock = clock
         self._slots = asyncio.Semaphore(concurrency)
         self._cap = room_queue_cap
         self._on_failure = on_failure
         self._on_overflow = on_overflow
-        self._queues: dict[str, collections.deque[InboxItem]] = {}
+        self._intake: dict[str, collections.deque[tuple[InboxItem, bool]]] = {}
+        self._turns: dict[str, _Turns] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._busy_noticed: dict[str, float] = {}
         self._dropped: dict[str, int] = {}
@@ -65,7 +143,7 @@ class Dispatcher:
                 # drop an accepted message silently; the sender gets the apology.
                 self._fire(self._notify(self._on_failure, item))
                 continue
-            self._enqueue(item)
+            self._take_in(item, resumed=True)
         if resumed:
             log.info("dispatch.resumed", events=len(resumed))
 
@@ -73,11 +151,7 @@ class Dispatcher:
         if not self._accepting:
             # Stored already; the next start resumes it.
             return
-        queue = self._queues.get(item.room)
-        if queue is not None and len(queue) >= self._cap:
-            self._overflow(item)
-            return
-        self._enqueue(item)
+        self._take_in(item, resumed=False)
 
     @property
     def room_queue_cap(self) -> int:
@@ -85,12 +159,13 @@ class Dispatcher:
 
     @property
     def peak_room_queue(self) -> int:
-        """The longest any room's queue has been: never above the cap (R07)."""
+        """The most chat turns any room has had waiting: never above the cap (R07)."""
         return self._peak_queue
 
     @property
     def backlog(self) -> int:
-        return sum(len(q) for q in self._queues.values()) + len(self._workers)
+        waiting = sum(len(q) for q in self._intake.values())
+        return waiting + sum(len(t) for t in self._turns.values()) + len(self._workers)
 
     async def wait_idle(self) -> None:
         """Until every queued event has been handled (tests and shutdown)."""
@@ -99,8 +174,10 @@ class Dispatcher:
     async def stop(self, deadline_s: float) -> None:
         """Take no new work; let running turns finish within the deadline, then cancel."""
         self._accepting = False
-        for queue in self._queues.values():
-            queue.clear()  # still pending in the store; resumed on the next start
+        for intake in self._intake.values():
+            intake.clear()  # still pending in the store; resumed on the next start
+        for turns in self._turns.values():
+            turns.clear()
         workers = list(self._workers.values())
         if not workers:
             return
@@ -111,42 +188,107 @@ class Dispatcher:
             log.warning("dispatch.cancelled_on_stop", turns=len(pending))
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _enqueue(self, item: InboxItem) -> None:
-        queue = self._queues.setdefault(item.room, collections.deque())
-        queue.append(item)
-        self._peak_queue = max(self._peak_queue, len(queue))
+    def _take_in(self, item: InboxItem, *, resumed: bool) -> None:
+        """Into the room's intake: triaged in arrival order, never behind a turn."""
+        self._intake.setdefault(item.room, collections.deque()).append((item, resumed))
+        self._start_worker(f"intake:{item.room}", partial(self._drain_intake, item.room))
+
+    def _start_worker(self, key: str, work: Callable[[], Coroutine[None, None, None]]) -> None:
+        if key in self._workers:
+            return  # it takes this event from its queue
         self._idle.clear()
-        if item.room not in self._workers:
-            task = asyncio.create_task(self._work(item.room), name=f"room-{item.room}")
-            self._workers[item.room] = task
-            task.add_done_callback(self._worker_done)
+        task = asyncio.create_task(work(), name=key)
+        self._workers[key] = task
+        task.add_done_callback(self._worker_done)
 
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("dispatch.worker_crashed", error=repr(exc))
 
-    async def _work(self, room: str) -> None:
-        queue = self._queues[room]
+    async def _drain_intake(self, room: str) -> None:
+        intake = self._intake[room]
         try:
-            while queue and self._accepting:
-                item = queue.popleft()
+            while intake and self._accepting:
+                item, resumed = intake.popleft()
+                triaged = await self._triaged(item)
+                if triaged is not None and triaged.lane is Lane.NOW and self._act is not None:
+                    await self._run(item, partial(self._act, triaged), turn=False)
+                else:
+                    self._admit(item, triaged, resumed=resumed)
+        finally:
+            self._retire(f"intake:{room}")
+            if not intake:
+                self._intake.pop(room, None)
+
+    async def _triaged(self, item: InboxItem) -> Triage | None:
+        if self._triage is None:
+            return None
+        try:
+            return await self._triage(item)
+        except Exception:
+            # Waits as a chat turn; its handling fails the same way and apologises.
+            log.exception("dispatch.triage_failed", event_id=item.id, room=item.room)
+            return None
+
+    def _admit(self, item: InboxItem, triaged: Triage | None, *, resumed: bool) -> None:
+        """Into the room's turns, unless its caps are reached (a resumed event always)."""
+        chat = triaged is None or triaged.lane is Lane.CHAT
+        waiting = _Waiting(item, triaged.sender if triaged else "", chat)
+        turns = self._turns.get(item.room)
+        if turns is None:
+            turns = _Turns()  # kept only if the event is
+        if not resumed and not self._place(turns, waiting):
+            self._overflow(item)
+            return
+        self._turns[item.room] = turns
+        turns.push(waiting)
+        self._peak_queue = max(self._peak_queue, turns.chats)
+        self._start_worker(f"turns:{item.room}", partial(self._serve, item.room))
+
+    def _place(self, turns: _Turns, waiting: _Waiting) -> bool:
+        """Whether the event may wait; a full room makes room for someone with fewer."""
+        if not waiting.chat:
+            # Answers and commands are never crowded out; this bounds only memory, and
+            # only ever drops what this one person already has waiting in this room.
+            return turns.waiting(waiting.sender, chat=False) < self._cap
+        if turns.chats < self._cap:
+            return True
+        holder, held = turns.biggest()
+        mine = turns.waiting(waiting.sender, chat=True)
+        if not waiting.sender or held - 1 <= mine:
+            return False  # a swap would be no fairer
+        # The newest of the biggest holder's turns goes; its sender gets the busy notice.
+        self._overflow(turns.drop_newest(holder).item)
+        return True
+
+    async def _serve(self, room: str) -> None:
+        turns = self._turns[room]
+        try:
+            while turns and self._accepting:
+                item = turns.pop().item
                 async with self._slots:
                     if not self._accepting:
                         break  # stopped while waiting: still pending, resumed on next start
-                    await self._run(item)
+                    await self._run(item, partial(self._handle, item))
         finally:
-            self._workers.pop(room, None)
-            if not queue:
-                self._queues.pop(room, None)
-            if not self._workers:
-                self._idle.set()
+            self._retire(f"turns:{room}")
+            if not turns:
+                self._turns.pop(room, None)
 
-    async def _run(self, item: InboxItem) -> None:
+    def _retire(self, key: str) -> None:
+        self._workers.pop(key, None)
+        if not self._workers:
+            self._idle.set()
+
+    async def _run(
+        self, item: InboxItem, call: Callable[[], Awaitable[None]], *, turn: bool = True
+    ) -> None:
         await self._store.start_event(item.id)
-        crash_point("turn_started")
+        if turn:
+            crash_point("turn_started")
         structlog.contextvars.bind_contextvars(room=item.room, event_id=item.id)
         try:
-            await self._handle(item)
+            await call()
         except asyncio.CancelledError:
             raise  # left 'running' in the store: resumed on the next start
         except Exception:
@@ -154,7 +296,8 @@ class Dispatcher:
             await self._store.finish_event(item.id, "failed", "handler error")
             await self._notify(self._on_failure, item)
         else:
-            crash_point("before_event_done")
+            if turn:
+                crash_point("before_event_done")
             await self._store.finish_event(item.id)
         finally:
             structlog.contextvars.unbind_contextvars("room", "event_id")

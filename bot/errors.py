@@ -29,6 +29,11 @@ class StoreVersionError(StoreError):
     starting again cannot help, so the daemon exits like on a broken config."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store cannot commit now (locked by another process, disk full, I/O error):
+    a webhook refused with it was not acknowledged; the store recovers by itself."""
+
+
 class TalkError(TalkbotError):
     """A bot API call to Nextcloud Talk failed."""
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+import time
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
@@ -19,6 +22,15 @@ SECRET_KEYS = frozenset(
 )
 # Keys whose values are what people wrote or what tools got: redacted unless debug.
 CONTENT_KEYS = frozenset({"text", "message", "content", "args", "arguments", "prompt", "reply"})
+
+
+# Repeated lines (H05): at most LOG_BURST lines of one event and level per LOG_WINDOW_S;
+# the rest are counted and one "log.suppressed" line gives the count when the window
+# ends. A flood of bad requests once wrote 70 MB in 35 s; one line per turn or per
+# webhook of a busy bot stays well below 5 a second.
+LOG_BURST = 50
+LOG_WINDOW_S = 10.0
+SUPPRESSED_EVENT = "log.suppressed"
 
 
 class LogRing:
@@ -86,6 +98,89 @@ class Redactor:
         return value
 
 
+@dataclass
+class _Window:
+    ends: float
+    lines: int = 0
+    suppressed: int = 0
+
+
+class LogLimiter:
+    """A structlog processor (and a filter for the standard library's records) that lets
+    the first ``burst`` lines of each event and level through per ``window_s`` and drops
+    the rest, then writes one ``log.suppressed`` line with their count (H05).
+
+    The first line of a window always passes; events are never merged, so two different
+    errors each keep their own lines. The count is written with the first line logged
+    after the window ends.
+    """
+
+    def __init__(
+        self,
+        burst: int = LOG_BURST,
+        window_s: float = LOG_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._burst = burst
+        self._window_s = window_s
+        self._clock = clock
+        self._windows: dict[tuple[str, str], _Window] = {}
+        self._next_end = math.inf
+        self._lock = threading.Lock()
+
+    def __call__(
+        self, _logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        self.report_ended()
+        name = str(event.get("event", ""))
+        if name == SUPPRESSED_EVENT or self.admit(name, str(event.get("level", method))):
+            return event
+        raise structlog.DropEvent
+
+    def admit(self, name: str, level: str) -> bool:
+        """Whether this line is written; when not, it is counted."""
+        now = self._clock()
+        with self._lock:
+            window = self._windows.get((name, level))
+            if window is None:
+                window = self._windows[(name, level)] = _Window(ends=now + self._window_s)
+                self._next_end = min(self._next_end, window.ends)
+            if window.lines < self._burst:
+                window.lines += 1
+                return True
+            window.suppressed += 1
+            return False
+
+    def report_ended(self) -> None:
+        """One ``log.suppressed`` line for each window that ended with lines dropped."""
+        for (name, level), count in self._close_ended():
+            logger = structlog.get_logger(__name__)
+            write = getattr(logger, level, logger.warning)  # a library's own level: warning
+            write(SUPPRESSED_EVENT, similar=name, count=count, window_s=self._window_s)
+
+    def _close_ended(self) -> list[tuple[tuple[str, str], int]]:
+        now = self._clock()
+        with self._lock:
+            if now < self._next_end:
+                return []
+            ended = [key for key, window in self._windows.items() if window.ends <= now]
+            counts = [(key, self._windows.pop(key).suppressed) for key in ended]
+            self._next_end = min((w.ends for w in self._windows.values()), default=math.inf)
+        return [(key, count) for key, count in counts if count]
+
+
+class _StandardLibraryLimit(logging.Filter):
+    """The same limit for what libraries log through ``logging`` (aiohttp, asyncio)."""
+
+    def __init__(self, limiter: LogLimiter) -> None:
+        super().__init__()
+        self._limiter = limiter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self._limiter.report_ended()
+        return self._limiter.admit(f"{record.name}: {record.msg}", record.levelname.lower())
+
+
 def _describe(value: Any) -> str:
     """What is left of redacted content: its size, which helps debugging without leaking."""
     size = len(value) if isinstance(value, str | bytes | list | dict | tuple) else 0
@@ -121,8 +216,10 @@ def configure_logging(
     debug: bool = False,
     stream: TextIO | None = None,
     json_lines: bool | None = None,
+    limiter: LogLimiter | None = None,
 ) -> None:
-    """JSON lines off a TTY, readable console output on one; called once by the CLI."""
+    """JSON lines off a TTY, readable console output on one; called once by the CLI.
+    ``limiter`` rate-limits repeated lines (the daemon's, H05); None writes every line."""
     stream = stream or sys.stderr
     as_json = (not stream.isatty()) if json_lines is None else json_lines
     renderer: Any = (
@@ -134,6 +231,7 @@ def configure_logging(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            *([limiter] if limiter is not None else []),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             redactor,
@@ -149,4 +247,7 @@ def configure_logging(
     )
     # Libraries that log through the standard library: warnings and up, same stream.
     logging.basicConfig(stream=stream, level=logging.WARNING, force=True)
+    if limiter is not None:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_StandardLibraryLimit(limiter))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -6,6 +6,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 ZERO_WIDTH_SPACE = "\u200b"
 # Where Talk sees a mention: an "@" at the start or after a space, then an id or a quoted
@@ -509,4 +510,21 @@ def jobs_paused_for_departure(actor_id: str, job_ids: Sequence[str], prefix: str
     return (
         f"{who} left this room, so their scheduled job(s) here are paused: {ids}. "
         f"A moderator can remove them with `{prefix}jobs remove ID`; an admin can resume one."
+    )
+
+
+def store_down(since: float, reason: str) -> str:
+    """The admin room's one notice when the store stops saving (H04)."""
+    when = datetime.fromtimestamp(since, UTC)
+    return (
+        f"⚠️ The store cannot save anything since {when:%Y-%m-%d %H:%M:%S} UTC"
+        f" ({reason}). New messages from Talk are refused until it can again;"
+        " what was accepted before is kept and will be answered. /readyz says not ready."
+    )
+
+
+def store_recovered(down_s: float) -> str:
+    return (
+        f"✅ The store can save again (it could not for {down_s:.0f} s). Messages Talk"
+        " sent meanwhile were refused and are not answered."
     )

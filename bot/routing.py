@@ -45,6 +45,42 @@ class Route:
     cancels_pending: bool = False  # a new turn from a requester who had a pending action
 
 
+class Lane(StrEnum):
+    """How an accepted event waits in the dispatcher (H02, #14.2)."""
+
+    NOW = "now"  # no turn: cheap store writes, done on arrival, never behind a turn
+    CHAT = "chat"  # a model turn: waits for the room; counts against its caps
+    KEEP = "keep"  # an answer, command or notice: waits for the room; never crowded out
+
+
+# Nothing the bot answers: kept as context or in the room registry, in arrival order.
+NOW_ROUTES = frozenset({RouteKind.IGNORE, RouteKind.REMEMBER, RouteKind.MEMBERSHIP})
+
+
+def lane(route: Route) -> Lane:
+    """Only chat turns are capped: a yes, a no or a command is never dropped for others."""
+    if route.kind in NOW_ROUTES:
+        return Lane.NOW
+    return Lane.CHAT if route.kind is RouteKind.CHAT else Lane.KEEP
+
+
+@dataclass(frozen=True)
+class Triage:
+    """An event classified before it waits: routed again when its turn comes."""
+
+    event: Event
+    role: Role
+    route: Route
+
+    @property
+    def lane(self) -> Lane:
+        return lane(self.route)
+
+    @property
+    def sender(self) -> str:
+        return self.event.actor.id
+
+
 @dataclass(frozen=True)
 class PendingRef:
     """What routing needs to know of an open confirmation in the room."""

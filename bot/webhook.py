@@ -13,6 +13,7 @@ from bot.clock import Clock
 from bot.config import ServerSettings
 from bot.crashpoints import crash_point
 from bot.dispatch import Dispatcher
+from bot.errors import StoreError
 from bot.metrics import Metrics
 from bot.store import InboxItem, Store
 from bot.talk.events import EventParseError, parse_event
@@ -21,6 +22,7 @@ from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, verify_webhook
 log = structlog.get_logger(__name__)
 
 REQUEST_TIMEOUT = 408
+STORE_UNAVAILABLE = 503  # the store cannot commit: refused, never a 500 (H04)
 # Join and Leave name the bot itself as actor; they update the room registry.
 MEMBERSHIP_EVENTS = frozenset({"Join", "Leave"})
 
@@ -75,14 +77,21 @@ class WebhookReceiver:
         if event.actor.is_bot and event.type not in MEMBERSHIP_EVENTS:
             # Talk never webhooks bot messages, but system messages bots cause (W12).
             return 200, event.type
-        item_id = await self._store.accept_event(
-            room=event.room.token,
-            kind=event.type,
-            body=body,
-            random=random,
-            dedupe_key=event.dedupe_key,
-            message_id=event.talk_message_number,
-        )
+        try:
+            item_id = await self._store.accept_event(
+                room=event.room.token,
+                kind=event.type,
+                body=body,
+                random=random,
+                dedupe_key=event.dedupe_key,
+                message_id=event.talk_message_number,
+            )
+        except StoreError as exc:
+            # Not acknowledged, so not ours to lose: Talk's sender sees the failure (H04).
+            log.warning(
+                "webhook.not_stored", room=event.room.token, type=event.type, reason=str(exc)
+            )
+            return STORE_UNAVAILABLE, event.type
         crash_point("after_accept")
         if item_id is None:
             log.info("webhook.duplicate", room=event.room.token, type=event.type)

@@ -9,7 +9,10 @@ import pytest
 
 from bot.clock import ManualClock
 from bot.dispatch import MAX_ATTEMPTS, Dispatcher
+from bot.routing import Route, RouteKind, Triage
 from bot.store import InboxItem, Store
+from bot.talk.events import parse_event
+from tests.harness import create_event, php_json
 
 
 @pytest.fixture
@@ -189,3 +192,131 @@ async def test_r08_stop_leaves_queued_work_pending_for_the_next_start(
     await started.wait()
     await dispatcher.stop(deadline_s=0.05)
     assert [item.id for item in await store.open_events()] == [first.id, second.id]
+
+
+# -- H02: lanes, caps per room and per person, rotation ----------------------------------
+
+# What the fake triage makes of a message's first word.
+KINDS = {"chatter": RouteKind.IGNORE, "yes": RouteKind.CONFIRM, "!help": RouteKind.ROOM_COMMAND}
+
+
+async def said(store: Store, sender: str, text: str, n: int) -> InboxItem:
+    body = php_json(create_event(text, sender=sender, message_id=n))
+    event_id = await store.accept_event(
+        room="r", kind="Create", body=body, random=f"r-{n}".ljust(64), dedupe_key=f"r:{n}"
+    )
+    assert event_id is not None
+    return InboxItem(id=event_id, room="r", kind="Create", body=body, received_at=0, attempts=0)
+
+
+async def triage(item: InboxItem) -> Triage:
+    event = parse_event(item.body)
+    text = event.message.text if event.message else ""
+    return Triage(event, "user", Route(KINDS.get(text.split()[0], RouteKind.CHAT)))
+
+
+class Room:
+    """A dispatcher whose first turn blocks until ``release``; records what ran how."""
+
+    def __init__(self, store: Store, clock: ManualClock, **caps: int) -> None:
+        self.turns: list[str] = []
+        self.at_once: list[str] = []
+        self.busy: list[str] = []
+        self.first_turn = asyncio.Event()
+        self.acted = asyncio.Condition()
+        self._gate = asyncio.Event()
+        self.dispatcher = Dispatcher(
+            store,
+            self._turn,
+            clock=clock,
+            triage=triage,
+            act=self._act,
+            on_overflow=self._overflow,
+            **caps,
+        )
+
+    def release(self) -> None:
+        self._gate.set()
+
+    async def _turn(self, item: InboxItem) -> None:
+        self.first_turn.set()
+        await self._gate.wait()
+        self.turns.append(_text(item))
+
+    async def _act(self, triaged: Triage) -> None:
+        assert triaged.event.message is not None
+        async with self.acted:
+            self.at_once.append(triaged.event.message.text)
+            self.acted.notify_all()
+
+    async def _overflow(self, item: InboxItem) -> None:
+        self.busy.append(_text(item))
+
+
+def _text(item: InboxItem) -> str:
+    message = parse_event(item.body).message
+    assert message is not None
+    return message.text
+
+
+async def test_h02_ignored_events_are_handled_at_once_and_take_no_place(
+    store: Store, clock: ManualClock
+) -> None:
+    room = Room(store, clock, room_queue_cap=2)
+    await room.dispatcher.start()
+    room.dispatcher.submit(await said(store, "dave", "talkbot slow", 1))
+    await room.first_turn.wait()
+    chatter = [await said(store, "carol", f"chatter {n}", 10 + n) for n in range(30)]
+    for item in chatter:
+        room.dispatcher.submit(item)
+    room.dispatcher.submit(await said(store, "bob", "talkbot question", 50))
+    async with asyncio.timeout(5), room.acted:  # while dave's turn still runs
+        await room.acted.wait_for(lambda: len(room.at_once) == len(chatter))
+    assert room.turns == []
+    room.release()
+    await room.dispatcher.wait_idle()
+    assert room.at_once == [f"chatter {n}" for n in range(30)]  # in arrival order
+    assert room.turns == ["talkbot slow", "talkbot question"]
+    assert room.busy == []
+    assert {await store.event_status(item.id) for item in chatter} == {"done"}
+    assert room.dispatcher.peak_room_queue == 1
+
+
+async def test_h02_a_flooding_person_gives_up_their_newest_places_and_waits_their_turn(
+    store: Store, clock: ManualClock
+) -> None:
+    room = Room(store, clock, room_queue_cap=4)
+    await room.dispatcher.start()
+    room.dispatcher.submit(await said(store, "mallory", "talkbot m0", 1))
+    await room.first_turn.wait()
+    for n in range(1, 6):  # alone in the room she may use every place: m5 is one too many
+        room.dispatcher.submit(await said(store, "mallory", f"talkbot m{n}", 1 + n))
+    room.dispatcher.submit(await said(store, "bob", "talkbot b0", 20))
+    room.dispatcher.submit(await said(store, "bob", "talkbot b1", 21))
+    room.release()
+    await room.dispatcher.wait_idle()
+    # bob took mallory's two newest places (m4, m3); the two are served in turn.
+    assert room.turns == ["talkbot m0", "talkbot m1", "talkbot b0", "talkbot m2", "talkbot b1"]
+    assert room.busy == ["talkbot m5"]  # one notice per room and window
+    dropped = [await store.event_status(n) for n in range(4, 7)]
+    assert dropped == ["dropped"] * 3
+
+
+async def test_h02_answers_and_commands_are_never_crowded_out_by_chat(
+    store: Store, clock: ManualClock
+) -> None:
+    room = Room(store, clock, room_queue_cap=3)
+    await room.dispatcher.start()
+    room.dispatcher.submit(await said(store, "dave", "talkbot slow", 1))
+    await room.first_turn.wait()
+    for n, sender in enumerate(["bob", "carol", "erin", "frank"]):
+        room.dispatcher.submit(await said(store, sender, f"talkbot {sender}", 10 + n))
+    for n in range(5):  # one person's own commands: bounded by the cap, only theirs dropped
+        room.dispatcher.submit(await said(store, "mallory", "!help", 20 + n))
+    room.dispatcher.submit(await said(store, "alice", "yes", 30))
+    room.release()
+    await room.dispatcher.wait_idle()
+    assert room.turns.count("talkbot frank") == 0  # the room's three chat places were full
+    assert room.turns.count("!help") == 3
+    assert "yes" in room.turns
+    assert room.busy == ["talkbot frank"]

@@ -181,6 +181,7 @@ async def test_readyz_reports_store_scheduler_backlog_and_last_webhook(daemon: D
     assert status == 200
     assert body["ready"] is True
     assert body["store"] == "open"
+    assert body["store_error"] is None  # H04: set while the store cannot commit
     assert body["scheduler"] == "running"
     assert body["inbox_backlog"] == 0
     assert body["last_webhook_at"] is None

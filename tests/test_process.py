@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import sys
 import tomllib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,13 @@ class Process:
 
 @asynccontextmanager
 async def serve(
-    config: Path, *, env: Mapping[str, str] | None = None, log: Path | None = None
+    config: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    fd_limit: int | None = None,
 ) -> AsyncIterator[Process]:
-    daemon = await spawn(config, env=env, log=log)
+    daemon = await spawn(config, env=env, log=log, fd_limit=fd_limit)
     proc = daemon.proc
     try:
         await wait_healthy(daemon.url, proc)
@@ -80,9 +85,14 @@ async def serve(
 
 
 async def spawn(
-    config: Path, *, env: Mapping[str, str] | None = None, log: Path | None = None
+    config: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    fd_limit: int | None = None,
 ) -> Process:
-    """Start `talkbot serve` without waiting for it; ``log`` collects its output."""
+    """Start `talkbot serve` without waiting for it; ``log`` collects its output;
+    ``fd_limit`` sets its descriptor limit, soft and hard (what LimitNOFILE= does)."""
     data = tomllib.loads(config.read_text())  # noqa: ASYNC240 - a tiny local file
     url = f"http://127.0.0.1:{data['server']['port']}"
     with contextlib.ExitStack() as files:
@@ -99,8 +109,16 @@ async def spawn(
             stdout=asyncio.subprocess.DEVNULL if log is None else stderr,
             stderr=stderr,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            preexec_fn=None if fd_limit is None else _limit_fds(fd_limit),
         )
     return Process(proc, url)
+
+
+def _limit_fds(limit: int) -> Callable[[], None]:
+    def apply() -> None:  # runs in the child between fork and exec
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return apply
 
 
 async def wait_healthy(url: str, proc: asyncio.subprocess.Process) -> None:

@@ -1,14 +1,18 @@
-"""The SQLite store: inbox durability and dedupe, rooms, history, roles, the lock (R12)."""
+"""The SQLite store: inbox durability and dedupe, rooms, history, roles, the lock (R12),
+a locked or full store (H04)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from bot.clock import ManualClock
-from bot.errors import StoreError
+from bot.errors import StoreError, StoreUnavailableError
 from bot.store import HistoryEntry, Store
 
 
@@ -146,3 +150,110 @@ async def test_webhooks_accepted_together_share_a_commit_and_still_dedupe(
     await store.close()
     reopened = Store.open(tmp_path / "db.sqlite3", clock)  # committed, not just queued
     assert len(await reopened.open_events()) == 5
+
+
+# -- H04: a locked or full store -----------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def hold_write_lock(path: Path) -> AsyncIterator[None]:
+    """Another connection holding the store's write lock, like `sqlite3 FILE 'BEGIN
+    EXCLUSIVE;'` left open in a shell; released on leaving."""
+    other = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
+    try:
+        await asyncio.to_thread(other.execute, "BEGIN EXCLUSIVE")
+        yield
+        await asyncio.to_thread(other.execute, "ROLLBACK")
+    finally:
+        other.close()
+
+
+class LoopLag:
+    """The longest the event loop took to come back to a task sleeping 5 ms at a time."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.005)
+            self.worst = max(self.worst, loop.time() - before - 0.005)
+
+
+async def wait_until_healthy(store: Store) -> None:
+    """Until the store's probe finds it can commit again (within 5 s)."""
+    back = asyncio.Event()
+    store.watch_health(lambda health: back.set() if health.ok else None)
+    if not store.health.ok:
+        await asyncio.wait_for(back.wait(), 5)
+
+
+async def test_h04_a_locked_store_never_blocks_the_loop_and_writes_wait_for_it(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    path = tmp_path / "db.sqlite3"
+    store = Store.open(path, clock)
+    event_id = await accept(store, "a" * 64)
+    assert event_id is not None
+    loop = asyncio.get_running_loop()
+    async with LoopLag() as lag, hold_write_lock(path):
+        started = loop.time()
+        with pytest.raises(StoreUnavailableError, match="locked"):
+            await accept(store, "b" * 64, key="Create:r1:2")
+        assert loop.time() - started < 3.0  # the intake budget (2 s), not forever
+        assert not store.health.ok
+        assert "locked" in store.health.reason
+        finish = asyncio.create_task(store.finish_event(event_id))  # not a webhook: it waits
+        await asyncio.sleep(0.6)
+        assert not finish.done()
+        started = loop.time()
+        with pytest.raises(StoreUnavailableError):  # known down: one attempt, no budget
+            await accept(store, "c" * 64, key="Create:r1:3")
+        assert loop.time() - started < 1.0
+        assert await store.event_status(event_id) == "pending"  # reads still work
+    assert lag.worst < 0.1  # never blocked by a busy wait (it was 5 s per write)
+    await asyncio.wait_for(finish, 5)
+    assert await store.event_status(event_id) == "done"
+    await wait_until_healthy(store)
+    assert await accept(store, "d" * 64, key="Create:r1:4") is not None
+    await store.close()
+
+
+async def test_h04_a_full_disk_fails_writes_until_space_returns(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    store = Store.open(tmp_path / "db.sqlite3", clock)
+    event_id = await accept(store, "a" * 64)
+    assert event_id is not None
+    await store.limit_growth_for_tests(0)
+    big = b'{"x":"' + b"y" * 20000 + b'"}'  # needs new pages, like a long message
+    with pytest.raises(StoreUnavailableError, match="full"):
+        await store.accept_event(
+            room="r1", kind="Create", body=big, random="b" * 64, dedupe_key="Create:r1:2"
+        )
+    assert "full" in store.health.reason
+    history = asyncio.create_task(
+        store.add_history("r1", HistoryEntry(role="user", content="z" * 20000))
+    )
+    await asyncio.sleep(0.6)
+    assert not history.done()
+    assert not store.health.ok
+    await store.limit_growth_for_tests(None)  # space returns
+    await asyncio.wait_for(history, 5)
+    await wait_until_healthy(store)
+    assert [e.content for e in await store.recent_history("r1", 5)] == ["z" * 20000]
+    assert [item.id for item in await store.open_events()] == [event_id]
+    await store.close()

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.serving import FD_RESERVE_MIN, default_max_connections
 from bot.systemd import Notifier, Watchdog, watchdog_interval
 
 RECV_TIMEOUT_S = 5.0
+UNIT = Path(__file__).resolve().parents[1] / "systemd" / "talkbot.service"
 
 
 @contextmanager
@@ -162,3 +164,17 @@ async def _until(condition: Callable[[], bool], limit_s: float = 5.0) -> None:
 def test_a_non_positive_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         Watchdog(Notifier(None), 0)
+
+
+def test_h05_the_unit_sets_a_descriptor_limit_with_room_beside_the_connection_cap() -> None:
+    """systemd's default soft limit is 1024; the unit sets both limits, and the daemon's
+    default cap leaves at least a quarter of them for the store and outgoing calls."""
+    values = [
+        line.split("=", 1)[1].strip()
+        for line in UNIT.read_text().splitlines()
+        if line.startswith("LimitNOFILE=")
+    ]
+    assert len(values) == 1
+    limit = int(values[0])  # one number: soft and hard alike, so nothing can raise it
+    assert limit >= 8192
+    assert limit - default_max_connections(limit) >= max(FD_RESERVE_MIN, limit // 4)

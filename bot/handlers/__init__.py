@@ -11,7 +11,7 @@ from bot.access import Access
 from bot.agent.history import History
 from bot.config import Role
 from bot.handlers.chat import ChatHandler, Poster
-from bot.routing import PendingRef, Route, RouteKind, RoutingPolicy, classify
+from bot.routing import PendingRef, Route, RouteKind, RoutingPolicy, Triage, classify
 from bot.store import InboxItem, Store
 from bot.talk.events import Event, parse_event
 
@@ -23,7 +23,7 @@ PendingLookup = Callable[[str], Awaitable[tuple[PendingRef, ...]]]
 
 
 class EventHandler:
-    """The dispatcher's ``handle``: parse, remember the room, route, act."""
+    """The dispatcher's ``triage``, ``act`` and ``handle``: parse, route, act."""
 
     def __init__(
         self,
@@ -62,10 +62,11 @@ class EventHandler:
     def set_pending_lookup(self, lookup: PendingLookup) -> None:
         self._pending_lookup = lookup
 
-    async def handle(self, item: InboxItem) -> None:
+    async def triage(self, item: InboxItem) -> Triage:
+        """Classify without acting (parse, role, the room's mode, its waiting prompts): no
+        model, no Talk call. The dispatcher asks it as an event arrives (H02)."""
         event = parse_event(item.body)
         role = self._access.role_of(event.actor.id)
-        await self._remember_room(event)
         room = await self._store.get_room(event.room.token)
         pending = await self._pending_lookup(event.room.token) if self._pending_lookup else ()
         route = classify(
@@ -75,6 +76,17 @@ class EventHandler:
             room_mode=room.mode if room else None,
             pending=pending,
         )
+        return Triage(event, role, route)
+
+    async def handle(self, item: InboxItem) -> None:
+        """An event whose turn came: routed by the room as it is now, not as it arrived
+        (a yes queued as an answer may find its action cancelled or expired)."""
+        await self.act(await self.triage(item))
+
+    async def act(self, triaged: Triage) -> None:
+        """Do what the route says; the dispatcher calls it at once for the NOW lane."""
+        event, role, route = triaged.event, triaged.role, triaged.route
+        await self._remember_room(event)
         # Most events in a busy room are nothing for the bot: those only at debug level.
         level = log.debug if route.kind is RouteKind.IGNORE else log.info
         level("event.routed", type=event.type, route=route.kind.value, actor_role=role)

@@ -16,7 +16,8 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ MAX_SCANNED = 10_000  # read from one folder before giving up counting
 DIR_MODE = 0o750
 FILE_MODE = 0o600
 READ_CHUNK = 64 * 1024
+FILE_THREADS = 4  # file tool calls running at once; more wait for a thread
 PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -379,15 +381,21 @@ class WriteArgs(BaseModel):
 
 def make_file_tools(settings: FilesToolSettings) -> list[Tool[Any]]:
     area = FileArea(settings)
+    # Threads of their own: a slow disk must not take the loop's default pool, where DNS
+    # lookups wait (H01). Idle threads end when a reload drops these tools.
+    pool = ThreadPoolExecutor(max_workers=FILE_THREADS, thread_name_prefix="talkbot-files")
+
+    async def blocking(call: Callable[..., str], *args: str) -> str:
+        return await asyncio.get_running_loop().run_in_executor(pool, call, *args)
 
     async def file_list(args: ListArgs, _ctx: ToolContext) -> str:
-        return await asyncio.to_thread(area.list_folder, args.path)
+        return await blocking(area.list_folder, args.path)
 
     async def file_read(args: ReadArgs, _ctx: ToolContext) -> str:
-        return await asyncio.to_thread(area.read_file, args.path)
+        return await blocking(area.read_file, args.path)
 
     async def file_write(args: WriteArgs, _ctx: ToolContext) -> str:
-        return await asyncio.to_thread(area.write_file, args.path, args.content)
+        return await blocking(area.write_file, args.path, args.content)
 
     admins = roles_from("admin")
     return [

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import html2text
 import structlog
 from aiohttp import SocketFactoryType
 from aiohttp.abc import AbstractResolver
@@ -24,6 +23,7 @@ from bot import __version__
 from bot.config import HttpFetchSettings, WebSearchSettings
 from bot.errors import ToolError
 from bot.tools import Tool, ToolContext, roles_from
+from bot.tools.htmltext import ConversionError, ConvertLimits, HtmlConverter
 from bot.tools.netguard import (
     AddressPolicy,
     AddressRefusedError,
@@ -75,13 +75,26 @@ def _text_kind(content_type: str) -> str | None:
     return None
 
 
-def html_to_text(html: str) -> str:
-    """Readable text with links; scripts, styles and images dropped."""
-    converter = html2text.HTML2Text()
-    converter.body_width = 0
-    converter.ignore_images = True
-    converter.unicode_snob = True
-    return converter.handle(html).strip()
+@dataclass(frozen=True)
+class _Body:
+    """A response as read, before its text is made."""
+
+    url: str
+    content_type: str
+    text: str  # decoded; HTML still to convert
+    html: bool
+    truncated: bool
+
+
+def convert_limits(settings: HttpFetchSettings) -> ConvertLimits:
+    return ConvertLimits(
+        timeout_s=settings.convert_timeout_s,
+        max_bytes=settings.max_html_bytes,
+        max_depth=settings.max_depth,
+        memory_mb=settings.convert_memory_mb,
+        max_parallel=settings.max_parallel_conversions,
+        max_chars=max(settings.max_chars, settings.max_html_bytes),
+    )
 
 
 def _decode(body: bytes, charset: str | None) -> str:
@@ -127,9 +140,11 @@ class HttpFetcher:
         self._socket_factory = socket_factory or plain_socket
         self._session: aiohttp.ClientSession | None = None
         self._guarded: GuardedResolver | None = None
+        self._converter = HtmlConverter(convert_limits(settings))
 
     def reconfigure(self, settings: HttpFetchSettings) -> None:
         self.settings = settings
+        self._converter.reconfigure(convert_limits(settings))
 
     def policy(self) -> AddressPolicy:
         return self._injected or PublicInternet(frozenset(self.settings.ports))
@@ -158,7 +173,12 @@ class HttpFetcher:
             )
         return self._session
 
+    async def stop_converting(self) -> None:
+        """Kill the conversions in progress and refuse new ones: the daemon is stopping."""
+        await self._converter.stop()
+
     async def aclose(self) -> None:
+        await self._converter.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -167,7 +187,25 @@ class HttpFetcher:
             self._guarded = None
 
     async def fetch(self, raw_url: str) -> FetchedPage:
-        """The page as text; ToolError says why not (refused, HTTP status, binary...)."""
+        """The page as text; ToolError says why not (refused, HTTP status, binary, a limit)."""
+        body = await self._download(raw_url)
+        if not body.html:
+            return FetchedPage(body.url, body.content_type, body.text, body.truncated)
+        text, cut = await self._convert(body.text)
+        return FetchedPage(body.url, body.content_type, text, body.truncated or cut)
+
+    async def convert_html(self, html: str) -> str:
+        """HTML as readable text, within the limits of http_fetch's; ToolError over one."""
+        text, _cut = await self._convert(html)
+        return text
+
+    async def _convert(self, html: str) -> tuple[str, bool]:
+        try:
+            return await self._converter.convert(html)
+        except ConversionError as exc:
+            raise ToolError(str(exc)) from None
+
+    async def _download(self, raw_url: str) -> _Body:
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 return await self._follow(check_url(raw_url, self))
@@ -180,7 +218,7 @@ class HttpFetcher:
             log.info("http_fetch.failed", error=type(exc).__name__, refused=reason is not None)
             raise ToolError(reason or f"could not fetch the page ({type(exc).__name__})") from None
 
-    async def _follow(self, url: URL) -> FetchedPage:
+    async def _follow(self, url: URL) -> _Body:
         session = self._open()
         total = self.settings.timeout_s
         step = min(total, STEP_TIMEOUT_S)
@@ -202,7 +240,7 @@ class HttpFetcher:
             raise ToolError("the server redirected to an invalid URL") from None
         return check_url(target, self)  # every hop is checked again (S06)
 
-    async def _page(self, url: URL, resp: aiohttp.ClientResponse) -> FetchedPage:
+    async def _page(self, url: URL, resp: aiohttp.ClientResponse) -> _Body:
         if resp.status >= 400:  # noqa: PLR2004 - HTTP client and server errors
             raise ToolError(f"the server answered HTTP {resp.status}")
         content_type = resp.content_type
@@ -210,11 +248,9 @@ class HttpFetcher:
         if kind is None:
             raise ToolError(f"refused: {content_type} is not text; only HTML, text and JSON")
         body, truncated = await read_capped(resp.content, self.settings.max_bytes)
-        text = _decode(body, resp.charset)
-        if kind == "html":
-            text = await asyncio.to_thread(html_to_text, text)
         log.info("http_fetch.done", status=resp.status, bytes=len(body), truncated=truncated)
-        return FetchedPage(str(url), content_type, text, truncated)
+        text = _decode(body, resp.charset)
+        return _Body(str(url), content_type, text, kind == "html", truncated)
 
 
 def describe_page(page: FetchedPage, max_chars: int) -> str:
@@ -252,7 +288,8 @@ def make_fetch_tools(fetcher: HttpFetcher) -> list[Tool[FetchArgs]]:
             args=FetchArgs,
             run=http_fetch,
             roles=roles_from("user"),
-            timeout_s=fetcher.settings.timeout_s + 5,
+            # the download, then up to one wait for a conversion slot and one conversion
+            timeout_s=fetcher.settings.timeout_s + 2 * fetcher.settings.convert_timeout_s + 5,
             brings_untrusted=True,  # a fetched page taints the turn (A03)
             egress=True,  # the URL leaves the server: it can carry data out (I02)
             quoted_arg=lambda args: args.url,

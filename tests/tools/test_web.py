@@ -8,12 +8,15 @@ broken guard could not reach beyond loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import ipaddress
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -25,11 +28,13 @@ from yarl import URL
 from bot.config import HttpFetchSettings, WebSearchSettings
 from bot.errors import ToolError
 from bot.tools import Tool, Toolbox, ToolContext
+from bot.tools.htmltext import ConversionError, ConvertLimits, HtmlConverter
 from bot.tools.netguard import AddressRefusedError, IPAddress, PublicInternet
 from bot.tools.web import (
     FetchArgs,
     HttpFetcher,
     SearchArgs,
+    convert_limits,
     make_fetch_tools,
     make_search_tools,
 )
@@ -83,6 +88,7 @@ class PageServer:
         app = web.Application()
         app.middlewares.append(self._count)
         app.router.add_get("/html", _html)
+        app.router.add_get("/deep", _deep)
         app.router.add_get("/text", _text)
         app.router.add_get("/json", _json)
         app.router.add_get("/latin1", _latin1)
@@ -134,6 +140,13 @@ PAGE = """<html><head><title>Demo</title><style>p {color: red}</style>
 
 async def _html(_request: web.Request) -> web.Response:
     return web.Response(text=PAGE, content_type="text/html")
+
+
+DEEP = "<html><body>" + "<ul><li>x" * 15_000 + "</body></html>"  # 135 KB: 40 s, 500 MB
+
+
+async def _deep(_request: web.Request) -> web.Response:
+    return web.Response(text=DEEP, content_type="text/html")
 
 
 async def _text(_request: web.Request) -> web.Response:
@@ -328,6 +341,108 @@ async def test_s07_a_slow_drip_hits_the_timeout(
     with pytest.raises(ToolError) as caught:
         await fetcher.fetch(f"{pages.url}/drip")
     assert str(caught.value) == "the page did not load within 0.3 s"
+
+
+# -- HTML conversion: bounded, in a worker process (H01) --------------------------------
+
+
+def converter(**changes: Any) -> HtmlConverter:
+    """A converter with the default [tools.http_fetch] limits, ``changes`` applied."""
+    limits = convert_limits(HttpFetchSettings())
+    fields = {name: getattr(limits, name) for name in ConvertLimits.__dataclass_fields__}
+    return HtmlConverter(ConvertLimits(**{**fields, **changes}))
+
+
+def workers() -> list[int]:
+    """Conversion workers that are children of this test process and still alive."""
+    found = []
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError):
+                if b"htmltext.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(int(pid))
+    return found
+
+
+async def timed(coro: Any) -> tuple[Any, float]:
+    """What ``coro`` returned or raised, and how long it took."""
+    started = time.monotonic()
+    try:
+        outcome = await coro
+    except ConversionError as exc:
+        outcome = exc
+    return outcome, time.monotonic() - started
+
+
+async def test_h01_deep_nesting_is_refused_in_well_under_a_second() -> None:
+    outcome, took = await timed(converter().convert(DEEP))
+    assert str(outcome) == "the page is too complex to convert (nesting deeper than 100)"
+    assert took < 2  # a worker's start included; converting it would take 40 s
+    assert workers() == []
+
+
+async def test_h01_nesting_within_the_cap_converts_as_before() -> None:
+    text, cut = await converter(max_depth=5).convert("<ul><li>a<ul><li>b</li></ul></li></ul>")
+    assert (text, cut) == ("* a\n    * b", False)
+    outcome, _took = await timed(converter(max_depth=1).convert("<ul><li><ul><li>b"))
+    assert str(outcome) == "the page is too complex to convert (nesting deeper than 1)"
+
+
+async def test_h01_a_slow_conversion_is_killed_at_the_time_limit_and_the_next_one_works() -> None:
+    slow = converter(max_depth=1_000_000, timeout_s=1.0)
+    outcome, took = await timed(slow.convert(DEEP))
+    assert str(outcome) == "the page took too long to convert (more than 1 s)"
+    assert took < 3
+    assert workers() == []  # killed, not left converting
+    assert await slow.convert(PAGE) == (await converter().convert(PAGE))
+    assert "# Hello" in (await slow.convert(PAGE))[0]
+
+
+async def test_h01_the_memory_limit_stops_a_conversion_that_balloons() -> None:
+    quotes = "<blockquote>x" * 30_000  # each line carries every level's "> ": about 900 MB
+    outcome, took = await timed(converter(max_depth=1_000_000, memory_mb=128).convert(quotes))
+    assert str(outcome) == "the page is too large to convert (over the 128 MB memory limit)"
+    assert took < 5
+    assert workers() == []
+
+
+async def test_h01_html_beyond_max_html_bytes_is_cut_before_converting() -> None:
+    text, cut = await converter(max_bytes=13).convert("<p>é</p>" * 100)
+    assert (text, cut) == ("é", True)  # "<p>é</p><p>" and half an "é", which is dropped
+
+
+async def test_h01_stop_kills_a_running_conversion_and_refuses_new_ones() -> None:
+    slow = converter(max_depth=1_000_000, timeout_s=60)
+    running = asyncio.create_task(timed(slow.convert(DEEP)))
+    deadline = time.monotonic() + 5
+    while not slow.running:
+        assert time.monotonic() < deadline, "the conversion never started"
+        await asyncio.sleep(0.01)
+    await slow.stop()
+    outcome, took = await running
+    assert str(outcome).startswith("the bot is stopping; the page was not converted")
+    assert took < 5
+    assert workers() == []
+    later, _took = await timed(slow.convert(PAGE))
+    assert str(later).startswith("the bot is stopping")
+
+
+async def test_h01_http_fetch_of_a_deep_page_is_a_clear_failed_result(
+    loopback: HttpFetcher, pages: PageServer
+) -> None:
+    box = Toolbox(make_fetch_tools(loopback))
+    result = await box.execute("http_fetch", FetchArgs(url=f"{pages.url}/deep"), ctx())
+    assert not result.ok
+    assert result.text == "the page is too complex to convert (nesting deeper than 100)"
+
+
+async def test_h01_a_page_cut_for_conversion_says_so(
+    pages: PageServer, fetcher_for: FetcherFactory
+) -> None:
+    fetcher = fetcher_for(LoopbackOnly(frozenset({pages.port})), max_html_bytes=60)
+    page = await fetcher.fetch(f"{pages.url}/html")
+    assert page.truncated
+    assert "stealCookies" not in page.text
 
 
 # -- redirects ---------------------------------------------------------------------------
