@@ -633,16 +633,29 @@ async def housekeep(store: Store, interval_s: float = HOUSEKEEPING_INTERVAL_S) -
         await asyncio.sleep(interval_s)
 
 
+async def drain(runtime: Runtime) -> None:
+    """Finish or park the work in progress while the port still takes webhooks: what
+    arrives meanwhile is stored and answered 200 at once, and left pending for the next
+    process (a long turn at a restart must not make Talk's 5 s run out). Closing the
+    parts afterwards finds nothing left to wait for."""
+    parts = runtime.parts
+    if parts is None:
+        return
+    await parts.tool_deps.fetcher.stop_converting()
+    await parts.scheduler.stop()
+    await parts.dispatcher.stop(STOP_DEADLINE_S)
+
+
 async def close_parts(parts: Parts) -> None:
     if parts.housekeeping is not None:
         parts.housekeeping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await parts.housekeeping
-    if parts.store_notices is not None:
-        await parts.store_notices.aclose()
     await parts.tool_deps.fetcher.stop_converting()  # a hostile page never holds the stop (H01)
     await parts.scheduler.stop()
     await parts.dispatcher.stop(STOP_DEADLINE_S)
+    if parts.store_notices is not None:  # after the drain: a notice it causes is still owned
+        await parts.store_notices.aclose()
     await parts.llm.aclose()
     await parts.session.close()
     await parts.tool_deps.fetcher.aclose()

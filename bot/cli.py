@@ -25,7 +25,7 @@ from aiohttp import web
 
 from bot import __version__
 from bot.agent.llm import endpoint_url
-from bot.app import build_app, log_warnings, new_runtime, validate_deployment
+from bot.app import build_app, drain, log_warnings, new_runtime, validate_deployment
 from bot.config import (
     LLMSettings,
     Settings,
@@ -45,7 +45,7 @@ from bot.errors import (
     TalkUnavailableError,
 )
 from bot.logs import LogLimiter, LogRing, Redactor, configure_logging
-from bot.serving import bind, open_gate, raise_fd_limit
+from bot.serving import open_gate, open_listener, raise_fd_limit, served_address
 from bot.systemd import Notifier, Watchdog, watchdog_interval
 from bot.talk.client import RetryPolicy, TalkClient
 
@@ -199,7 +199,9 @@ async def _run_daemon(
     runtime = new_runtime(settings, ring=ring, redactor=redactor)
     runtime.load_settings = lambda: load_settings(config_path)
     fd_limit = raise_fd_limit()
-    listener = bind(settings.server.host, settings.server.port)  # before any part starts
+    # systemd's socket (talkbot.socket) or [server] host/port, before any part starts
+    listener = open_listener(settings.server)
+    host, port = served_address(listener)
     runner = web.AppRunner(build_app(runtime), handle_signals=False, access_log=None)
     try:
         await runner.setup()
@@ -207,14 +209,14 @@ async def _run_daemon(
         listener.close()
         raise
     gate = open_gate(runner, listener, settings.server, fd_limit)
-    where = f"{settings.server.host}:{settings.server.port}"
+    where = f"{host}:{port}"
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, runtime.request_stop)
     log.info(
         "talkbot.listening",
-        host=settings.server.host,
-        port=settings.server.port,
+        host=host,
+        port=port,
         max_connections=gate.limit,
         fd_limit=fd_limit,
     )
@@ -227,6 +229,7 @@ async def _run_daemon(
         notifier.ready(f"listening on {where}")
         await runtime.stop_requested.wait()
         notifier.stopping("finishing the turns in progress")
+        await drain(runtime)  # the gate still accepts: webhooks meanwhile wait in the store
         await gate.close()
         await runner.cleanup()
     finally:

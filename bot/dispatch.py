@@ -22,6 +22,7 @@ import structlog
 
 from bot.clock import Clock
 from bot.crashpoints import crash_point
+from bot.errors import StoreError
 from bot.routing import Lane, Triage
 from bot.store import InboxItem, Store
 
@@ -282,6 +283,14 @@ class Dispatcher:
 
     async def _run(
         self, item: InboxItem, call: Callable[[], Awaitable[None]], *, turn: bool = True
+    ) -> None:
+        try:
+            await self._run_once(item, call, turn=turn)
+        except StoreError:  # its bookkeeping failed: the row stays open, resumed at start
+            log.exception("dispatch.bookkeeping_failed", kind=item.kind)
+
+    async def _run_once(
+        self, item: InboxItem, call: Callable[[], Awaitable[None]], *, turn: bool
     ) -> None:
         await self._store.start_event(item.id)
         if turn:

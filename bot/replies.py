@@ -29,6 +29,23 @@ def defuse_mentions(text: str) -> str:
     return _MENTION.sub(f"@{ZERO_WIDTH_SPACE}", text)
 
 
+_LINK = re.compile(r"(?i)\b(https?)://([^\s<>()\[\]`\"']+)")
+
+
+def defuse_unseen_links(text: str, seen: str) -> str:
+    """Links the model made up in a turn that read untrusted or private content lose their
+    power: Nextcloud previews a link by fetching it, so a URL built from a file's content
+    would carry it out with no tool call (review of #13). A link that appears verbatim in
+    what the turn read (the page, the search result, the requester's message) stays."""
+
+    def defuse(match: re.Match[str]) -> str:
+        if match.group(0) in seen:
+            return match.group(0)
+        return f"{match.group(1)}://{ZERO_WIDTH_SPACE}{match.group(2)}"
+
+    return _LINK.sub(defuse, text)
+
+
 def apology() -> str:
     return "Sorry, something went wrong on my side while answering that. Please try again."
 

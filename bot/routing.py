@@ -61,6 +61,8 @@ def lane(route: Route) -> Lane:
     """Only chat turns are capped: a yes, a no or a command is never dropped for others."""
     if route.kind in NOW_ROUTES:
         return Lane.NOW
+    if route.kind is RouteKind.ROOM_COMMAND and route.command == "mode":
+        return Lane.NOW  # at once: the messages after it are triaged under the new mode
     return Lane.CHAT if route.kind is RouteKind.CHAT else Lane.KEEP
 
 

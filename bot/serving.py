@@ -1,10 +1,11 @@
-"""The listening socket and the connections on it: at most ``max_connections`` at once,
-so accepted work keeps the descriptors it needs (H05)."""
+"""The listening socket (systemd's, or bound here) and the connections on it: at most
+``max_connections`` at once, so accepted work keeps the descriptors it needs (H05)."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import os
 import resource
 import socket
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from bot.config import ServerSettings
 from bot.errors import TalkbotError
+from bot.systemd import listen_fds
 
 log = structlog.get_logger(__name__)
 
@@ -25,6 +27,34 @@ FD_RESERVE_MIN = 64
 MAX_CONNECTIONS_CEILING = 4096
 ACCEPT_RETRY_S = 1.0  # after EMFILE on accept, as asyncio's own server waits
 SATURATED_RETRY_S = 0.1  # at the cap with every connection mid-request: look again soon
+# On stop, a client accepted but whose request has not arrived yet gets this long (at most
+# body_timeout_s) before the shutdown closes it: Talk sends at once, and never retries.
+FIRST_REQUEST_GRACE_S = 2.0
+
+
+def open_listener(settings: ServerSettings) -> socket.socket:
+    """systemd's listening socket when it passed one (talkbot.socket: it stays open across
+    restarts, so webhooks wait in its queue, R16), else one bound to ``[server] host/port``."""
+    fds = listen_fds()
+    if not fds:
+        return bind(settings.host, settings.port)
+    if len(fds) != 1:
+        raise TalkbotError(
+            f"systemd passed {len(fds)} sockets; talkbot.socket must have one ListenStream="
+        )
+    sock = adopt(fds[0])
+    host, port = served_address(sock)
+    log.info("server.socket_inherited", host=host, port=port)
+    if not _same_address((host, port), (settings.host, settings.port)):
+        log.warning(
+            "server.socket_differs_from_config",
+            served_host=host,
+            served_port=port,
+            config_host=settings.host,
+            config_port=settings.port,
+            hint="talkbot.socket's ListenStream= decides; keep [server] host/port equal to it",
+        )
+    return sock
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -35,6 +65,42 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise TalkbotError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def adopt(fd: int) -> socket.socket:
+    """The socket systemd passed as ``fd``, checked to be a listening TCP socket."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:  # not open, or not a socket
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise TalkbotError(f"cannot use descriptor {fd} from systemd: {reason}") from None
+    if not _listens_on_tcp(sock):
+        sock.close()  # our copy only; the socket stays systemd's
+        raise TalkbotError(
+            f"descriptor {fd} from systemd is not a listening TCP socket "
+            "(talkbot.socket needs ListenStream= and Accept=no)"
+        )
+    sock.set_inheritable(False)  # as sd_listen_fds does: no child keeps the port open
+    return sock
+
+
+def _listens_on_tcp(sock: socket.socket) -> bool:
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        return False
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+
+
+def served_address(sock: socket.socket) -> tuple[str, int]:
+    host, port = sock.getsockname()[:2]
+    return str(host), int(port)
+
+
+def _same_address(served: tuple[str, int], configured: tuple[str, int]) -> bool:
+    (host, port), (want_host, want_port) = served, configured
+    try:
+        return port == want_port and ipaddress.ip_address(host) == ipaddress.ip_address(want_host)
+    except ValueError:  # a host name in the config: only the port can be compared
+        return port == want_port
 
 
 def raise_fd_limit() -> int:
@@ -103,22 +169,37 @@ class ConnectionGate:
         self._saturated = False  # at the cap since the last time the queue was empty
         self._retry: asyncio.TimerHandle | None = None
 
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
     def start(self) -> None:
         self._sock.setblocking(False)
         self._resume()
 
     async def close(self) -> None:
-        """Stop accepting; the connections already open are aiohttp's to finish."""
+        """Stop accepting and close our copy of the listening socket; the connections
+        already open are aiohttp's to finish.
+
+        Under socket activation systemd keeps the socket open, so clients still queued
+        wait there for the next process (R16). A client accepted just before gets up to
+        ``FIRST_REQUEST_GRACE_S`` to send its request: the shutdown after this closes
+        every connection still waiting for one, and Talk does not retry.
+        """
         self._closed = True
         self._pause()
         if self._retry is not None:
             self._retry.cancel()
-        self._sock.close()
+        self._sock.close()  # never shutdown(): that would stop systemd's socket listening
+        waiting = [c.requested for c in self._open if not c.requested.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=min(FIRST_REQUEST_GRACE_S, self.header_timeout_s))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def forget(self, connection: _Connection) -> None:
+        connection.settle()
         self._open.pop(connection, None)
         self._resume()
 
@@ -194,8 +275,14 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, gate: ConnectionGate, handler: web.RequestHandler) -> None:
         self.handler = handler
+        # Done once a first request has arrived, or the connection is gone.
+        self.requested: asyncio.Future[None] = gate.loop.create_future()
         self._gate = gate
         self._deadline: asyncio.TimerHandle | None = None
+
+    def settle(self) -> None:
+        if not self.requested.done():
+            self.requested.set_result(None)
 
     def waiting_for_request(self) -> bool:
         """Slow headers, or idle between requests: the test aiohttp's own keep-alive
@@ -218,6 +305,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.handler.data_received(data)
+        if self.handler._request_count:  # aiohttp has parsed a request's head
+            self.settle()
 
     def eof_received(self) -> bool | None:
         self.handler.eof_received()

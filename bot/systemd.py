@@ -1,17 +1,20 @@
-"""systemd integration: sd_notify READY/STOPPING/WATCHDOG over $NOTIFY_SOCKET, no library."""
+"""systemd integration, no library: sd_notify READY/STOPPING/WATCHDOG over $NOTIFY_SOCKET,
+and the listening sockets of socket activation (sd_listen_fds)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 
 import structlog
 
 log = structlog.get_logger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
+
+LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START: the first descriptor systemd passes
 
 
 class Notifier:
@@ -82,6 +85,25 @@ def watchdog_interval(
     if owner and owner.isdigit() and int(owner) != (os.getpid() if pid is None else pid):
         return None
     return usec / 2 / 1_000_000
+
+
+def listen_fds(
+    environ: MutableMapping[str, str] | None = None, pid: int | None = None
+) -> list[int]:
+    """The descriptors systemd passed this process (sd_listen_fds(3)), or none.
+
+    They are ours only if LISTEN_PID is our pid. The variables are removed either way,
+    as sd_listen_fds(unset_environment=1) does, so a child never takes them for its own.
+    """
+    environ = os.environ if environ is None else environ
+    owner = environ.pop("LISTEN_PID", "")
+    count = environ.pop("LISTEN_FDS", "")
+    environ.pop("LISTEN_FDNAMES", None)  # names are for services with several sockets
+    if not (owner.isdigit() and count.isdigit()):
+        return []
+    if int(owner) != (os.getpid() if pid is None else pid):
+        return []
+    return list(range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)))
 
 
 class Watchdog:

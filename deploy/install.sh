@@ -1,14 +1,14 @@
 #!/bin/sh
-# Install or upgrade talkbot as a systemd service: a venv under $PREFIX, the hardened unit,
-# the service user and $CONFDIR with a config and two secret files. Idempotent: run it
-# again to upgrade. It never overwrites a config or a secret that exists.
+# Install or upgrade talkbot as a systemd service: a venv under $PREFIX, the hardened unit
+# and its socket unit, the service user and $CONFDIR with a config and two secret files.
+# Idempotent: run it again to upgrade. It never overwrites a config or a secret that exists.
 #
 #   sudo deploy/install.sh
 #
 # Settings (environment):
 #   PREFIX=/opt/talkbot           the venv goes to $PREFIX/venv
 #   CONFDIR=/etc/talkbot          talkbot.toml, bot_secret, api_key
-#   UNITDIR=/etc/systemd/system   where talkbot.service goes
+#   UNITDIR=/etc/systemd/system   where talkbot.service and talkbot.socket go
 #   STATEDIR=/var/lib/talkbot     the store (the unit's StateDirectory=talkbot)
 #   SERVICE_USER=talkbot          the system user the service runs as
 #   PYTHON=python3                Python 3.11 or newer, for the venv
@@ -66,22 +66,27 @@ say "package: installed ($("$PREFIX/venv/bin/python" -m pip show talkbot 2>/dev/
     | sed -n 's/^Version: /talkbot /p'))"
 install -m 0644 "$REPO/README.md" "$PREFIX/README.md"
 
-# -- the unit ------------------------------------------------------------------------------
+# -- the units -----------------------------------------------------------------------------
+# talkbot.socket holds the webhook port across restarts of talkbot.service (README).
 mkdir -p "$UNITDIR"
-unit="$UNITDIR/talkbot.service"
 rendered=$(mktemp)
 trap 'rm -f "$rendered"' EXIT
-sed -e "s#/opt/talkbot#$PREFIX#g" -e "s#/etc/talkbot#$CONFDIR#g" \
-    -e "s#^User=talkbot\$#User=$SERVICE_USER#" -e "s#^Group=talkbot\$#Group=$SERVICE_USER#" \
-    "$REPO/systemd/talkbot.service" >"$rendered"
-if [ -f "$unit" ] && cmp -s "$rendered" "$unit"; then
-    say "unit $unit: unchanged"
-    unit_changed=0
-else
-    install -m 0644 "$rendered" "$unit"
-    say "unit $unit: installed"
-    unit_changed=1
-fi
+unit_changed=0
+socket_changed=0
+for name in talkbot.service talkbot.socket; do
+    unit="$UNITDIR/$name"
+    sed -e "s#/opt/talkbot#$PREFIX#g" -e "s#/etc/talkbot#$CONFDIR#g" \
+        -e "s#^User=talkbot\$#User=$SERVICE_USER#" -e "s#^Group=talkbot\$#Group=$SERVICE_USER#" \
+        "$REPO/systemd/$name" >"$rendered"
+    if [ -f "$unit" ] && cmp -s "$rendered" "$unit"; then
+        say "unit $unit: unchanged"
+    else
+        install -m 0644 "$rendered" "$unit"
+        say "unit $unit: installed"
+        unit_changed=1
+        if [ "$name" = talkbot.socket ]; then socket_changed=1; fi
+    fi
+done
 
 # -- configuration and secrets -----------------------------------------------------------
 mkdir -p "$CONFDIR"
@@ -120,8 +125,19 @@ fi
 # -- systemd -------------------------------------------------------------------------------
 if system; then
     [ "$unit_changed" = 1 ] && systemctl daemon-reload
+    # The socket listens from boot on; the service Requires= it in any case.
+    systemctl enable --quiet talkbot.socket
     # An upgrade takes effect now if the service runs; a first install waits for you.
-    systemctl try-restart talkbot.service
+    if [ "$socket_changed" = 0 ]; then
+        systemctl try-restart talkbot.service  # the socket stays open: no webhook lost
+    elif systemctl is-active --quiet talkbot.service; then
+        # A new or changed listener (as on the first upgrade to socket activation, when
+        # the daemon holds the port itself): only a stop and a start moves the port.
+        systemctl stop talkbot.service talkbot.socket
+        systemctl start talkbot.socket talkbot.service
+    else
+        systemctl try-restart talkbot.socket
+    fi
 fi
 
 cat <<EOF
@@ -130,5 +146,5 @@ talkbot install: done. Next:
   2. $PREFIX/venv/bin/talkbot check --config $CONFDIR/talkbot.toml
   3. $PREFIX/venv/bin/talkbot nextcloud-setup --config $CONFDIR/talkbot.toml
      and run the occ commands it prints on the Nextcloud server (deploy/NEXTCLOUD.md)
-  4. systemctl enable --now talkbot && systemctl status talkbot
+  4. systemctl enable --now talkbot.socket talkbot && systemctl status talkbot
 EOF

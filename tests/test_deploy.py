@@ -27,6 +27,7 @@ from bot.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "talkbot.service"
+SOCKET_UNIT = REPO / "systemd" / "talkbot.socket"
 EXAMPLE = REPO / "deploy" / "talkbot.example.toml"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_systemd_analyze = pytest.mark.skipif(
@@ -50,12 +51,12 @@ def unit_entries(text: str) -> list[tuple[str, str, str]]:
     return entries
 
 
-def unit_values(key: str, section: str = "Service") -> list[str]:
-    return [v for s, k, v in unit_entries(UNIT.read_text()) if (s, k) == (section, key)]
+def unit_values(key: str, section: str = "Service", unit: Path = UNIT) -> list[str]:
+    return [v for s, k, v in unit_entries(unit.read_text()) if (s, k) == (section, key)]
 
 
-def the(key: str, section: str = "Service") -> str:
-    values = unit_values(key, section)
+def the(key: str, section: str = "Service", unit: Path = UNIT) -> str:
+    values = unit_values(key, section, unit)
     assert len(values) == 1, f"{key}= appears {len(values)} times"
     return values[0]
 
@@ -117,10 +118,26 @@ def test_unit_is_hardened() -> None:
     assert the("User") != "root"
 
 
+def test_r16_the_webhook_port_is_a_socket_unit_that_outlives_restarts_of_the_service() -> None:
+    """talkbot.socket holds the port the daemon would bind by default; the service needs it
+    and starts after it, so `systemctl restart talkbot` leaves the socket (and the
+    webhooks queued on it) alone."""
+    defaults = ServerSettings()
+    assert the("ListenStream", "Socket", SOCKET_UNIT) == f"{defaults.host}:{defaults.port}"
+    assert the("Accept", "Socket", SOCKET_UNIT) == "no"  # one daemon accepts on it itself
+    assert int(the("Backlog", "Socket", SOCKET_UNIT)) >= 1024
+    assert unit_values("Service", "Socket", SOCKET_UNIT) == []  # talkbot.service, by name
+    assert SOCKET_UNIT.stem == UNIT.stem
+    assert "talkbot.socket" in the("Requires", "Unit").split()
+    assert "talkbot.socket" in " ".join(unit_values("After", "Unit")).split()
+    assert the("WantedBy", "Install", SOCKET_UNIT) == "sockets.target"
+    assert "[server]" in SOCKET_UNIT.read_text()  # says to keep the two in step
+
+
 @needs_systemd_analyze
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     unit = _unit_with_an_existing_binary(tmp_path)
-    result = _analyze("verify", str(unit))
+    result = _analyze("verify", str(unit), str(unit.with_suffix(".socket")))
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == ""  # not even a warning (bad specifiers are warnings)
 
@@ -145,6 +162,7 @@ def _unit_with_an_existing_binary(tmp_path: Path) -> Path:
     program.chmod(0o755)
     unit = tmp_path / "talkbot.service"
     unit.write_text(UNIT.read_text().replace("/opt/talkbot", str(prefix)))
+    shutil.copy(SOCKET_UNIT, tmp_path / SOCKET_UNIT.name)  # the service Requires= it
     return unit
 
 
@@ -188,7 +206,7 @@ def _digest(data: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def run_install(tmp_path: Path, wheel: Path) -> str:
+def run_install(tmp_path: Path, wheel: Path, **extra: str) -> str:
     env = {
         **os.environ,
         "PREFIX": str(tmp_path / "opt"),
@@ -199,6 +217,7 @@ def run_install(tmp_path: Path, wheel: Path) -> str:
         "PACKAGE": str(wheel),
         "PIP_OPTS": "--no-index --no-deps",
         "SKIP_SYSTEMCTL": "1",
+        **extra,
     }
     result = subprocess.run(  # noqa: S603 - our own script
         ["/bin/sh", str(REPO / "deploy" / "install.sh")],
@@ -231,6 +250,9 @@ def test_install_script_sets_up_everything_once_and_never_overwrites_config(
     rendered = unit.read_text()
     assert f"ExecStart={prefix}/venv/bin/talkbot serve --config {etc}/talkbot.toml" in rendered
     assert f"LoadCredential=bot_secret:{etc}/bot_secret" in rendered
+    socket_unit = unit.with_suffix(".socket")
+    assert socket_unit.read_text() == SOCKET_UNIT.read_text().replace("/etc/talkbot", str(etc))
+    assert "talkbot.socket: installed" in first
 
     settings = load_settings(config, {})  # the installed config is valid as it stands
     assert settings.nextcloud.bot_secret.get_secret_value() == secret.read_text().strip()
@@ -238,16 +260,73 @@ def test_install_script_sets_up_everything_once_and_never_overwrites_config(
 
     config.write_text(config.read_text() + "# edited by the admin\n")
     unit_mtime, secret_text = unit.stat().st_mtime_ns, secret.read_text()
+    socket_mtime = socket_unit.stat().st_mtime_ns
     second = run_install(tmp_path, wheel)
     assert f"config {etc}/talkbot.toml: kept" in second
     assert config.read_text().endswith("# edited by the admin\n")
     assert secret.read_text() == secret_text
     assert unit.stat().st_mtime_ns == unit_mtime
-    assert "unchanged" in second
+    assert socket_unit.stat().st_mtime_ns == socket_mtime
+    assert "talkbot.service: unchanged" in second
+    assert "talkbot.socket: unchanged" in second
     if SYSTEMD_ANALYZE is not None:
-        result = _analyze("verify", str(unit))
+        result = _analyze("verify", str(unit), str(socket_unit))
         assert result.returncode == 0, result.stderr
         assert result.stderr.strip() == ""
+
+
+def fake_system_tools(directory: Path, calls: Path) -> Path:
+    """systemctl (its calls recorded; `is-active` answers from $FAKE_ACTIVE), and id,
+    useradd and chown that pretend to be root: what the script does to a real system."""
+    directory.mkdir()
+    scripts = {
+        "systemctl": f'echo "$*" >>{calls}\n'
+        'case "$1" in is-active) exit "${FAKE_ACTIVE:-3}" ;; esac\n',
+        "id": "echo 0\n",
+        "useradd": "",
+        "chown": "",
+    }
+    for name, body in scripts.items():
+        tool = directory / name
+        tool.write_text(f"#!/bin/sh\n{body}exit 0\n")
+        tool.chmod(0o755)
+    return directory
+
+
+def test_r16_install_enables_the_socket_and_restarts_only_the_service_once_it_exists(
+    tmp_path: Path,
+) -> None:
+    """Upgrades restart talkbot.service alone, so the socket keeps the webhooks queued;
+    the first upgrade to socket activation (the old daemon holds the port) stops the
+    service before the socket can take the port."""
+    wheel = build_wheel(tmp_path)
+    calls = tmp_path / "systemctl.calls"
+    tools = fake_system_tools(tmp_path / "bin", calls)
+    system = {"SKIP_SYSTEMCTL": "0", "PATH": f"{tools}:{os.environ['PATH']}"}
+
+    def systemctl_calls(**env: str) -> list[str]:
+        calls.write_text("")
+        run_install(tmp_path, wheel, **system, **env)
+        return calls.read_text().splitlines()
+
+    assert systemctl_calls() == [  # a first install: nothing runs yet
+        "daemon-reload",
+        "enable --quiet talkbot.socket",
+        "is-active --quiet talkbot.service",
+        "try-restart talkbot.socket",
+    ]
+    assert systemctl_calls(FAKE_ACTIVE="0") == [  # an upgrade, the service running
+        "enable --quiet talkbot.socket",
+        "try-restart talkbot.service",
+    ]
+    (tmp_path / "units" / "talkbot.socket").unlink()  # installed before socket activation
+    assert systemctl_calls(FAKE_ACTIVE="0") == [
+        "daemon-reload",
+        "enable --quiet talkbot.socket",
+        "is-active --quiet talkbot.service",
+        "stop talkbot.service talkbot.socket",
+        "start talkbot.socket talkbot.service",
+    ]
 
 
 # -- the example config --------------------------------------------------------------

@@ -122,3 +122,20 @@ async def test_h02_a_queued_yes_is_routed_by_the_room_as_it_is_at_its_turn(
     assert answers_to(talk, 503) == []
     assert len(llm.requests) == 3
     assert [e.content for e in history if e.message_id == "503"] == ["yes"]
+
+
+async def test_h02_a_message_after_mode_all_is_judged_under_the_new_mode(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM
+) -> None:
+    """While bob's turn runs, carol (a moderator) says `!mode all` and then asks without
+    naming the bot: `!mode` acts at once, so her question is a turn (review of #14)."""
+    async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
+        llm.hang(SLOW_TURN_S)
+        llm.reply("four")
+        assert await daemon.post(said("talkbot, think slowly", 900, sender="bob")) == 200
+        await wait_until_asked(daemon, 1)
+        mode = create_event("!mode all", sender="carol", participant_type="1", message_id=901)
+        assert await daemon.post(mode) == 200
+        assert await daemon.post(said("what is 2+2?", 902, sender="carol")) == 200
+        await daemon.idle()
+    assert answers_to(talk, 902) == ["four"]

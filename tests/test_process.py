@@ -199,3 +199,28 @@ async def test_bad_config_is_one_line_naming_the_field(tmp_path: Path) -> None:
     assert len(lines) == 1
     assert "nextcloud.bot_secret" in lines[0]
     assert "Traceback" not in err.decode()
+
+
+async def test_r16_webhooks_during_the_stop_drain_are_stored_and_answered_next_time(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM
+) -> None:
+    """A long turn at SIGTERM: the old process keeps taking webhooks while it finishes it
+    (each stored and answered 200 at once), and the next process answers them."""
+    config = make_config(tmp_path, talk, llm)
+    llm.hang(3.0)
+    llm.reply("late but answered")
+    async with serve(config) as daemon:
+        assert await daemon.post(php_json(dm_event("talkbot: slow one", message_id=610))) == 200
+        await llm.wait_for_requests(1)
+        daemon.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)  # the stop has begun: the turn is draining
+        started = asyncio.get_running_loop().time()
+        during = php_json(dm_event("talkbot, meanwhile?", message_id=611))
+        assert await daemon.post(during) == 200
+        assert asyncio.get_running_loop().time() - started < 1.0  # not held by the drain
+        assert await asyncio.wait_for(daemon.proc.wait(), timeout=20) == 0
+    assert [m.reply_to for m in talk.messages] == [610]  # the slow turn finished
+    async with serve(config):
+        await talk.wait_for_messages(2, timeout=15)
+    assert talk.texts()[1] == "late but answered"
+    assert [m.reply_to for m in talk.messages] == [610, 611]

@@ -1,4 +1,5 @@
-"""sd_notify and the watchdog, against a real Unix datagram socket standing in for systemd."""
+"""sd_notify and the watchdog, against a real Unix datagram socket standing in for systemd;
+the socket activation variables (sd_listen_fds)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.serving import FD_RESERVE_MIN, default_max_connections
-from bot.systemd import Notifier, Watchdog, watchdog_interval
+from bot.systemd import Notifier, Watchdog, listen_fds, watchdog_interval
 
 RECV_TIMEOUT_S = 5.0
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "talkbot.service"
@@ -164,6 +165,26 @@ async def _until(condition: Callable[[], bool], limit_s: float = 5.0) -> None:
 def test_a_non_positive_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         Watchdog(Notifier(None), 0)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"LISTEN_PID": "4242", "LISTEN_FDS": "1"}, [3]),  # talkbot.socket: one ListenStream=
+        ({"LISTEN_PID": "4242", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "a:b"}, [3, 4]),
+        ({"LISTEN_PID": "1", "LISTEN_FDS": "1"}, []),  # passed to another process: not ours
+        ({"LISTEN_FDS": "1"}, []),
+        ({"LISTEN_PID": "4242", "LISTEN_FDS": "one"}, []),
+        ({"LISTEN_PID": "4242", "LISTEN_FDS": "0"}, []),
+        ({}, []),  # not socket-activated: serve binds [server] host/port itself
+    ],
+)
+def test_r16_listen_fds_takes_systemds_sockets_once_and_hides_them_from_children(
+    environ: dict[str, str], expected: list[int]
+) -> None:
+    environ = {**environ, "PATH": "/usr/bin"}
+    assert listen_fds(environ, pid=4242) == expected
+    assert environ == {"PATH": "/usr/bin"}  # a child the daemon starts inherits none of them
 
 
 def test_h05_the_unit_sets_a_descriptor_limit_with_room_beside_the_connection_cap() -> None:

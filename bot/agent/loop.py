@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from bot import replies
 from bot.agent import prompts
 from bot.agent.llm import LLM, Completion, LLMCallError, ToolCallRequest
 from bot.config import Approver, LimitsSettings
@@ -262,6 +263,9 @@ def _final(completion: Completion, state: TurnState, toolbox: Toolbox) -> Reply 
         return GaveUp("empty", rounds=state.rounds, tools_used=state.tools_used)
     if state.capped:
         text = f"{text}\n\n{prompts.capped_note(state.capped)}"
+    if state.tainted or state.private:  # the answer itself must not be a way out
+        seen = "\n".join(str(message.get("content") or "") for message in state.messages)
+        text = replies.defuse_unseen_links(text, seen)
     return Reply(
         text,
         state.rounds,

@@ -36,7 +36,6 @@ def system_prompt(
     requester_name: str,
     requester_id: str,
     role: Role,
-    room_name: str,
     room_is_one_to_one: bool,
     now: datetime,
     timezone: str,
@@ -53,7 +52,9 @@ def system_prompt(
             "",
             f"You are {_one_line(bot_name)}, an assistant in Nextcloud Talk.",
             f"Current time: {now:%A %Y-%m-%d %H:%M} ({_one_line(timezone)}).",
-            f'Room: "{_one_line(room_name)}", {room_kind}.',
+            # The room's name is not shown: whoever may rename the room could write
+            # instructions there that no provenance check would see (#13).
+            f"Room: {room_kind}.",
             f'You are answering "{_one_line(requester_name)}" ({_one_line(requester_id)}), '
             f"{_ROLE_NOTES[role]}.",
             "",

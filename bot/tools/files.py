@@ -406,6 +406,7 @@ def make_file_tools(settings: FilesToolSettings) -> list[Tool[Any]]:
             run=file_list,
             roles=admins,
             reads_private=True,
+            brings_untrusted=True,  # file names in a shared folder are anyone's text
         ),
         Tool(
             name="file_read",

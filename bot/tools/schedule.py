@@ -161,6 +161,13 @@ class ScheduleTools:
             raise ToolError(f"you have no job with id {job_id[:64]!r}")
         if job.source == "config":
             raise ToolError(f"job {job_id} comes from the config file; change it there")
+        if (ctx.tainted or ctx.private) and job.owner != ctx.requester:
+            # Told by someone else's text, the model could remove other people's jobs: in
+            # such a turn only the requester's own go; an admin uses `!jobs remove ID`.
+            raise ToolError(
+                f"job {job_id} is not yours, and this turn read text you did not write:"
+                " remove it with the !jobs remove command instead"
+            )
         await self._scheduler.remove(job_id)
         return f"removed job {job_id}"
 
@@ -198,6 +205,7 @@ class ScheduleTools:
                 args=ScheduleRemoveArgs,
                 run=self.remove_job,
                 roles=user,
+                changes_state=True,
                 timeout_s=10,
             ),
         ]
