@@ -62,6 +62,8 @@ INSERT_EVENT = (
     " SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
     " (SELECT 1 FROM replay_floor WHERE room = ? AND message_id >= ?)"
 )
+# Rows purged per commit: housekeeping never holds the store's thread for long (#14).
+PURGE_CHUNK = 500
 # Kinds whose dedupe key ends in the Talk id of the message itself (not a reacted one).
 _FLOORED_KINDS = ("Create", "Activity")
 
@@ -534,22 +536,35 @@ class Store:
         so it outlives the body by far (W05).
         """
         now = self._clock.now()
+        bodies_before, rows_before = now - bodies_older_than_s, now - rows_older_than_s
 
-        def purge(db: sqlite3.Connection) -> None:
+        def empty_bodies(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "UPDATE inbox SET body = '' WHERE id IN (SELECT id FROM inbox"
+                " WHERE status NOT IN ('pending', 'running') AND received_at < ?"
+                " AND body != '' ORDER BY id LIMIT ?)",
+                (bodies_before, PURGE_CHUNK),
+            ).rowcount
+
+        def delete_rows(db: sqlite3.Connection) -> int:
             with _savepoint(db):
-                db.execute(
-                    "UPDATE inbox SET body = '' WHERE status NOT IN ('pending', 'running')"
-                    " AND received_at < ? AND body != ''",
-                    (now - bodies_older_than_s,),
-                )
-                _raise_replay_floors(db, now - rows_older_than_s)
-                db.execute(
-                    "DELETE FROM inbox WHERE status NOT IN ('pending', 'running')"
-                    " AND received_at < ?",
-                    (now - rows_older_than_s,),
-                )
+                ids = [
+                    row[0]
+                    for row in db.execute(
+                        "SELECT id FROM inbox WHERE status NOT IN ('pending', 'running')"
+                        " AND received_at < ? ORDER BY id LIMIT ?",
+                        (rows_before, PURGE_CHUNK),
+                    )
+                ]
+                _raise_replay_floors(db, ids)
+                db.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i in ids])
+            return len(ids)
 
-        await self._apply(purge)
+        # In chunks, each its own commit: webhooks arriving meanwhile are committed between
+        # them instead of waiting behind one long transaction on the store's thread.
+        for step in (empty_bodies, delete_rows):
+            while await self._apply(step) == PURGE_CHUNK:
+                pass
 
     # -- rooms -----------------------------------------------------------------------
 
@@ -945,14 +960,15 @@ def _refuse(entries: Sequence[_Write], error: type[StoreError], message: str) ->
             entry.done.set_exception(error(message))
 
 
-def _raise_replay_floors(db: sqlite3.Connection, before: float) -> None:
+def _raise_replay_floors(db: sqlite3.Connection, ids: Sequence[int]) -> None:
     """Before rows go, each room's floor rises to the highest message id among them: the
     row that made a replay a no-op is gone, the floor keeps doing it (H03)."""
     floors: dict[str, int] = {}
+    marks = ", ".join("?" for _ in ids)
     rows = db.execute(
-        "SELECT room, dedupe_key FROM inbox WHERE status NOT IN ('pending', 'running')"
-        " AND received_at < ? AND kind IN (?, ?) AND dedupe_key IS NOT NULL",
-        (before, *_FLOORED_KINDS),
+        f"SELECT room, dedupe_key FROM inbox WHERE id IN ({marks})"  # noqa: S608 - placeholders only
+        " AND kind IN (?, ?) AND dedupe_key IS NOT NULL",
+        (*ids, *_FLOORED_KINDS),
     )
     for room, key in rows:
         number = str(key).rpartition(":")[2]

@@ -13,7 +13,7 @@ import pytest
 
 from bot.clock import ManualClock
 from bot.errors import StoreError, StoreUnavailableError
-from bot.store import HistoryEntry, Store
+from bot.store import PURGE_CHUNK, HistoryEntry, Store
 
 
 @pytest.fixture
@@ -68,6 +68,42 @@ async def test_housekeeping_never_touches_open_events(store: Store, clock: Manua
     await store.purge()
     [item] = await store.open_events()
     assert item.body == b'{"x":1}'
+
+
+async def test_h03_the_purge_works_in_chunks_and_keeps_every_rooms_floor(
+    store: Store, clock: ManualClock
+) -> None:
+    """More old rows than one chunk (PURGE_CHUNK): all go, in several short commits, and
+    each room's replay floor is its highest purged message id."""
+    count = 2 * PURGE_CHUNK + 100
+    old_ids = []
+    for n in range(count):
+        room = "r1" if n % 2 else "r2"
+        key = f"Create:{room}:{1000 + n}"
+        event_id = await store.accept_event(
+            room=room, kind="Create", body=b"{}", random=f"{n:064d}", dedupe_key=key
+        )
+        assert event_id is not None
+        old_ids.append(event_id)
+        await store.finish_event(event_id)
+    open_id = await accept(store, "o" * 64, key="Create:r1:5000")  # still pending: kept
+    clock.advance(181 * 24 * 3600)
+    await store.purge()
+    [kept] = await store.open_events()
+    assert kept.id == open_id
+    assert [await store.get_event(i) for i in (old_ids[0], old_ids[-1])] == [None, None]
+    assert await store.inbox_backlog() == 1
+    last = 1000 + count - 1  # the highest id is odd (r1) when count is even
+    for room, highest in (("r1", last), ("r2", last - 1)):
+        replay = await store.accept_event(
+            room=room,
+            kind="Create",
+            body=b"{}",
+            random="z" * 63 + room[-1],
+            dedupe_key=f"Create:{room}:{highest}",
+            message_id=highest,
+        )
+        assert replay is None
 
 
 async def test_events_survive_reopening(tmp_path: Path, clock: ManualClock) -> None:
