@@ -22,6 +22,7 @@ from bot.config import LimitsSettings
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import Daemon, create_event, dm_event, join_event, running_daemon
+from tests.test_schedules_e2e import tool_results
 from tests.test_tools_e2e import LoopbackOnly
 
 OTHER_ROOM = "otherroom1"
@@ -171,8 +172,7 @@ async def test_i02_a_members_message_cannot_fetch_a_file_out(
         texts = await daemon.say(create_event("no", sender="alice"))
         assert texts == ["Here is a harmless summary."]
     assert site.seen == []  # the attacker's server never heard from the bot
-    tool_texts = [m["content"] for r in llm.requests for m in r.messages if m["role"] == "tool"]
-    assert any(SECRET_TEXT in text for text in tool_texts)  # file_read did run
+    assert any(SECRET_TEXT in text for text in tool_results(llm))  # file_read did run
 
 
 # -- I03: a page or a search result does the same --------------------------------------
@@ -387,5 +387,4 @@ async def test_i01_someone_elses_text_cannot_remove_another_persons_job(
         await daemon.say(create_event(attack, sender="mallory"))
         await daemon.say(create_event("talkbot, summarise", sender="alice"))
         assert [j.id for j in await jobs(daemon)] == [job.id]
-        refused = [m["content"] for r in llm.requests for m in r.messages if m["role"] == "tool"]
-        assert any("!jobs remove" in text for text in refused)
+        assert any("!jobs remove" in text for text in tool_results(llm))

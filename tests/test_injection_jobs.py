@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.clock import ManualClock
-from bot.scheduler import ScheduledJob, Scheduler
+from bot.scheduler import ScheduledJob
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import (
@@ -26,25 +26,13 @@ from tests.harness import (
     join_event,
     running_daemon,
 )
+from tests.test_schedules_e2e import scheduler_of, tool_results
 
 HOUR = 3600
 T0 = datetime(2026, 11, 5, 8, 0, tzinfo=UTC).timestamp()
 LIVE_MASS_MENTION = re.compile(r"@\"?(all|here)\b", re.IGNORECASE)
 MODERATOR = "2"
 MEMBER = "3"
-
-
-def scheduler_of(daemon: Daemon) -> Scheduler:
-    return daemon.runtime.running.scheduler
-
-
-def tool_results(llm: FakeLLM) -> list[str]:
-    seen: list[str] = []
-    for request in llm.requests:
-        for message in request.messages:
-            if message.get("role") == "tool" and message["content"] not in seen:
-                seen.append(message["content"])
-    return seen
 
 
 async def bobs_digest_job(daemon: Daemon, llm: FakeLLM) -> ScheduledJob:

@@ -7,9 +7,7 @@ files root holding the config, a secret file or the store is refused by `check` 
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from bot.cli import EXIT_CONFIG, main
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import ADMIN_ROOM, SECRET, base_config, create_event, free_port, running_daemon
-from tests.test_ops_e2e import write_config
+from tests.test_ops_e2e import exit_of, spawn, write_config
 
 
 def config_with_root(tmp_path: Path, talk: FakeTalk, llm: FakeLLM, root: Path) -> Path:
@@ -72,22 +70,11 @@ async def test_i10_serve_refuses_the_root_that_would_hand_the_model_its_config(
 ) -> None:
     """The attack: root = the config's folder, then `file_read talkbot.toml`. It never starts."""
     config = config_with_root(tmp_path, talk, llm, tmp_path)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
-    assert proc.returncode == EXIT_CONFIG
-    lines = err.decode().strip().splitlines()
+    code, lines = await exit_of(await spawn(config))
+    assert code == EXIT_CONFIG
     assert len(lines) == 1
     assert "tools.files.root" in lines[0]
-    assert SECRET not in err.decode()
+    assert SECRET not in lines[0]
 
 
 async def test_i10_a_password_in_the_model_url_is_never_shown_and_works(
