@@ -18,7 +18,7 @@ from bot.tools.ops import RESTARTING, LogsArgs, RestartArgs, make_ops_tools, new
 ADMIN_ROOM = "adminroom1"
 BOT_SECRET = "canary-bot-secret-0123456789abcdefghijklmnop"
 API_KEY = "sk-canary-api-key-fedcba9876543210"
-USER_TEXT = "my private note: the vault code is 7431"
+USER_TEXT = "my private note: the vault code is kiwi"
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ async def test_l01_logs_tool_output_never_contains_a_secret(box: Toolbox) -> Non
     log_some_secrets()
     result = await box.execute("bot_logs", LogsArgs(lines=50), ctx())
     assert result.ok
-    for canary in (BOT_SECRET, API_KEY, USER_TEXT, "7431"):
+    for canary in (BOT_SECRET, API_KEY, USER_TEXT, "kiwi"):
         assert canary not in result.text
     lines = result.text.splitlines()
     assert lines[0] == "last 6 log lines (secrets and message text redacted):"
