@@ -19,7 +19,7 @@ from bot.access import Access, stored_roles
 from bot.agent.history import History
 from bot.agent.llm import LLM
 from bot.clock import Clock, SystemClock
-from bot.config import Role, Settings, config_warnings, strip_credentials
+from bot.config import Role, Settings, StorageSettings, config_warnings, strip_credentials
 from bot.dispatch import Dispatcher
 from bot.errors import ConfigError, StoreError, TalkError
 from bot.handlers import EventHandler
@@ -271,11 +271,20 @@ async def _dry_run_tools(settings: Settings) -> None:
         await store.close()
 
 
+def open_store(storage: StorageSettings, clock: Clock) -> Store:
+    """The store the config names: PostgreSQL when ``url`` is set, else SQLite at ``path``."""
+    if storage.backend == "postgres":
+        password = storage.password.get_secret_value() or None
+        return Store.open_postgres(storage.url, password, clock)
+    return Store.open(storage.path, clock)
+
+
 def _files_root_refusal(settings: Settings) -> list[tuple[str, str]]:
     """A files root within reach of the config, a secret file or the store is refused."""
     if not any(settings.tools.policy(name).enabled is not False for name in FILE_TOOLS):
         return []
-    protected = [*settings.source_files, settings.storage.path]
+    store = [settings.storage.path] if settings.storage.backend == "sqlite" else []
+    protected = [*settings.source_files, *store]
     refusal = root_refusal(Path(settings.tools.files.root), protected)
     return [("tools.files.root", refusal)] if refusal else []
 
@@ -291,7 +300,7 @@ async def build_parts(
 ) -> Parts:
     settings, clock = runtime.settings, runtime.clock
     check_schedules(settings.schedules, settings.chat.timezone)
-    store = Store.open(settings.storage.path, clock)
+    store = open_store(settings.storage, clock)
     session = aiohttp.ClientSession(trust_env=False)
     secret = settings.nextcloud.bot_secret.get_secret_value()
     talk = TalkClient(session, settings.nextcloud.url, secret, clock=clock)

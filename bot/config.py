@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -40,6 +40,7 @@ TEXT_TYPES = (str, SecretStr, Path)
 SECRET_FIELDS: dict[str, tuple[str, ...]] = {
     "nextcloud": ("bot_secret",),
     "llm": ("api_key",),
+    "storage": ("password",),
 }
 SECRET_FILE_KEYS = {
     (section, f"{name}_file") for section, names in SECRET_FIELDS.items() for name in names
@@ -202,7 +203,47 @@ class ConfirmSettings(Frozen):
 
 
 class StorageSettings(Frozen):
+    """``path``: the embedded SQLite store (one process). ``url``: a PostgreSQL database
+    that several replicas share; its password in the URL or from ``password_file``."""
+
     path: Path = Path("talkbot.sqlite3")
+    url: str = ""
+    password: SecretStr = SecretStr("")
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError('must be a PostgreSQL URL ("postgresql://user@host/database")')
+        if not parts.path.strip("/") and "dbname=" not in parts.query:
+            raise ValueError("must name the database (postgresql://user@host/database)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_password(self) -> StorageSettings:
+        if self.password.get_secret_value() and not self.url:
+            raise ValueError("password_file is for the PostgreSQL store: set url too")
+        if self.password.get_secret_value() and self.url_password:
+            raise ValueError("the password is in url and in password_file: keep one")
+        return self
+
+    @property
+    def url_password(self) -> str:
+        """The password in ``url`` or its ``?password=`` (a secret: redacted from logs)."""
+        parts = urlsplit(self.url)
+        return parts.password or parse_qs(parts.query).get("password", [""])[0]
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgres"]:
+        return "postgres" if self.url else "sqlite"
+
+    @property
+    def location(self) -> str:
+        """Where the store is, fit for logs and chat: the path, or the URL without password."""
+        return strip_credentials(self.url) if self.url else str(self.path)
 
 
 class ToolPolicy(BaseModel):
@@ -380,6 +421,8 @@ class Settings(Frozen):
             self.nextcloud.bot_secret.get_secret_value(),
             self.llm.api_key.get_secret_value(),
             self.llm.url_password,
+            self.storage.password.get_secret_value(),
+            self.storage.url_password,
         ]
         return [value for value in values if value]
 

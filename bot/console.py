@@ -263,7 +263,7 @@ def _greet(out: TextIO, runtime: Runtime, parts: Parts, session: ConsoleSession)
     where = "every message is a turn" if session.answers_all else "name the bot (!mode all)"
     out.write(
         f"talkbot console: you are {session.actor} (role {role}) in room {session.room.token} "
-        f"({where}).\nStore: {runtime.settings.storage.path}. Replies appear here instead of "
+        f"({where}).\nStore: {runtime.settings.storage.location}. Replies appear here instead of "
         "in Talk. /quit or Ctrl-D leaves.\n"
     )
     if role == "none":

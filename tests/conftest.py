@@ -12,6 +12,9 @@ from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import API_KEY, SECRET, Daemon, running_daemon
 
+# A real PostgreSQL for the store's tests: postgres_server, postgres_url (tests/pgserver.py).
+pytest_plugins = ["tests.pgserver"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", help="run long soak tests")

@@ -171,3 +171,50 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
         load_settings(tmp_path / "absent.toml", {})
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(write(tmp_path, "[server\nport = 1"), {})
+
+
+def test_p06_storage_url_selects_postgres_and_its_password_is_a_secret(tmp_path: Path) -> None:
+    (tmp_path / "db.pw").write_text("pg-Heron-8812\n")
+    text = MINIMAL + (
+        '[storage]\nurl = "postgresql://talkbot@db.example.com/talkbot"\n'
+        f'password_file = "{tmp_path / "db.pw"}"\n'
+    )
+    settings = load_settings(write(tmp_path, text), {})
+    assert settings.storage.backend == "postgres"
+    assert settings.storage.password.get_secret_value() == "pg-Heron-8812"
+    assert "pg-Heron-8812" in settings.secret_values()
+    assert "pg-Heron-8812" not in repr(settings)
+    assert tmp_path / "db.pw" in settings.source_files  # out of the file tools' reach
+    inline = settings_from_mapping(
+        {
+            "nextcloud": {"url": "https://cloud.example.com", "bot_secret": SECRET},
+            "storage": {"url": "postgresql://talkbot:pg-Wren-31@db/talkbot?sslmode=require"},
+        },
+        {},
+    )
+    assert "pg-Wren-31" in inline.secret_values()
+    assert inline.storage.location == "postgresql://db/talkbot"
+    assert load_settings(write(tmp_path, MINIMAL), {}).storage.backend == "sqlite"
+
+
+@pytest.mark.parametrize(
+    ("storage", "reason"),
+    [
+        ({"url": "mysql://db/talkbot"}, "must be a PostgreSQL URL"),
+        ({"url": "postgresql://db"}, "must name the database"),
+        ({"password": "pw"}, "password_file is for the PostgreSQL store: set url too"),
+        (
+            {"url": "postgresql://u:pw@db/talkbot", "password": "pw2"},
+            "the password is in url and in password_file: keep one",
+        ),
+    ],
+)
+def test_bad_storage_is_explained_without_the_password(
+    storage: dict[str, str], reason: str
+) -> None:
+    data = {"nextcloud": {"url": "https://cloud.example.com", "bot_secret": SECRET}}
+    with pytest.raises(ConfigError) as refused:
+        settings_from_mapping({**data, "storage": storage}, {})
+    assert reason in str(refused.value)
+    assert "storage" in str(refused.value)
+    assert "pw2" not in str(refused.value)

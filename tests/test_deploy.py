@@ -366,7 +366,11 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 def test_example_config_documents_every_config_key() -> None:
     text = EXAMPLE.read_text()
     shown = documented_keys(text)
-    wanted = model_keys(Settings, "") | {"nextcloud.bot_secret_file", "llm.api_key_file"}
+    wanted = model_keys(Settings, "") | {
+        "nextcloud.bot_secret_file",
+        "llm.api_key_file",
+        "storage.password_file",
+    }
     assert sorted(wanted - shown) == []
     policies = {key.rsplit(".", 1)[1] for key in shown if key.startswith("tools.bot_restart.")}
     assert policies == set(ToolPolicy.model_fields)  # the per-tool policy keys, once

@@ -19,8 +19,8 @@ from structlog.testing import capture_logs
 
 from bot.clock import ManualClock
 from bot.errors import StoreError
-from bot.migrations import MIGRATIONS, Migration, migrate
 from bot.store import HistoryEntry, JobRecord, RunRecord, Store
+from bot.store.migrations import MIGRATIONS, Migration, migrate
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import dm_event, php_json

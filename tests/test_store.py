@@ -1,5 +1,8 @@
-"""The SQLite store: inbox durability and dedupe, rooms, history, roles, the lock (R12),
-a locked or full store (H04)."""
+"""The store on both backends: inbox durability and dedupe, rooms, history, roles,
+confirmations, jobs; SQLite's lock (R12) and a locked or full SQLite store (H04).
+
+Tests taking ``store`` run twice: on SQLite and on a real PostgreSQL (tests/pgserver.py).
+"""
 
 from __future__ import annotations
 
@@ -16,9 +19,16 @@ from bot.errors import StoreError, StoreUnavailableError
 from bot.store import PURGE_CHUNK, HistoryEntry, Store
 
 
-@pytest.fixture
-def store(tmp_path: Path, clock: ManualClock) -> Store:
-    return Store.open(tmp_path / "db.sqlite3", clock)
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
+) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        opened = Store.open(tmp_path / "db.sqlite3", clock)
+    else:
+        opened = Store.open_postgres(request.getfixturevalue("postgres_url"), None, clock)
+    yield opened
+    await opened.close()
 
 
 async def accept(store: Store, random: str, key: str | None = "Create:r1:1") -> int | None:

@@ -1,0 +1,44 @@
+"""Each room's conversation as the model sees it, with where each text came from (#13)."""
+
+from __future__ import annotations
+
+from bot.store.aggregate import Aggregate
+from bot.store.records import HistoryEntry
+
+
+class History(Aggregate):
+    async def add_history(self, room: str, entry: HistoryEntry) -> None:
+        await self._engine.change(
+            "INSERT INTO history (room, role, actor_id, actor_name, content, message_id,"
+            " created_at, provenance) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                room,
+                entry.role,
+                entry.actor_id,
+                entry.actor_name,
+                entry.content,
+                entry.message_id,
+                entry.created_at or self._clock.now(),
+                entry.provenance,
+            ),
+        )
+
+    async def recent_history(self, room: str, limit: int) -> list[HistoryEntry]:
+        """The last ``limit`` entries of a room, oldest first."""
+        rows = await self._engine.read(
+            "SELECT role, content, actor_id, actor_name, message_id, created_at, provenance"
+            " FROM history WHERE room = ? ORDER BY id DESC LIMIT ?",
+            (room, limit),
+        )
+        return [HistoryEntry(**row) for row in reversed(rows)]
+
+    async def forget_history(self, room: str) -> int:
+        return await self._engine.change("DELETE FROM history WHERE room = ?", (room,))
+
+    async def trim_history(self, room: str, keep: int) -> None:
+        """Keep a room's newest ``keep`` rows; the index walks only those (H06)."""
+        await self._engine.change(
+            "DELETE FROM history WHERE room = ? AND id <= (SELECT id FROM history"
+            " WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (room, room, keep),
+        )

@@ -1,0 +1,191 @@
+"""The inbox: every verified webhook, stored before it is acknowledged (W04, W05)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bot.store.aggregate import Aggregate
+from bot.store.engine import Row, Tx
+from bot.store.records import InboxItem
+
+BODY_RETENTION_S = 14 * 24 * 3600
+ROW_RETENTION_S = 180 * 24 * 3600
+
+# A webhook waits at most this long for a commit (Talk waits inside the sender's request);
+# once the store is known down, it gets one attempt only.
+INTAKE_BUDGET_S = 2.0
+# Rows purged per commit: housekeeping never holds the store's thread for long (#14).
+PURGE_CHUNK = 500
+
+# A message at or below its room's replay floor was accepted before and purged since:
+# the row is not inserted, so the webhook is a repeat (H03).
+INSERT_EVENT = (
+    "INSERT INTO inbox (room, dedupe_key, random, kind, body, received_at)"
+    " SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
+    " (SELECT 1 FROM replay_floor WHERE room = ? AND message_id >= ?)"
+    " ON CONFLICT DO NOTHING RETURNING id"
+)
+_ITEM = "SELECT id, room, kind, body, received_at, attempts FROM inbox"
+# Kinds whose dedupe key ends in the Talk id of the message itself (not a reacted one).
+_FLOORED_KINDS = ("Create", "Activity")
+_RAISE_FLOOR = {
+    "sqlite": "INSERT INTO replay_floor (room, message_id) VALUES (?, ?) ON CONFLICT (room)"
+    " DO UPDATE SET message_id = max(message_id, excluded.message_id)",
+    "postgres": "INSERT INTO replay_floor (room, message_id) VALUES (?, ?) ON CONFLICT (room)"
+    " DO UPDATE SET message_id = greatest(replay_floor.message_id, excluded.message_id)",
+}
+
+
+class Inbox(Aggregate):
+    async def accept_event(
+        self,
+        *,
+        room: str,
+        kind: str,
+        body: bytes,
+        random: str,
+        dedupe_key: str | None,
+        message_id: int | None = None,
+    ) -> int | None:
+        """Store a verified webhook; None when its random or its key was seen before.
+
+        Returns once the row is committed (W04, W05). Webhooks arriving together are
+        committed together: one transaction per event-loop tick, not one per webhook.
+        StoreUnavailableError when the store cannot commit within INTAKE_BUDGET_S (H04).
+        """
+        row = (room, dedupe_key, random, kind, body.decode("utf-8"), self._clock.now())
+        params = (*row, room, message_id)
+
+        def insert(tx: Tx) -> int | None:
+            found = tx.execute(INSERT_EVENT, params).fetchall()
+            return int(found[0]["id"]) if found else None
+
+        return await self._engine.apply(insert, budget_s=INTAKE_BUDGET_S)
+
+    async def open_events(self) -> list[InboxItem]:
+        """Everything accepted and not finished, oldest first (resumed after a restart)."""
+        rows = await self._engine.read(
+            f"{_ITEM} WHERE status IN ('pending', 'running') ORDER BY id"
+        )
+        return [_item(row) for row in rows]
+
+    async def get_event(self, event_id: int) -> InboxItem | None:
+        row = await self._engine.read_one(f"{_ITEM} WHERE id = ?", (event_id,))
+        return None if row is None else _item(row)
+
+    async def start_event(self, event_id: int) -> None:
+        await self._engine.change(
+            "UPDATE inbox SET status = 'running', attempts = attempts + 1 WHERE id = ?",
+            (event_id,),
+        )
+
+    async def finish_event(self, event_id: int, status: str = "done", error: str = "") -> None:
+        await self._engine.change(
+            "UPDATE inbox SET status = ?, finished_at = ?, error = ? WHERE id = ?",
+            (status, self._clock.now(), error, event_id),
+        )
+
+    async def drop_events(self, event_ids: list[int], reason: str) -> None:
+        """Mark events given up without handling (a flooded room), in one commit."""
+        rows = [(self._clock.now(), reason, event_id) for event_id in event_ids]
+
+        def drop(tx: Tx) -> None:
+            tx.executemany(
+                "UPDATE inbox SET status = 'dropped', finished_at = ?, error = ? WHERE id = ?",
+                rows,
+            )
+
+        await self._engine.apply(drop)
+
+    async def inbox_backlog(self, *, waiting_only: bool = False) -> int:
+        """Accepted events not finished; ``waiting_only``: those not started yet."""
+        statuses = "('pending')" if waiting_only else "('pending', 'running')"
+        row = await self._engine.read_one(
+            f"SELECT count(*) AS n FROM inbox WHERE status IN {statuses}"  # noqa: S608 - two fixed fragments
+        )
+        return 0 if row is None else int(row["n"])
+
+    async def seen_any(self, dedupe_keys: Sequence[str]) -> bool:
+        """Whether an event with one of these keys was accepted (and not yet purged)."""
+        marks = ", ".join("?" for _ in dedupe_keys)
+        row = await self._engine.read_one(
+            f"SELECT 1 AS seen FROM inbox WHERE dedupe_key IN ({marks}) LIMIT 1",  # noqa: S608 - placeholders only
+            tuple(dedupe_keys),
+        )
+        return row is not None
+
+    async def event_status(self, event_id: int) -> str | None:
+        row = await self._engine.read_one("SELECT status FROM inbox WHERE id = ?", (event_id,))
+        return None if row is None else str(row["status"])
+
+    async def purge(
+        self,
+        *,
+        bodies_older_than_s: float = BODY_RETENTION_S,
+        rows_older_than_s: float = ROW_RETENTION_S,
+    ) -> None:
+        """Housekeeping: finished events lose their body, and much later their row.
+
+        The row (its room + message id and its random) is what makes a replay a no-op,
+        so it outlives the body by far (W05); before it goes, its room's replay floor
+        keeps doing that (H03).
+        """
+        now = self._clock.now()
+        bodies_before, rows_before = now - bodies_older_than_s, now - rows_older_than_s
+
+        def empty_bodies(tx: Tx) -> int:
+            return tx.execute(
+                "UPDATE inbox SET body = '' WHERE id IN (SELECT id FROM inbox"
+                " WHERE status NOT IN ('pending', 'running') AND received_at < ?"
+                " AND body != '' ORDER BY id LIMIT ?)",
+                (bodies_before, PURGE_CHUNK),
+            ).rowcount
+
+        def delete_rows(tx: Tx) -> int:
+            ids = [
+                int(row["id"])
+                for row in tx.execute(
+                    "SELECT id FROM inbox WHERE status NOT IN ('pending', 'running')"
+                    " AND received_at < ? ORDER BY id LIMIT ?",
+                    (rows_before, PURGE_CHUNK),
+                ).fetchall()
+            ]
+            if ids:
+                _raise_replay_floors(tx, ids)
+                tx.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i in ids])
+            return len(ids)
+
+        # In chunks, each its own commit: webhooks arriving meanwhile are committed between
+        # them instead of waiting behind one long transaction on the store's thread.
+        for step in (empty_bodies, delete_rows):
+            while await self._engine.apply(step) == PURGE_CHUNK:
+                pass
+
+
+def _raise_replay_floors(tx: Tx, ids: Sequence[int]) -> None:
+    """Before rows go, each room's floor rises to the highest message id among them: the
+    row that made a replay a no-op is gone, the floor keeps doing it (H03)."""
+    floors: dict[str, int] = {}
+    marks = ", ".join("?" for _ in ids)
+    rows = tx.execute(
+        f"SELECT room, dedupe_key FROM inbox WHERE id IN ({marks})"  # noqa: S608 - placeholders only
+        " AND kind IN (?, ?) AND dedupe_key IS NOT NULL",
+        (*ids, *_FLOORED_KINDS),
+    ).fetchall()
+    for row in rows:
+        number = str(row["dedupe_key"]).rpartition(":")[2]
+        if number.isdigit():
+            floors[row["room"]] = max(floors.get(row["room"], 0), int(number))
+    if floors:
+        tx.executemany(_RAISE_FLOOR[tx.dialect], sorted(floors.items()))
+
+
+def _item(row: Row) -> InboxItem:
+    return InboxItem(
+        id=row["id"],
+        room=row["room"],
+        kind=row["kind"],
+        body=str(row["body"]).encode("utf-8"),
+        received_at=row["received_at"],
+        attempts=row["attempts"],
+    )

@@ -1,0 +1,152 @@
+"""Pending actions: each dangerous call parked until its requester's own "yes" (A08).
+
+Every change of status is a compare-and-set, so an action runs once however many answers
+arrive at once, on however many replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bot.store.aggregate import Aggregate
+from bot.store.engine import Conflict, Tx
+from bot.store.records import NewPendingAction, PendingAction
+
+_COLUMNS = (
+    "id, code, turn_id, call_id, room, requester, requester_name, tool, args_json, args_hash,"
+    " approver, state_json, after_message_id, prompt_text, created_at, expires_at, status,"
+    " decided_by, result_text, updated_at"
+)
+
+
+class Pending(Aggregate):
+    async def create_pending(
+        self, actions: Sequence[NewPendingAction]
+    ) -> list[PendingAction] | None:
+        """Store the pending actions of one turn together; None if a code is already open."""
+        now = self._clock.now()
+
+        def insert(tx: Tx) -> list[int] | None:
+            try:
+                with tx.savepoint():
+                    return [_insert(tx, action, now) for action in actions]
+            except Conflict:
+                return None
+
+        ids = await self._engine.apply(insert)
+        if ids is None:
+            return None
+        return [action for action_id in ids if (action := await self.get_pending(action_id))]
+
+    async def get_pending(self, action_id: int) -> PendingAction | None:
+        found = await self._pending_where("id = ?", (action_id,))
+        return found[0] if found else None
+
+    async def pending_by_code(self, code: str) -> PendingAction | None:
+        """The action with this code: the open one, else the latest that had it."""
+        found = await self._pending_where(
+            "code = ? ORDER BY status IN ('pending', 'approved', 'running') DESC, id DESC LIMIT 1",
+            (code.upper(),),
+        )
+        return found[0] if found else None
+
+    async def open_pending(self, room: str) -> list[PendingAction]:
+        """Actions in a room still waiting for an answer (expired or not), oldest first."""
+        return await self._pending_where("room = ? AND status = 'pending' ORDER BY id", (room,))
+
+    async def list_open_pending(self) -> list[PendingAction]:
+        """Every action not finished yet, in every room, oldest first (for !pending)."""
+        return await self._pending_where(
+            "status IN ('pending', 'approved', 'running') ORDER BY id", ()
+        )
+
+    async def interrupted_pending(self) -> list[PendingAction]:
+        """Actions approved or running when the process stopped (never re-run, A10)."""
+        return await self._pending_where("status IN ('approved', 'running') ORDER BY id", ())
+
+    async def set_pending_prompt(self, action_id: int, prompt_text: str) -> None:
+        await self._engine.change(
+            "UPDATE pending_actions SET prompt_text = ? WHERE id = ?", (prompt_text, action_id)
+        )
+
+    async def transition_pending(
+        self,
+        action_id: int,
+        from_status: str,
+        to_status: str,
+        *,
+        decided_by: str | None = None,
+        result_text: str | None = None,
+        unexpired_at: float | None = None,
+    ) -> bool:
+        """Compare-and-set the status; False when it was not ``from_status`` (or expired)."""
+        sets = ["status = ?", "updated_at = ?"]
+        params: list[Any] = [to_status, self._clock.now()]
+        if decided_by is not None:
+            sets.append("decided_by = ?")
+            params.append(decided_by)
+        if result_text is not None:
+            sets.append("result_text = ?")
+            params.append(result_text)
+        sql = f"UPDATE pending_actions SET {', '.join(sets)} WHERE id = ? AND status = ?"  # noqa: S608 - fixed fragments, values bound
+        params += [action_id, from_status]
+        if unexpired_at is not None:
+            sql += " AND expires_at > ?"
+            params.append(unexpired_at)
+        return await self._engine.change(sql, params) == 1
+
+    async def claim_turn_resume(self, turn_id: str) -> list[PendingAction] | None:
+        """All actions of a turn, once, when none is open any more; else None."""
+
+        def claim(tx: Tx) -> bool:
+            [row] = tx.execute(
+                "SELECT count(*) AS n FROM pending_actions WHERE turn_id = ?"
+                " AND status IN ('pending', 'approved', 'running')",
+                (turn_id,),
+            ).fetchall()
+            if int(row["n"]) > 0:
+                return False
+            claimed = tx.execute(
+                "UPDATE pending_actions SET resumed = 1 WHERE turn_id = ? AND resumed = 0",
+                (turn_id,),
+            )
+            return claimed.rowcount > 0
+
+        if not await self._engine.apply(claim):
+            return None
+        return await self._pending_where("turn_id = ? ORDER BY id", (turn_id,))
+
+    async def _pending_where(self, where: str, params: Sequence[Any]) -> list[PendingAction]:
+        rows = await self._engine.read(
+            f"SELECT {_COLUMNS} FROM pending_actions WHERE {where}",  # noqa: S608 - fixed fragments, values bound
+            tuple(params),
+        )
+        return [PendingAction(**row) for row in rows]
+
+
+def _insert(tx: Tx, action: NewPendingAction, now: float) -> int:
+    [row] = tx.execute(
+        "INSERT INTO pending_actions (code, turn_id, call_id, room, requester, requester_name,"
+        " tool, args_json, args_hash, approver, state_json, after_message_id, created_at,"
+        " expires_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " RETURNING id",
+        (
+            action.code,
+            action.turn_id,
+            action.call_id,
+            action.room,
+            action.requester,
+            action.requester_name,
+            action.tool,
+            action.args_json,
+            action.args_hash,
+            action.approver,
+            action.state_json,
+            action.after_message_id,
+            now,
+            action.expires_at,
+            now,
+        ),
+    ).fetchall()
+    return int(row["id"])

@@ -1,0 +1,180 @@
+"""The embedded backend: one SQLite file, one talkbot process.
+
+WAL with ``synchronous=NORMAL``: a commit survives a crash of the process. A lock file
+beside the store keeps a second daemon away (R12); several replicas need PostgreSQL
+(bot/store/postgres.py). Waits for another connection's lock are short (BUSY_TIMEOUT_MS)
+and on the store's worker thread; a locked or full file is "not now" (H04).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bot.clock import Clock
+from bot.errors import StoreError
+from bot.store.engine import Conflict, Cursor, Dialect, Row, Tx, Work
+from bot.store.migrations import Upgrade, migrate
+
+T = TypeVar("T")
+
+# H04: how long one attempt waits for another connection's lock, on the worker thread.
+BUSY_TIMEOUT_MS = 200
+# The probe writes (and deletes in the same commit) a row that fills the free pages and
+# needs this many more, so it grows the file like a long message would: a full disk (or
+# SQLite's max_page_count) fails it too. Capped: a freelist that big is room enough.
+PROBE_GROWTH_PAGES = 4
+PROBE_MAX_BYTES = 1024 * 1024
+MAX_PAGE_COUNT = 0xFFFFFFFE  # SQLite's own ceiling: "no limit"
+# SQLite result codes that mean "not now" rather than "this statement is wrong": busy,
+# locked, no memory, read-only, I/O error, full, cannot open, lock protocol.
+UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+# SQLITE_CONSTRAINT_PRIMARYKEY and SQLITE_CONSTRAINT_UNIQUE: a key that is already there.
+CONFLICT_CODES = frozenset({1555, 2067})
+
+
+class SqliteDriver:
+    """The connection to one SQLite file, used only on the engine's worker thread."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path, lock_fd: int | None) -> None:
+        self._db = db
+        self._path = path
+        self._lock_fd = lock_fd
+
+    @classmethod
+    def open(cls, path: Path, clock: Clock) -> tuple[SqliteDriver, Upgrade]:
+        """Lock, open (or create) and upgrade the store; synchronous, once at start."""
+        lock_fd = None if str(path) == ":memory:" else _lock(path)
+        db: sqlite3.Connection | None = None
+        try:
+            db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")  # at start only: nothing waits on us yet
+            upgrade = migrate(db, path, clock)
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            db.row_factory = _dict_row
+        except (sqlite3.Error, StoreError) as exc:
+            if db is not None:
+                db.close()
+            if lock_fd is not None:
+                os.close(lock_fd)
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot open the store at {path}: {exc}") from None
+        return cls(db, path, lock_fd), upgrade
+
+    @property
+    def dialect(self) -> Dialect:
+        return "sqlite"
+
+    @property
+    def location(self) -> str:
+        return str(self._path)
+
+    def transaction(self, work: Work[T]) -> T:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(_SqliteTx(self._db))
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        return result
+
+    def read(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        return list(self._db.execute(sql, tuple(params)).fetchall())
+
+    def probe(self) -> None:
+        self.transaction(_probe)
+
+    def is_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.Error)
+
+    def unavailable(self, exc: BaseException) -> bool:
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in UNAVAILABLE_CODES
+
+    def limit_growth(self, pages: int | None) -> None:
+        """Test hook: the file may grow by ``pages`` pages more, after which every write
+        that needs a page fails with SQLITE_FULL exactly as on a full disk; None lifts it."""
+        size = int(self._db.execute("PRAGMA page_count").fetchone()["page_count"])
+        top = MAX_PAGE_COUNT if pages is None else size + pages
+        self._db.execute(f"PRAGMA max_page_count = {int(top)}")
+
+    def close(self) -> None:
+        self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+class _SqliteTx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    @property
+    def dialect(self) -> Dialect:
+        return "sqlite"
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        try:
+            return self._db.execute(sql, tuple(params))
+        except sqlite3.IntegrityError as exc:
+            if getattr(exc, "sqlite_errorcode", None) in CONFLICT_CODES:
+                raise Conflict(str(exc)) from exc
+            raise
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._db.executemany(sql, rows)
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._db.execute("SAVEPOINT work")
+        try:
+            yield
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK TO work")
+                self._db.execute("RELEASE work")
+            raise
+        self._db.execute("RELEASE work")
+
+
+def _probe(tx: Tx) -> None:
+    """A commit that needs new pages and leaves nothing behind."""
+    free = int(tx.execute("PRAGMA freelist_count").fetchall()[0]["freelist_count"])
+    page = int(tx.execute("PRAGMA page_size").fetchall()[0]["page_size"])
+    size = min((free + PROBE_GROWTH_PAGES) * page, PROBE_MAX_BYTES)
+    [row] = tx.execute(
+        "INSERT INTO audit (at, actor, room, action, detail) VALUES (0, '', '', 'store.probe',"
+        " zeroblob(?)) RETURNING id",
+        (size,),
+    ).fetchall()
+    tx.execute("DELETE FROM audit WHERE id = ?", (row["id"],))
+
+
+def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
+    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+
+
+def _lock(path: Path) -> int:
+    """One daemon per store (R12): a second process on the same file refuses to start."""
+    lock_path = Path(f"{path}.lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot create the lock file {lock_path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"the store {path} is in use by another talkbot process") from None
+    return fd
