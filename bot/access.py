@@ -65,6 +65,10 @@ class Access:
         else:
             self._overrides[uid] = role
 
+    def replace_overrides(self, overrides: dict[str, Role]) -> None:
+        """All of the ``!role`` overrides at once, as stored (another replica set one)."""
+        self._overrides = dict(overrides)
+
     def overrides(self) -> dict[str, Role]:
         return dict(self._overrides)
 

@@ -43,6 +43,7 @@ from bot.observe import (
     MeteredToolbox,
     count_runs,
 )
+from bot.replicas import Coordinator, Duties, new_replica
 from bot.routing import Route, RouteKind, RoutingPolicy
 from bot.scheduler import (
     JobDelivery,
@@ -125,6 +126,7 @@ class Parts:
     webhook: WebhookReceiver
     scheduler: Scheduler
     tool_deps: ToolDeps
+    coordinator: Coordinator
     admin: AdminCommands | None = None
     housekeeping: asyncio.Task[None] | None = None
     confirm: ConfirmHandler | None = None
@@ -271,12 +273,12 @@ async def _dry_run_tools(settings: Settings) -> None:
         await store.close()
 
 
-def open_store(storage: StorageSettings, clock: Clock) -> Store:
+def open_store(storage: StorageSettings, clock: Clock, *, replica: str = "") -> Store:
     """The store the config names: PostgreSQL when ``url`` is set, else SQLite at ``path``."""
     if storage.backend == "postgres":
         password = storage.password.get_secret_value() or None
-        return Store.open_postgres(storage.url, password, clock)
-    return Store.open(storage.path, clock)
+        return Store.open_postgres(storage.url, password, clock, replica=replica)
+    return Store.open(storage.path, clock, replica=replica)
 
 
 def _files_root_refusal(settings: Settings) -> list[tuple[str, str]]:
@@ -300,7 +302,9 @@ async def build_parts(
 ) -> Parts:
     settings, clock = runtime.settings, runtime.clock
     check_schedules(settings.schedules, settings.chat.timezone)
-    store = open_store(settings.storage, clock)
+    me = new_replica(clock, __version__)
+    store = open_store(settings.storage, clock, replica=me.id)
+    coordinator = Coordinator(store, clock, me, shared=settings.storage.backend == "postgres")
     session = aiohttp.ClientSession(trust_env=False)
     secret = settings.nextcloud.bot_secret.get_secret_value()
     talk = TalkClient(session, settings.nextcloud.url, secret, clock=clock)
@@ -380,6 +384,7 @@ async def build_parts(
         concurrency=max(settings.llm.concurrency * 4, 8),
         on_failure=apologise,
         on_overflow=busy,
+        coordinator=coordinator,
     )
     webhook = WebhookReceiver(
         settings=settings.server,
@@ -405,6 +410,7 @@ async def build_parts(
         webhook=webhook,
         scheduler=scheduler,
         tool_deps=tool_deps,
+        coordinator=coordinator,
     )
     parts.store_notices = StoreNotices(poster, lambda: runtime.settings.access.admin_room)
     store.watch_health(parts.store_notices)
@@ -424,7 +430,7 @@ def wire_admin(runtime: Runtime, parts: Parts) -> AdminCommands:
             ring=runtime.ring,
             say=parts.chat.say,
             status=lambda: status_facts(runtime),
-            reload=lambda: reload_settings(runtime),
+            reload=lambda: reload_everywhere(runtime, parts),
             prefix=lambda: runtime.settings.access.command_prefix,
         )
     )
@@ -535,6 +541,7 @@ async def status_facts(runtime: Runtime) -> dict[str, Any]:
     return {
         "uptime": uptime_text(runtime.started_at, runtime.clock.now()),
         "store": _store_fact(parts.store.health),
+        "replicas": await _replicas_fact(parts.coordinator, runtime.clock.now()),
         "model": f"{settings.llm.model} at {strip_credentials(settings.llm.base_url)}",
         "rooms": sum(1 for room in rooms if room.joined),
         "turns since start": int(sum(_samples(runtime.metrics.turns))),
@@ -546,6 +553,20 @@ async def status_facts(runtime: Runtime) -> dict[str, Any]:
         "send failures": parts.talk.failures,
         "last send error": parts.talk.last_error,
     }
+
+
+async def _replicas_fact(coordinator: Coordinator, now: float) -> str:
+    if not coordinator.shared:
+        return "this process only (SQLite)"
+    seen = []
+    for replica in await coordinator.replicas():
+        ago = (
+            "this one"
+            if replica.id == coordinator.me.id
+            else f"seen {now - replica.seen_at:.0f} s ago"
+        )
+        seen.append(f"{replica.id} ({ago})")
+    return f"{len(seen)}: {', '.join(seen)}"
 
 
 def _store_fact(health: StoreHealth) -> str:
@@ -614,6 +635,16 @@ async def reload_settings(runtime: Runtime) -> str:
     return f"Config reloaded.{note}"
 
 
+async def reload_everywhere(runtime: Runtime, parts: Parts) -> str:
+    """``!reload``: here, then (once it took) on the other replicas, each from its own file."""
+    before = runtime.settings
+    text = await reload_settings(runtime)
+    if parts.coordinator.shared and runtime.settings is not before:
+        await parts.store.bump_revision("config")
+        text += " The other replicas reload theirs now."
+    return text
+
+
 def rebuilt_toolbox(runtime: Runtime, old: Settings, new: Settings) -> Toolbox:
     """The toolbox for reloaded settings: the running one when [tools] did not change."""
     parts = runtime.running
@@ -653,6 +684,7 @@ async def drain(runtime: Runtime) -> None:
     await parts.tool_deps.fetcher.stop_converting()
     await parts.scheduler.stop()
     await parts.dispatcher.stop(STOP_DEADLINE_S)
+    await parts.coordinator.stop()  # its rooms go to the other replicas at once
 
 
 async def close_parts(parts: Parts) -> None:
@@ -663,6 +695,7 @@ async def close_parts(parts: Parts) -> None:
     await parts.tool_deps.fetcher.stop_converting()  # a hostile page never holds the stop (H01)
     await parts.scheduler.stop()
     await parts.dispatcher.stop(STOP_DEADLINE_S)
+    await parts.coordinator.stop()
     if parts.store_notices is not None:  # after the drain: a notice it causes is still owned
         await parts.store_notices.aclose()
     await parts.llm.aclose()
@@ -680,11 +713,33 @@ async def start_parts(runtime: Runtime, parts: Parts, *, schedules: bool = True)
     runtime.started_at = runtime.clock.now()
     runtime.redactor.add_secrets(runtime.settings.secret_values())
     if parts.confirm is not None:  # before the inbox resumes: never re-run (A10)
-        await parts.confirm.recover_interrupted()
+        await parts.confirm.recover_interrupted(await parts.coordinator.alive())
+    await parts.coordinator.start(replica_duties(runtime, parts))
     await parts.dispatcher.start()
     if schedules:
-        await parts.scheduler.start(runtime.settings.schedules)
+        alive = await parts.coordinator.alive()
+        await parts.scheduler.start(runtime.settings.schedules, alive=alive)
     parts.housekeeping = asyncio.create_task(housekeep(parts.store), name="housekeeping")
+
+
+def replica_duties(runtime: Runtime, parts: Parts) -> Duties:
+    """What this replica does for the others (only with a shared store): take up rooms,
+    reload what changed elsewhere, fail what a dead replica left approved or running."""
+
+    async def reload(topic: str) -> None:
+        if topic == "roles":
+            parts.access.replace_overrides(stored_roles(await parts.store.role_overrides()))
+        elif topic == "jobs":
+            await parts.scheduler.rearm()
+        elif topic == "config":
+            log.info("config.reload_requested", outcome=await reload_settings(runtime))
+
+    async def recover(alive: list[str]) -> None:
+        if parts.confirm is not None:
+            await parts.confirm.recover_interrupted(alive)
+        await parts.scheduler.interrupt_runs(alive)
+
+    return Duties(sweep=parts.dispatcher.sweep, reload=reload, recover=recover)
 
 
 def build_app(

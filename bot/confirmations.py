@@ -307,10 +307,11 @@ class Confirmations:
         """Every action of the turn, once, when none waits any more: resume the turn."""
         return await self._store.claim_turn_resume(turn_id)
 
-    async def recover_interrupted(self) -> list[PendingAction]:
-        """At start: approved or running means the last process died; fail, never re-run."""
+    async def recover_interrupted(self, alive: Sequence[str] = ()) -> list[PendingAction]:
+        """Approved or running on a replica that is gone (at start: the last process)
+        means it died there; fail, never re-run. ``alive``: replicas still at work."""
         failed = []
-        for action in await self._store.interrupted_pending():
+        for action in await self._store.interrupted_pending(alive):
             if await self.fail(action, from_status=action.status, reason=INTERRUPTED):
                 log.warning(
                     "confirm.interrupted", code=action.code, tool=action.tool, room=action.room

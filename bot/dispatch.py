@@ -23,6 +23,7 @@ import structlog
 from bot.clock import Clock
 from bot.crashpoints import crash_point
 from bot.errors import StoreError
+from bot.replicas import Coordinator
 from bot.routing import Lane, Triage
 from bot.store import InboxItem, Store
 
@@ -37,6 +38,8 @@ Act = Callable[[Triage], Awaitable[None]]
 MAX_ATTEMPTS = 3
 BUSY_NOTICE_INTERVAL_S = 60.0
 ROOM_QUEUE_CAP = 20
+# Events finished lately, remembered so a sweep's read from just before is not run again.
+FINISHED_MEMORY = 4096
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,10 @@ class Dispatcher:
         room_queue_cap: int = ROOM_QUEUE_CAP,
         on_failure: Notify | None = None,
         on_overflow: Notify | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self._store = store
+        self._coordinator = coordinator
         self._handle = handle
         self._triage = triage
         self._act = act
@@ -127,32 +132,86 @@ class Dispatcher:
         self._busy_noticed: dict[str, float] = {}
         self._dropped: dict[str, int] = {}
         self._overflowed: list[int] = []
+        self._known: set[int] = set()  # events taken in and not finished or let go
+        self._finished: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._stale: set[str] = set()  # rooms whose open events to read again (replicas)
         self._peak_queue = 0
         self._accepting = False
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def start(self) -> None:
-        """Resume everything a previous process accepted but did not finish."""
+        """Resume everything a previous process accepted but did not finish (with
+        replicas: in the rooms this one may take up)."""
         self._accepting = True
-        resumed = await self._store.open_events()
+        if self._coordinator is None or not self._coordinator.shared:
+            resumed = await self._store.open_events()
+        else:
+            rooms = await self._claimable()
+            resumed = [item for room in rooms for item in await self._store.open_events_in(room)]
         for item in resumed:
-            if item.attempts >= MAX_ATTEMPTS:
-                log.error("dispatch.given_up", event_id=item.id, room=item.room)
-                await self._store.finish_event(item.id, "failed", "interrupted too often")
-                # The process may have died for another reason each time (R09): never
-                # drop an accepted message silently; the sender gets the apology.
-                self._fire(self._notify(self._on_failure, item))
-                continue
-            self._take_in(item, resumed=True)
+            await self._resume(item, resumed=True)
         if resumed:
             log.info("dispatch.resumed", events=len(resumed))
+
+    async def sweep(self) -> None:
+        """Take up accepted work that reached this replica through the store: a room whose
+        holder died, or a webhook another replica stored for a room this one holds."""
+        if not self._accepting:
+            return
+        taken = 0
+        for room in await self._claimable():
+            for item in await self._store.open_events_in(room):
+                if self._accepting and item.id not in self._known and item.id not in self._finished:
+                    await self._resume(item, resumed=item.attempts > 0)
+                    taken += 1
+        if taken:
+            log.info("dispatch.taken_up", events=taken)
+
+    async def _claimable(self) -> list[str]:
+        assert self._coordinator is not None  # noqa: S101 - only called with replicas
+        rooms = await self._coordinator.rooms_to_serve()
+        return [room for room in rooms if await self._coordinator.may_serve(room)]
+
+    async def _resume(self, item: InboxItem, *, resumed: bool) -> None:
+        if item.attempts < MAX_ATTEMPTS:
+            self._take_in(item, resumed=resumed)
+            return
+        log.error("dispatch.given_up", event_id=item.id, room=item.room)
+        await self._store.finish_event(item.id, "failed", "interrupted too often")
+        self._finish(item.id)
+        # The process may have died for another reason each time (R09): never drop an
+        # accepted message silently; the sender gets the apology.
+        self._fire(self._notify(self._on_failure, item))
 
     def submit(self, item: InboxItem) -> None:
         if not self._accepting:
             # Stored already; the next start resumes it.
             return
-        self._take_in(item, resumed=False)
+        if self._coordinator is None or not self._coordinator.shared:
+            self._take_in(item, resumed=False)
+            return
+        # With replicas, earlier events of the room may have come through another one:
+        # take up the room's open events in the order they were stored, this one with them.
+        self._stale.add(item.room)
+        self._start_worker(f"refresh:{item.room}", partial(self._refresh, item.room))
+
+    async def _refresh(self, room: str) -> None:
+        try:
+            while room in self._stale and self._accepting:
+                self._stale.discard(room)
+                if not await self._coordinator_may_serve(room):
+                    return  # the holder takes them up
+                for item in await self._store.open_events_in(room):
+                    if self._accepting:
+                        self._take_in(item, resumed=item.attempts > 0)
+        except StoreError:
+            log.warning("dispatch.refresh_failed", room=room)  # the next sweep does it
+        finally:
+            self._retire(f"refresh:{room}")
+
+    async def _coordinator_may_serve(self, room: str) -> bool:
+        return self._coordinator is None or await self._coordinator.may_serve(room)
 
     @property
     def room_queue_cap(self) -> int:
@@ -179,6 +238,7 @@ class Dispatcher:
             intake.clear()  # still pending in the store; resumed on the next start
         for turns in self._turns.values():
             turns.clear()
+        self._known.clear()
         workers = list(self._workers.values())
         if not workers:
             return
@@ -191,6 +251,9 @@ class Dispatcher:
 
     def _take_in(self, item: InboxItem, *, resumed: bool) -> None:
         """Into the room's intake: triaged in arrival order, never behind a turn."""
+        if item.id in self._known or item.id in self._finished:
+            return  # the webhook and a sweep both brought it
+        self._known.add(item.id)
         self._intake.setdefault(item.room, collections.deque()).append((item, resumed))
         self._start_worker(f"intake:{item.room}", partial(self._drain_intake, item.room))
 
@@ -209,6 +272,9 @@ class Dispatcher:
     async def _drain_intake(self, room: str) -> None:
         intake = self._intake[room]
         try:
+            if not await self._coordinator_may_serve(room):
+                self._let_go(room)  # another replica holds the room: it takes them up
+                return
             while intake and self._accepting:
                 item, resumed = intake.popleft()
                 triaged = await self._triaged(item)
@@ -266,6 +332,9 @@ class Dispatcher:
         turns = self._turns[room]
         try:
             while turns and self._accepting:
+                if self._coordinator is not None and not self._coordinator.holds(room):
+                    self._let_go(room)  # the lease lapsed: the next holder takes them up
+                    break
                 item = turns.pop().item
                 async with self._slots:
                     if not self._accepting:
@@ -275,6 +344,19 @@ class Dispatcher:
             self._retire(f"turns:{room}")
             if not turns:
                 self._turns.pop(room, None)
+
+    def _let_go(self, room: str) -> None:
+        """Forget a room's queued events (still open in the store) for another replica."""
+        waiting = [item for item, _ in self._intake.get(room, ())]
+        turns = self._turns.get(room)
+        while turns:
+            waiting.append(turns.pop().item)
+        for item in waiting:
+            self._known.discard(item.id)
+        if room in self._intake:
+            self._intake[room].clear()
+        if waiting:
+            log.info("dispatch.room_let_go", room=room, events=len(waiting))
 
     def _retire(self, key: str) -> None:
         self._workers.pop(key, None)
@@ -288,6 +370,15 @@ class Dispatcher:
             await self._run_once(item, call, turn=turn)
         except StoreError:  # its bookkeeping failed: the row stays open, resumed at start
             log.exception("dispatch.bookkeeping_failed", kind=item.kind)
+            return  # still known: no sweep takes it up again in this process
+        self._finish(item.id)
+
+    def _finish(self, event_id: int) -> None:
+        """Done with an event here; a sweep that read it as open just before is ignored."""
+        self._known.discard(event_id)
+        self._finished[event_id] = None
+        if len(self._finished) > FINISHED_MEMORY:
+            self._finished.popitem(last=False)
 
     async def _run_once(
         self, item: InboxItem, call: Callable[[], Awaitable[None]], *, turn: bool
@@ -312,6 +403,7 @@ class Dispatcher:
             structlog.contextvars.unbind_contextvars("room", "event_id")
 
     def _overflow(self, item: InboxItem) -> None:
+        self._finish(item.id)
         self._overflowed.append(item.id)
         if len(self._overflowed) == 1:  # the first of this tick: one commit for them all
             self._fire(self._drop_overflowed())

@@ -474,12 +474,13 @@ class Scheduler:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def start(self, schedules: Sequence[ScheduleSettings] = ()) -> None:
-        """Reconcile the config's jobs, catch up on what was missed, arm the timer."""
+    async def start(
+        self, schedules: Sequence[ScheduleSettings] = (), *, alive: Sequence[str] = ()
+    ) -> None:
+        """Reconcile the config's jobs, catch up on what was missed, arm the timer.
+        ``alive``: other replicas whose runs in progress are theirs, not interrupted."""
         await self.reconcile(schedules)
-        interrupted = await self._store.interrupt_running_runs()
-        if interrupted:
-            log.warning("schedule.interrupted_runs", count=interrupted)
+        await self.interrupt_runs(alive)
         self.timer.start()
         self._running = True
         jobs = await self.jobs()
@@ -666,6 +667,21 @@ class Scheduler:
 
     def _config_jobs(self, schedules: Sequence[ScheduleSettings]) -> list[ScheduledJob]:
         return check_schedules(schedules, self.default_timezone)
+
+    async def rearm(self) -> None:
+        """Arm every stored job again and disarm what is gone: another replica changed
+        them. Each fire time still runs once (the ledger), whoever's timer fires first."""
+        jobs = await self.jobs()
+        for job in jobs:
+            self._arm(job)
+        for gone in self.timer.armed() - {job.id for job in jobs}:
+            self.timer.disarm(gone)
+
+    async def interrupt_runs(self, alive: Sequence[str]) -> None:
+        """Runs left 'running' by a replica that is gone are over (never delivered again)."""
+        interrupted = await self._store.interrupt_running_runs(alive)
+        if interrupted:
+            log.warning("schedule.interrupted_runs", count=interrupted)
 
     async def reload(self, schedules: Sequence[ScheduleSettings]) -> None:
         """After a config reload: reconcile the config's jobs and re-arm every job."""

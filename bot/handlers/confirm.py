@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -192,9 +192,10 @@ class ConfirmHandler:
             for action in await self._confirmations.open_in_room(event.room.token)
         )
 
-    async def recover_interrupted(self) -> None:
-        """At start, before the dispatcher: fail what was running and tell the requester."""
-        for action in await self._confirmations.recover_interrupted():
+    async def recover_interrupted(self, alive: Sequence[str] = ()) -> None:
+        """Fail what was running on a replica that is gone and tell the requester: at
+        start, before the dispatcher (the last process), and with replicas now and then."""
+        for action in await self._confirmations.recover_interrupted(alive):
             text = replies.confirmation_interrupted(
                 action.tool, action.code, action.requester_name or action.requester
             )

@@ -37,6 +37,7 @@ from bot.store.records import (
     RunRecord,
     StoreHealth,
 )
+from bot.store.replicas import ReplicaRecord, Replicas
 from bot.store.roles import Roles
 from bot.store.rooms import Rooms
 from bot.store.sqlite import SqliteDriver
@@ -52,6 +53,7 @@ __all__ = [
     "JobRecord",
     "NewPendingAction",
     "PendingAction",
+    "ReplicaRecord",
     "RoleOverride",
     "RoomRecord",
     "RunRecord",
@@ -62,23 +64,34 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 
-class Store(Inbox, Rooms, History, Roles, Audit, Pending, Jobs):
-    """The durable state of talkbot, on whichever backend the config names."""
+class Store(Inbox, Rooms, History, Roles, Audit, Pending, Jobs, Replicas):
+    """The durable state of talkbot, on whichever backend the config names.
 
-    def __init__(self, engine: Engine, clock: Clock) -> None:
+    ``replica`` names this process among those sharing the store: what it approves or
+    starts is marked as its own, and only its death makes that "interrupted".
+    """
+
+    def __init__(self, engine: Engine, clock: Clock, replica: str = "") -> None:
         self._engine = engine
         self._clock = clock
+        self._replica = replica
+
+    @property
+    def replica(self) -> str:
+        return self._replica
 
     @classmethod
-    def open(cls, path: Path, clock: Clock) -> Store:
+    def open(cls, path: Path, clock: Clock, *, replica: str = "") -> Store:
         """Open (or create) the SQLite store at ``path``, upgrading its schema; it takes an
         exclusive lock (one process per file). Synchronous: it runs once at start."""
         driver, upgrade = SqliteDriver.open(path, clock)
         _log_upgrade(upgrade)
-        return cls(Engine(driver, clock), clock)
+        return cls(Engine(driver, clock), clock, replica)
 
     @classmethod
-    def open_postgres(cls, url: str, password: str | None, clock: Clock) -> Store:
+    def open_postgres(
+        cls, url: str, password: str | None, clock: Clock, *, replica: str = ""
+    ) -> Store:
         """Connect to the PostgreSQL store at ``url`` and upgrade its schema; replicas of
         talkbot share it. Synchronous: it runs once at start."""
         try:
@@ -89,7 +102,7 @@ class Store(Inbox, Rooms, History, Roles, Audit, Pending, Jobs):
             ) from None
         driver, upgrade = PostgresDriver.open(url, password)
         _log_upgrade(upgrade)
-        return cls(Engine(driver, clock), clock)
+        return cls(Engine(driver, clock), clock, replica)
 
     async def close(self) -> None:
         """Stop retrying, refuse what still waits, close the connection; twice is fine."""

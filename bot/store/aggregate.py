@@ -1,4 +1,4 @@
-"""What every aggregate of the store shares: the engine it runs on and the clock."""
+"""What every aggregate of the store shares: its engine, the clock, the replica id."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from bot.store.engine import Engine
 
 
 class Aggregate:
-    """Base of the store's parts; ``Store`` (bot/store/__init__.py) sets both."""
+    """Base of the store's parts; ``Store`` (bot/store/__init__.py) sets these."""
 
     _engine: Engine
     _clock: Clock
+    _replica: str  # this process's replica id: the runner of what it approves and runs

@@ -69,6 +69,13 @@ class Inbox(Aggregate):
         )
         return [_item(row) for row in rows]
 
+    async def open_events_in(self, room: str) -> list[InboxItem]:
+        """One room's accepted events not finished, oldest first (a replica taking it up)."""
+        rows = await self._engine.read(
+            f"{_ITEM} WHERE status IN ('pending', 'running') AND room = ? ORDER BY id", (room,)
+        )
+        return [_item(row) for row in rows]
+
     async def get_event(self, event_id: int) -> InboxItem | None:
         row = await self._engine.read_one(f"{_ITEM} WHERE id = ?", (event_id,))
         return None if row is None else _item(row)

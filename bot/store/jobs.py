@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from bot.store.aggregate import Aggregate
-from bot.store.engine import Row
+from bot.store.engine import Row, Tx
 from bot.store.records import JobRecord, RunRecord
+from bot.store.replicas import bump
 
 _JOB = (
     "SELECT id, owner, room, kind, expr, timezone, message, prompt, created_by_role, paused,"
@@ -17,8 +19,8 @@ _RUN = "SELECT job_id, fire_time, status, started_at, finished_at, detail FROM j
 
 class Jobs(Aggregate):
     async def save_job(self, job: JobRecord) -> None:
-        """Insert or replace a job definition by id."""
-        await self._engine.change(
+        """Insert or replace a job definition by id (other replicas re-arm their timers)."""
+        await self._write_job(
             "INSERT INTO jobs (id, owner, room, kind, expr, timezone, message, prompt,"
             " created_by_role, paused, misfire, source, created_at, active_since, origin_room)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
@@ -47,6 +49,15 @@ class Jobs(Aggregate):
             ),
         )
 
+    async def _write_job(self, sql: str, params: Sequence[Any]) -> int:
+        def write(tx: Tx) -> int:
+            changed = tx.execute(sql, params).rowcount
+            if changed:
+                bump(tx, "jobs")
+            return changed
+
+        return await self._engine.apply(write)
+
     async def get_job(self, job_id: str) -> JobRecord | None:
         row = await self._engine.read_one(f"{_JOB} WHERE id = ?", (job_id,))
         return None if row is None else _job(row)
@@ -64,16 +75,17 @@ class Jobs(Aggregate):
 
     async def delete_job(self, job_id: str) -> bool:
         """Remove a definition; its ledger rows stay, so a reused id never re-runs a fire time."""
-        return await self._engine.change("DELETE FROM jobs WHERE id = ?", (job_id,)) > 0
+        return await self._write_job("DELETE FROM jobs WHERE id = ?", (job_id,)) > 0
 
     async def claim_run(
         self, job_id: str, fire_time: int, *, status: str = "running", detail: str = ""
     ) -> bool:
-        """Enter a fire time in the ledger; False when it is there already (never run twice)."""
+        """Enter a fire time in the ledger; False when it is there already (never run twice,
+        on any replica). The run is this replica's: it is "interrupted" only if it dies."""
         claimed = await self._engine.change(
-            "INSERT INTO job_runs (job_id, fire_time, status, started_at, detail)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (job_id, fire_time, status, self._clock.now(), detail),
+            "INSERT INTO job_runs (job_id, fire_time, status, started_at, detail, runner)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (job_id, fire_time, status, self._clock.now(), detail, self._replica),
         )
         return claimed > 0
 
@@ -98,12 +110,14 @@ class Jobs(Aggregate):
         )
         return [RunRecord(**row) for row in reversed(rows)]
 
-    async def interrupt_running_runs(self) -> int:
-        """At start: runs left 'running' by a crash are over (and never delivered again)."""
-        return await self._engine.change(
-            "UPDATE job_runs SET status = 'interrupted', finished_at = ? WHERE status = 'running'",
-            (self._clock.now(),),
-        )
+    async def interrupt_running_runs(self, alive: Sequence[str] = ()) -> int:
+        """Runs left 'running' by a replica not in ``alive`` (a crash) are over, and never
+        delivered again; this replica's own are never touched."""
+        keep = [*alive, self._replica] if self._replica else [*alive]
+        sql = "UPDATE job_runs SET status = 'interrupted', finished_at = ? WHERE status = 'running'"
+        if keep:
+            sql += f" AND runner NOT IN ({', '.join('?' for _ in keep)})"
+        return await self._engine.change(sql, (self._clock.now(), *keep))
 
     async def prune_job_runs(self, older_than_s: float) -> int:
         """Drop old ledger rows, keeping each job's latest (the catch-up starts from it)."""

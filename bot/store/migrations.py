@@ -242,6 +242,53 @@ _HISTORY_PROVENANCE = (
 # below it was accepted long ago; the floor does not depend on the clock.
 _REPLAY_FLOOR = ("CREATE TABLE replay_floor (room TEXT PRIMARY KEY, message_id INTEGER NOT NULL)",)
 
+# 8: replicas on one PostgreSQL database (#15). ``replicas``: each running process and
+# when it last said it is alive (``!status``). ``room_leases``: which replica serves a
+# room's turns, until when (renewed while it lives, taken over once it expires).
+# ``revisions``: a counter per kind of shared setting (roles, jobs, config) that a change
+# raises, so the other replicas reload it. ``runner`` on pending actions and job runs:
+# the replica that approved or started it; only a dead runner's work is "interrupted".
+_REPLICAS = (
+    """
+CREATE TABLE replicas (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    seen_at REAL NOT NULL
+)""",
+    """
+CREATE TABLE room_leases (
+    room TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
+)""",
+    "CREATE TABLE revisions (topic TEXT PRIMARY KEY, revision INTEGER NOT NULL)",
+    "ALTER TABLE pending_actions ADD COLUMN runner TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE job_runs ADD COLUMN runner TEXT NOT NULL DEFAULT ''",
+)
+_REPLICAS_POSTGRES = (
+    """
+CREATE TABLE replicas (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    seen_at DOUBLE PRECISION NOT NULL
+)""",
+    """
+CREATE TABLE room_leases (
+    room TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+)""",
+    "CREATE TABLE revisions (topic TEXT PRIMARY KEY, revision BIGINT NOT NULL)",
+    "ALTER TABLE pending_actions ADD COLUMN runner TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE job_runs ADD COLUMN runner TEXT NOT NULL DEFAULT ''",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("the first store: inbox, rooms, history, roles, audit", _FIRST_STORE),
     Migration("pending actions, jobs and job runs", _CONFIRMATIONS_AND_JOBS),
@@ -250,6 +297,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("jobs record the room they were made in", _JOB_ORIGIN_ROOM),
     Migration("history rows record where their text came from", _HISTORY_PROVENANCE),
     Migration("replays stay dropped after the inbox purge", _REPLAY_FLOOR),
+    Migration("replicas, room leases, revisions, runners", _REPLICAS, _REPLICAS_POSTGRES),
 )
 
 # -- PostgreSQL -----------------------------------------------------------------------------

@@ -61,9 +61,14 @@ class Pending(Aggregate):
             "status IN ('pending', 'approved', 'running') ORDER BY id", ()
         )
 
-    async def interrupted_pending(self) -> list[PendingAction]:
-        """Actions approved or running when the process stopped (never re-run, A10)."""
-        return await self._pending_where("status IN ('approved', 'running') ORDER BY id", ())
+    async def interrupted_pending(self, alive: Sequence[str] = ()) -> list[PendingAction]:
+        """Actions approved or running on a replica that is gone (never re-run, A10): not
+        this one and not one in ``alive``."""
+        keep = [*alive, self._replica] if self._replica else [*alive]
+        where = "status IN ('approved', 'running')"
+        if keep:
+            where += f" AND runner NOT IN ({', '.join('?' for _ in keep)})"
+        return await self._pending_where(f"{where} ORDER BY id", keep)
 
     async def set_pending_prompt(self, action_id: int, prompt_text: str) -> None:
         await self._engine.change(
@@ -83,6 +88,9 @@ class Pending(Aggregate):
         """Compare-and-set the status; False when it was not ``from_status`` (or expired)."""
         sets = ["status = ?", "updated_at = ?"]
         params: list[Any] = [to_status, self._clock.now()]
+        if to_status in ("approved", "running"):
+            sets.append("runner = ?")  # whose it is now: only its death interrupts it
+            params.append(self._replica)
         if decided_by is not None:
             sets.append("decided_by = ?")
             params.append(decided_by)

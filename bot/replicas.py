@@ -1,0 +1,181 @@
+"""Replicas: which rooms this process serves, who else is alive, what changed elsewhere.
+
+On SQLite there is one process (the store's lock file sees to it): it serves every room
+and nothing here touches the store. On PostgreSQL several replicas share the inbox, and
+any of them may receive any webhook (#15):
+
+- A room's turns run on the replica holding the room's lease, one at a time and in
+  order. A replica takes up a room when it receives a webhook for it or finds accepted
+  work in it, if the lease is free, expired or already its own; the holder renews its
+  leases with each heartbeat, so they expire LEASE_S after it dies or loses the database,
+  and another replica then resumes the room's accepted work (as a restart would).
+- A replica stops serving a room whose lease it could not renew in time: the next holder
+  may already be at work.
+- A change made through one replica to what each keeps in memory (roles set with
+  ``!role``, jobs, the config after ``!reload``) raises a revision in the store; the
+  others see it within REVISION_CHECK_S and reload.
+- Work a dead replica had approved or started (confirmations, job runs) is failed as
+  interrupted, never run again (A10), by whichever replica notices first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from bot.clock import Clock
+from bot.errors import StoreError
+from bot.store import ReplicaRecord, Store
+
+log = structlog.get_logger(__name__)
+
+LEASE_S = 15.0
+HEARTBEAT_S = 3.0
+# How often a replica looks for rooms with accepted work it should take up.
+SWEEP_S = 0.5
+REVISION_CHECK_S = 1.0
+# A replica not seen for this long is gone: its rooms, confirmations and runs are free.
+GONE_AFTER_S = LEASE_S
+
+Sweep = Callable[[], Awaitable[None]]
+Reload = Callable[[str], Awaitable[None]]
+Recover = Callable[[list[str]], Awaitable[None]]
+
+
+def new_replica(clock: Clock, version: str) -> ReplicaRecord:
+    """This process, as the others see it: host, pid and a random part (pids are reused)."""
+    host = socket.gethostname()
+    pid = os.getpid()
+    now = clock.now()
+    return ReplicaRecord(f"{host}-{pid}-{secrets.token_hex(3)}", host, pid, version, now, now)
+
+
+@dataclass(frozen=True)
+class Duties:
+    """What the replica loop calls: take up rooms, reload a topic, fail a dead one's work."""
+
+    sweep: Sweep
+    reload: Reload
+    recover: Recover
+
+
+class Coordinator:
+    """This replica's leases and heartbeat; on SQLite (``shared`` False) it serves all."""
+
+    def __init__(self, store: Store, clock: Clock, me: ReplicaRecord, *, shared: bool) -> None:
+        self._store = store
+        self._clock = clock
+        self.me = me
+        self.shared = shared
+        self._held: dict[str, float] = {}  # room -> monotonic time its lease is good until
+        self._revisions: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, duties: Duties) -> None:
+        """Say this replica is alive and keep saying it; on SQLite, nothing."""
+        if not self.shared:
+            return
+        await self._beat()
+        self._revisions = await self._store.revisions()
+        await duties.recover(await self.alive())
+        self._task = asyncio.create_task(self._run(duties), name="replica")
+
+    async def stop(self) -> None:
+        """Stop the loop and hand every room back at once (the others take them up)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.shared:
+            self._held.clear()
+            try:
+                await self._store.leave(self.me.id)
+            except StoreError as exc:  # the leases expire by themselves
+                log.warning("replica.leave_failed", error=str(exc))
+
+    # -- rooms -----------------------------------------------------------------------
+
+    async def may_serve(self, room: str) -> bool:
+        """Whether this replica serves ``room`` now, taking its lease if it can."""
+        if not self.shared:
+            return True
+        if self.holds(room):
+            return True
+        try:
+            claimed = await self._store.claim_room(room, self.me.id, LEASE_S)
+        except StoreError:
+            return False  # the store is down: whoever holds it keeps it
+        if claimed:
+            self._held[room] = self._clock.monotonic() + LEASE_S - HEARTBEAT_S
+            log.info("replica.room_taken", room=room)
+        return claimed
+
+    def holds(self, room: str) -> bool:
+        """Whether this replica's lease on ``room`` is surely still good (no store call)."""
+        if not self.shared:
+            return True
+        return self._held.get(room, 0.0) > self._clock.monotonic()
+
+    async def rooms_to_serve(self) -> list[str]:
+        """Rooms with accepted work this replica may take up (on SQLite: all of them)."""
+        return await self._store.rooms_to_serve(self.me.id)
+
+    # -- who is alive ------------------------------------------------------------------
+
+    async def replicas(self) -> list[ReplicaRecord]:
+        """The replicas seen alive lately (this one first); on SQLite, this process."""
+        if not self.shared:
+            return [self.me]
+        cutoff = self._clock.now() - GONE_AFTER_S
+        seen = [r for r in await self._store.list_replicas() if r.seen_at >= cutoff]
+        return sorted(seen, key=lambda r: (r.id != self.me.id, r.id))
+
+    async def alive(self) -> list[str]:
+        return [replica.id for replica in await self.replicas()]
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def _run(self, duties: Duties) -> None:
+        next_beat = next_revision = 0.0
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = self._clock.monotonic()
+            try:
+                if now >= next_beat:
+                    next_beat = now + HEARTBEAT_S
+                    await self._beat()
+                    await duties.recover(await self.alive())
+                if now >= next_revision:
+                    next_revision = now + REVISION_CHECK_S
+                    await self._check_revisions(duties.reload)
+                await duties.sweep()
+            except StoreError as exc:
+                log.warning("replica.store_failed", error=str(exc))
+            except Exception:
+                log.exception("replica.loop_failed")
+
+    async def _beat(self) -> None:
+        started = self._clock.monotonic()
+        await self._store.heartbeat(self.me, LEASE_S)
+        # Renewed from the moment the beat was sent: a slow commit shortens, never lengthens.
+        # A lease already lapsed here may have been taken by another replica since: let go.
+        good_until = started + LEASE_S - HEARTBEAT_S
+        self._held = {room: good_until for room, until in self._held.items() if until > started}
+
+    async def _check_revisions(self, reload: Reload) -> None:
+        current = await self._store.revisions()
+        changed = sorted(
+            topic for topic, rev in current.items() if self._revisions.get(topic) != rev
+        )
+        self._revisions = current
+        for topic in changed:
+            log.info("replica.reload", topic=topic)
+            await reload(topic)

@@ -1,0 +1,206 @@
+"""Replicas on one PostgreSQL store (P): any replica may receive any webhook; each room's
+turns run once and in order on one of them; a dead replica's rooms are taken up; changes
+made through one reach the others; ``!status`` lists them.
+
+Two talkbot apps run in this process on one real PostgreSQL database (tests/pgserver.py),
+with one fake Talk and one fake model; the replica timings are shortened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bot.replicas
+from bot.clock import SystemClock
+from bot.scheduler import ScheduledJob
+from bot.tools import Tool
+from tests.fakes.llm_server import FakeLLM
+from tests.fakes.talk_server import FakeTalk
+from tests.handlers.test_confirm import CODE, Run, danger_tool, said
+from tests.harness import ADMIN_ROOM, Daemon, create_event, running_daemon
+
+ROOMS = [f"room{n:02d}" for n in range(6)]
+
+
+@pytest.fixture(autouse=True)
+def quick_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bot.replicas, "LEASE_S", 2.0)
+    monkeypatch.setattr(bot.replicas, "GONE_AFTER_S", 2.0)
+    monkeypatch.setattr(bot.replicas, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(bot.replicas, "SWEEP_S", 0.05)
+    monkeypatch.setattr(bot.replicas, "REVISION_CHECK_S", 0.1)
+
+
+@contextlib.asynccontextmanager
+async def replicas(
+    tmp_path: Path,
+    talk: FakeTalk,
+    llm: FakeLLM,
+    url: str,
+    *,
+    count: int = 2,
+    extra_tools: Sequence[Tool[Any]] = (),
+) -> AsyncIterator[list[Daemon]]:
+    async with contextlib.AsyncExitStack() as stack:
+        daemons = []
+        for n in range(count):
+            home = tmp_path / f"replica{n}"
+            home.mkdir()
+            extra = {"storage": {"url": url}, "chat": {"bot_name": "talkbot"}}
+            daemon = await stack.enter_async_context(
+                running_daemon(home, talk, llm, extra, clock=SystemClock(), extra_tools=extra_tools)
+            )
+            daemons.append(daemon)
+        yield daemons
+
+
+async def until(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not check():  # noqa: ASYNC110 - polls state the fakes and daemons change
+            await asyncio.sleep(0.02)
+
+
+def answers(talk: FakeTalk) -> collections.Counter[int]:
+    return collections.Counter(m.reply_to for m in talk.messages if m.reply_to is not None)
+
+
+async def test_p07_any_replica_takes_webhooks_each_room_answered_once_and_in_order(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, postgres_url: str
+) -> None:
+    llm.echo = True
+    llm.latency_s = 0.05
+    async with replicas(tmp_path, talk, llm, postgres_url) as daemons:
+        sent: dict[str, list[int]] = {room: [] for room in ROOMS}
+
+        async def one_room(index: int, room: str) -> None:
+            for n in range(6):
+                message_id = 1000 * (index + 1) + n
+                event = create_event(f"@talkbot m-{room}-{n}", room=room, message_id=message_id)
+                # Each message to the other replica than the one before.
+                assert await daemons[(index + n) % 2].post(event) == 200
+                sent[room].append(message_id)
+
+        await asyncio.gather(*(one_room(i, room) for i, room in enumerate(ROOMS)))
+        await until(lambda: len(answers(talk)) == 36)
+        await asyncio.sleep(0.5)  # nothing more comes
+        assert set(answers(talk).values()) == {1}, "a message answered twice"
+        for room, ids in sent.items():
+            replied = [m.reply_to for m in talk.messages if m.token == room]
+            assert replied == ids, f"{room} answered out of order"
+        holders = await daemons[0].runtime.running.store.room_holders()
+        assert set(holders) <= set(ROOMS)
+
+
+async def test_p07_a_dead_replicas_rooms_are_taken_up_by_another(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, postgres_url: str
+) -> None:
+    llm.echo = True
+    async with replicas(tmp_path, talk, llm, postgres_url) as daemons:
+        first, second = daemons
+        assert await first.post(create_event("@talkbot hello", room="rooma", message_id=1)) == 200
+        await until(lambda: len(answers(talk)) == 1)
+        store = first.runtime.running.store
+        holder, _ = (await store.room_holders())["rooma"]
+        assert holder == first.runtime.running.coordinator.me.id
+        # The holder dies: its loop stops without handing the room back, and it takes
+        # no more turns (as after kill -9, its lease is simply no longer renewed).
+        dead = first.runtime.running
+        task = dead.coordinator._task
+        assert task is not None
+        task.cancel()
+        await dead.dispatcher.stop(0)
+        # The next message reaches the survivor, which must wait out the lease.
+        assert await second.post(create_event("@talkbot again", room="rooma", message_id=2)) == 200
+        await asyncio.sleep(0.5)
+        assert len(answers(talk)) == 1  # the lease is not yet expired: nobody answers
+        await until(lambda: len(answers(talk)) == 2, timeout_s=10)
+        assert answers(talk)[2] == 1
+        holder, _ = (await store.room_holders())["rooma"]
+        assert holder == second.runtime.running.coordinator.me.id
+
+
+async def test_p02_two_yes_through_two_replicas_at_once_run_the_action_once(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, postgres_url: str
+) -> None:
+    runs: list[Run] = []
+    async with replicas(
+        tmp_path, talk, llm, postgres_url, extra_tools=[danger_tool(runs)]
+    ) as daemons:
+        first, second = daemons
+        llm.calls([("danger_write", {"path": "notes.txt", "content": "hello"}, None)])
+        assert await first.post(said("@talkbot please write notes.txt", 500)) == 200
+        await until(lambda: any(CODE.search(m.message) for m in talk.messages))
+        [code] = [match[1] for m in talk.messages if (match := CODE.search(m.message))]
+        for round_ in range(3):  # each round a race between the replicas
+            yes = [said("yes", 501 + 2 * round_), said("yes", 502 + 2 * round_)]
+            statuses = await asyncio.gather(first.post(yes[0]), second.post(yes[1]))
+            assert statuses == [200, 200]
+        await until(lambda: len(runs) >= 1)
+        await asyncio.sleep(1.0)  # a second run would come now
+        for daemon in daemons:
+            await daemon.idle()
+        assert runs == [Run("notes.txt", "hello", "users/alice", "user")]
+        action = await second.runtime.running.store.pending_by_code(code)
+        assert action is not None
+        assert action.status == "done"
+
+
+async def test_p08_roles_jobs_and_reload_through_one_replica_reach_the_other(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, postgres_url: str
+) -> None:
+    async with replicas(tmp_path, talk, llm, postgres_url) as daemons:
+        first, second = daemons
+        other = second.runtime.running
+        await first.say(create_event("!role carol admin", sender="root", room=ADMIN_ROOM))
+        await until(lambda: other.access.role_of("users/carol") == "admin", 5)
+        await first.say(create_event("!role carol default", sender="root", room=ADMIN_ROOM))
+        await until(lambda: other.access.role_of("users/carol") != "admin", 5)
+
+        assert other.scheduler.timer.armed() == set()
+        job = ScheduledJob(
+            id="digest",
+            owner="users/root",
+            room=ADMIN_ROOM,
+            kind="every",
+            expr="1h",
+            timezone="UTC",
+            message="hi",
+            prompt=None,
+            created_by_role="admin",
+            paused=False,
+            misfire="once",
+            source="admin",
+            created_at=0.0,
+            active_since=0.0,
+        )
+        await first.runtime.running.scheduler.add(job)
+        await until(lambda: other.scheduler.timer.armed() == {"digest"}, 5)
+        await first.runtime.running.scheduler.remove("digest")
+        await until(lambda: other.scheduler.timer.armed() == set(), 5)
+
+        for daemon in daemons:
+            new = daemon.settings.model_copy(
+                update={"chat": daemon.settings.chat.model_copy(update={"persona": "terse"})}
+            )
+            daemon.runtime.load_settings = lambda new=new: new  # type: ignore[misc]
+        [answer] = await first.say(create_event("!reload", sender="root", room=ADMIN_ROOM))
+        assert "other replicas reload" in answer
+        await until(lambda: second.settings.chat.persona == "terse", 5)
+
+
+async def test_p09_status_lists_the_replicas_it_can_see(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, postgres_url: str
+) -> None:
+    async with replicas(tmp_path, talk, llm, postgres_url, count=2) as daemons:
+        first, second = daemons
+        [text] = await first.say(create_event("!status", sender="root", room=ADMIN_ROOM))
+        for daemon in daemons:
+            assert daemon.runtime.running.coordinator.me.id in text
+        del second
