@@ -304,7 +304,13 @@ async def build_parts(
     check_schedules(settings.schedules, settings.chat.timezone)
     me = new_replica(clock, __version__)
     store = open_store(settings.storage, clock, replica=me.id)
-    coordinator = Coordinator(store, clock, me, shared=settings.storage.backend == "postgres")
+    coordinator = Coordinator(
+        store,
+        clock,
+        me,
+        shared=settings.storage.backend == "postgres",
+        lease_s=settings.storage.lease_s,
+    )
     session = aiohttp.ClientSession(trust_env=False)
     secret = settings.nextcloud.bot_secret.get_secret_value()
     talk = TalkClient(session, settings.nextcloud.url, secret, clock=clock)

@@ -209,6 +209,8 @@ class StorageSettings(Frozen):
     path: Path = Path("talkbot.sqlite3")
     url: str = ""
     password: SecretStr = SecretStr("")
+    # Replicas: a dead one's rooms wait this long before another takes them up.
+    lease_s: float = Field(default=15.0, ge=2.0, le=600.0)
 
     @field_validator("url")
     @classmethod

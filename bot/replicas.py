@@ -7,7 +7,8 @@ any of them may receive any webhook (#15):
 - A room's turns run on the replica holding the room's lease, one at a time and in
   order. A replica takes up a room when it receives a webhook for it or finds accepted
   work in it, if the lease is free, expired or already its own; the holder renews its
-  leases with each heartbeat, so they expire LEASE_S after it dies or loses the database,
+  leases with each heartbeat, so they expire ``[storage] lease_s`` (15 s) after it dies or
+  loses the database,
   and another replica then resumes the room's accepted work (as a restart would).
 - A replica stops serving a room whose lease it could not renew in time: the next holder
   may already be at work.
@@ -36,13 +37,13 @@ from bot.store import ReplicaRecord, Store
 
 log = structlog.get_logger(__name__)
 
+# The default of [storage] lease_s: how long a dead replica's rooms wait for another.
 LEASE_S = 15.0
-HEARTBEAT_S = 3.0
+# A replica says it is alive (and renews its leases) this many times per lease.
+BEATS_PER_LEASE = 5
 # How often a replica looks for rooms with accepted work it should take up.
 SWEEP_S = 0.5
 REVISION_CHECK_S = 1.0
-# A replica not seen for this long is gone: its rooms, confirmations and runs are free.
-GONE_AFTER_S = LEASE_S
 
 Sweep = Callable[[], Awaitable[None]]
 Reload = Callable[[str], Awaitable[None]]
@@ -69,11 +70,22 @@ class Duties:
 class Coordinator:
     """This replica's leases and heartbeat; on SQLite (``shared`` False) it serves all."""
 
-    def __init__(self, store: Store, clock: Clock, me: ReplicaRecord, *, shared: bool) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        me: ReplicaRecord,
+        *,
+        shared: bool,
+        lease_s: float = LEASE_S,
+    ) -> None:
         self._store = store
         self._clock = clock
         self.me = me
         self.shared = shared
+        self.lease_s = lease_s
+        # A replica not seen for a lease is gone: its rooms, confirmations, runs are free.
+        self._heartbeat_s = lease_s / BEATS_PER_LEASE
         self._held: dict[str, float] = {}  # room -> monotonic time its lease is good until
         self._revisions: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -110,11 +122,11 @@ class Coordinator:
         if self.holds(room):
             return True
         try:
-            claimed = await self._store.claim_room(room, self.me.id, LEASE_S)
+            claimed = await self._store.claim_room(room, self.me.id, self.lease_s)
         except StoreError:
             return False  # the store is down: whoever holds it keeps it
         if claimed:
-            self._held[room] = self._clock.monotonic() + LEASE_S - HEARTBEAT_S
+            self._held[room] = self._clock.monotonic() + self.lease_s - self._heartbeat_s
             log.info("replica.room_taken", room=room)
         return claimed
 
@@ -134,7 +146,7 @@ class Coordinator:
         """The replicas seen alive lately (this one first); on SQLite, this process."""
         if not self.shared:
             return [self.me]
-        cutoff = self._clock.now() - GONE_AFTER_S
+        cutoff = self._clock.now() - self.lease_s
         seen = [r for r in await self._store.list_replicas() if r.seen_at >= cutoff]
         return sorted(seen, key=lambda r: (r.id != self.me.id, r.id))
 
@@ -150,7 +162,7 @@ class Coordinator:
             now = self._clock.monotonic()
             try:
                 if now >= next_beat:
-                    next_beat = now + HEARTBEAT_S
+                    next_beat = now + self._heartbeat_s
                     await self._beat()
                     await duties.recover(await self.alive())
                 if now >= next_revision:
@@ -164,10 +176,10 @@ class Coordinator:
 
     async def _beat(self) -> None:
         started = self._clock.monotonic()
-        await self._store.heartbeat(self.me, LEASE_S)
+        await self._store.heartbeat(self.me, self.lease_s)
         # Renewed from the moment the beat was sent: a slow commit shortens, never lengthens.
         # A lease already lapsed here may have been taken by another replica since: let go.
-        good_until = started + LEASE_S - HEARTBEAT_S
+        good_until = started + self.lease_s - self._heartbeat_s
         self._held = {room: good_until for room, until in self._held.items() if until > started}
 
     async def _check_revisions(self, reload: Reload) -> None:

@@ -31,9 +31,6 @@ ROOMS = [f"room{n:02d}" for n in range(6)]
 
 @pytest.fixture(autouse=True)
 def quick_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bot.replicas, "LEASE_S", 2.0)
-    monkeypatch.setattr(bot.replicas, "GONE_AFTER_S", 2.0)
-    monkeypatch.setattr(bot.replicas, "HEARTBEAT_S", 0.3)
     monkeypatch.setattr(bot.replicas, "SWEEP_S", 0.05)
     monkeypatch.setattr(bot.replicas, "REVISION_CHECK_S", 0.1)
 
@@ -53,7 +50,7 @@ async def replicas(
         for n in range(count):
             home = tmp_path / f"replica{n}"
             home.mkdir()
-            extra = {"storage": {"url": url}, "chat": {"bot_name": "talkbot"}}
+            extra = {"storage": {"url": url, "lease_s": 2.0}, "chat": {"bot_name": "talkbot"}}
             daemon = await stack.enter_async_context(
                 running_daemon(home, talk, llm, extra, clock=SystemClock(), extra_tools=extra_tools)
             )
