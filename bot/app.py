@@ -281,6 +281,18 @@ def open_store(storage: StorageSettings, clock: Clock, *, replica: str = "") -> 
     return Store.open(storage.path, clock, replica=replica)
 
 
+def describe_store(storage: StorageSettings) -> str:
+    """For ``talkbot check``: where the store is and whether it can be used; no change."""
+    if storage.backend == "sqlite":
+        state = "exists" if storage.path.exists() else "created at the first start"
+        return f"SQLite at {storage.path} ({state})"
+    try:
+        from bot.store.postgres import describe  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return "PostgreSQL: psycopg is missing: pip install 'talkbot[postgres]'"
+    return describe(storage.url, storage.password.get_secret_value() or None)
+
+
 def _files_root_refusal(settings: Settings) -> list[tuple[str, str]]:
     """A files root within reach of the config, a secret file or the store is refused."""
     if not any(settings.tools.policy(name).enabled is not False for name in FILE_TOOLS):

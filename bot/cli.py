@@ -25,7 +25,14 @@ from aiohttp import web
 
 from bot import __version__
 from bot.agent.llm import endpoint_url
-from bot.app import build_app, drain, log_warnings, new_runtime, validate_deployment
+from bot.app import (
+    build_app,
+    describe_store,
+    drain,
+    log_warnings,
+    new_runtime,
+    validate_deployment,
+)
 from bot.config import (
     LLMSettings,
     Settings,
@@ -266,6 +273,7 @@ def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.write(f"  warning: {field}: {reason}\n")
     if not args.offline:
         out.write(f"  model endpoint: {asyncio.run(probe_models(llm))}\n")
+        out.write(f"  store: {describe_store(settings.storage)}\n")
     return 0  # an unreachable model is reported, not fatal: it may come up later
 
 

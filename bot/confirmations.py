@@ -154,6 +154,10 @@ class Confirmations:
         await self._store.set_pending_prompt(action.id, prompt_text)
         await self._audit(action, "prompted", action.requester, "pending")
 
+    async def prompted(self, action: PendingAction) -> None:
+        """The prompt's post was tried: a crash after this does not post it again."""
+        await self._store.mark_prompted(action.id)
+
     # -- finding what an answer is about -----------------------------------------------
 
     async def written_by_a_person(self, room: str, message_id: str) -> bool:

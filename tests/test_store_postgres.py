@@ -5,8 +5,10 @@ both in tests/test_store.py."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -14,9 +16,9 @@ import structlog
 
 from bot.clock import ManualClock
 from bot.errors import StoreError, StoreUnavailableError, StoreVersionError
-from bot.store import JobRecord, NewPendingAction, Store
-from bot.store.migrations import MIGRATIONS, Migration
-from bot.store.postgres import PostgresDriver
+from bot.store import JobRecord, NewPendingAction, ReplicaRecord, Store
+from bot.store.migrations import MIGRATIONS, POSTGRES_BASELINE, Migration
+from bot.store.postgres import PostgresDriver, describe
 from tests.pgserver import PostgresServer
 
 
@@ -248,3 +250,83 @@ async def test_a_nul_in_text_is_kept_as_a_replacement_character(
         assert room.name == "a\ufffdb"
     finally:
         await store.close()
+
+
+def test_p05_every_step_after_the_baseline_has_postgres_statements() -> None:
+    missing = [
+        index + 1
+        for index, step in enumerate(MIGRATIONS)
+        if index + 1 > POSTGRES_BASELINE and not step.postgres
+    ]
+    assert missing == []
+
+
+async def test_p05_both_backends_build_the_same_tables_and_columns(
+    postgres_url: str, clock: ManualClock, tmp_path: Path
+) -> None:
+    await Store.open(tmp_path / "fresh.sqlite3", clock).close()
+    await Store.open_postgres(postgres_url, None, clock).close()
+    with sqlite3.connect(tmp_path / "fresh.sqlite3") as lite:
+        tables = [
+            row[0]
+            for row in lite.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        sqlite_shape = {
+            table: sorted(c[1] for c in lite.execute(f"PRAGMA table_info({table})"))
+            for table in tables
+        }
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND table_name != 'talkbot_schema'"
+        ).fetchall()
+    postgres_shape: dict[str, list[str]] = {}
+    for table, column in rows:
+        postgres_shape.setdefault(table, []).append(column)
+    assert {t: sorted(c) for t, c in postgres_shape.items()} == sqlite_shape
+
+
+async def test_p06_check_reports_the_store_without_changing_it_or_showing_the_password(
+    postgres_server: PostgresServer, postgres_url: str, clock: ManualClock
+) -> None:
+    assert describe(postgres_url, None).endswith("reachable, empty (serve creates the schema)")
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT to_regclass('inbox')").fetchone() == (None,)  # unchanged
+    await Store.open_postgres(postgres_url, None, clock).close()
+    assert describe(postgres_url, None).endswith(f"schema version {len(MIGRATIONS)} (current)")
+    secret = "pw-Osprey-7730"
+    wrong = postgres_server.url(postgres_url.rsplit("/", 1)[1], user="nobody_here", password=secret)
+    report = describe(wrong, None)
+    assert "cannot use it" in report
+    assert secret not in report
+
+
+async def test_p07_a_room_lease_is_one_replicas_until_it_lapses_or_is_handed_back(
+    replicas: list[Store], clock: ManualClock
+) -> None:
+    first, second = replicas
+    a = ReplicaRecord("a", "host-a", 1, "0.1.0", clock.now(), clock.now())
+    b = ReplicaRecord("b", "host-b", 2, "0.1.0", clock.now(), clock.now())
+    await first.accept_event(room="r1", kind="Create", body=b"{}", random="x", dedupe_key="k1")
+    assert await first.rooms_to_serve("a") == await second.rooms_to_serve("b") == ["r1"]
+    assert await first.claim_room("r1", "a", 15)
+    assert not await second.claim_room("r1", "b", 15)
+    assert await second.rooms_to_serve("b") == []  # held by a live replica
+    clock.advance(10)
+    await first.heartbeat(a, 15)  # renews a's lease to now + 15
+    clock.advance(10)
+    assert not await second.claim_room("r1", "b", 15)
+    clock.advance(6)  # a stopped beating: the lease lapsed
+    assert await second.rooms_to_serve("b") == ["r1"]
+    assert await second.claim_room("r1", "b", 15)
+    await first.heartbeat(a, 15)  # a's beat does not take it back
+    assert (await first.room_holders())["r1"][0] == "b"
+    await second.heartbeat(b, 15)
+    await second.leave("b")  # a clean stop hands it back at once
+    assert await first.claim_room("r1", "a", 15)
+    assert [r.id for r in await first.list_replicas()] == ["a"]
+    clock.advance(2 * 24 * 3600)
+    await second.heartbeat(b, 15)  # a beat forgets replicas gone for a day
+    assert [r.id for r in await first.list_replicas()] == ["b"]

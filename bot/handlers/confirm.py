@@ -99,6 +99,7 @@ class ConfirmHandler:
                 continue
             await self._confirmations.set_prompt(action, text)
             await self._chat.say(event, text)
+            await self._confirmations.prompted(action)
             # The prompt quotes the model's arguments: as trusted as the turn that made them.
             state = needs.state
             await self._history.record_reply(
@@ -173,10 +174,20 @@ class ConfirmHandler:
     async def on_chat(self, event: Event, role: Role, route: Route) -> None:
         """A chat turn; from a requester with actions waiting, it cancels them first (§5)."""
         note = None
-        if route.cancels_pending and await self._already_paused_on(event):
+        if route.cancels_pending and (waiting := await self._already_paused_on(event)):
             # This very message is resumed after a crash, and its turn had already paused
-            # on a confirmation: the prompt is out, the action waits; nothing to redo.
+            # on a confirmation: the action waits. Its prompt is out, unless the crash came
+            # between storing the action and posting the prompt: then it is posted now.
             log.info("confirm.turn_already_waiting", room=event.room.token)
+            for action in waiting:
+                if not action.prompted:
+                    text = action.prompt_text or replies.defuse_mentions(
+                        self._prompt(action, "UTC")
+                    )
+                    await self._confirmations.set_prompt(action, text)
+                    await self._chat.say(event, text)
+                    await self._confirmations.prompted(action)
+                    log.info("confirm.prompt_posted_late", code=action.code)
             return
         if route.cancels_pending:
             cancelled = await self._confirmations.cancel_for_requester(
@@ -185,12 +196,14 @@ class ConfirmHandler:
             note = CANCELLED_NOTE if cancelled else None
         await self._chat.handle(event, role, note=note)
 
-    async def _already_paused_on(self, event: Event) -> bool:
+    async def _already_paused_on(self, event: Event) -> list[PendingAction]:
+        """The actions this very message's turn paused on (empty: it did not)."""
         message_id = event.message.id if event.message is not None else ""
-        return any(
-            action.requester == event.actor.id and action.after_message_id == message_id
+        return [
+            action
             for action in await self._confirmations.open_in_room(event.room.token)
-        )
+            if action.requester == event.actor.id and action.after_message_id == message_id
+        ]
 
     async def recover_interrupted(self, alive: Sequence[str] = ()) -> None:
         """Fail what was running on a replica that is gone and tell the requester: at

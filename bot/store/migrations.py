@@ -248,6 +248,8 @@ _REPLAY_FLOOR = ("CREATE TABLE replay_floor (room TEXT PRIMARY KEY, message_id I
 # ``revisions``: a counter per kind of shared setting (roles, jobs, config) that a change
 # raises, so the other replicas reload it. ``runner`` on pending actions and job runs:
 # the replica that approved or started it; only a dead runner's work is "interrupted".
+# ``prompted`` on pending actions: whether its prompt was posted (0 from its creation
+# until the post was tried; the actions stored before were all posted).
 _REPLICAS = (
     """
 CREATE TABLE replicas (
@@ -267,6 +269,7 @@ CREATE TABLE room_leases (
     "CREATE TABLE revisions (topic TEXT PRIMARY KEY, revision INTEGER NOT NULL)",
     "ALTER TABLE pending_actions ADD COLUMN runner TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE job_runs ADD COLUMN runner TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE pending_actions ADD COLUMN prompted INTEGER NOT NULL DEFAULT 1",
 )
 _REPLICAS_POSTGRES = (
     """
@@ -287,6 +290,7 @@ CREATE TABLE room_leases (
     "CREATE TABLE revisions (topic TEXT PRIMARY KEY, revision BIGINT NOT NULL)",
     "ALTER TABLE pending_actions ADD COLUMN runner TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE job_runs ADD COLUMN runner TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE pending_actions ADD COLUMN prompted INTEGER NOT NULL DEFAULT 1",
 )
 
 MIGRATIONS: tuple[Migration, ...] = (

@@ -16,7 +16,7 @@ from bot.store.records import NewPendingAction, PendingAction
 _COLUMNS = (
     "id, code, turn_id, call_id, room, requester, requester_name, tool, args_json, args_hash,"
     " approver, state_json, after_message_id, prompt_text, created_at, expires_at, status,"
-    " decided_by, result_text, updated_at"
+    " decided_by, result_text, updated_at, prompted"
 )
 
 
@@ -75,6 +75,12 @@ class Pending(Aggregate):
             "UPDATE pending_actions SET prompt_text = ? WHERE id = ?", (prompt_text, action_id)
         )
 
+    async def mark_prompted(self, action_id: int) -> None:
+        """Its prompt was posted (or tried): a resumed turn does not post it again."""
+        await self._engine.change(
+            "UPDATE pending_actions SET prompted = 1 WHERE id = ?", (action_id,)
+        )
+
     async def transition_pending(
         self,
         action_id: int,
@@ -130,15 +136,15 @@ class Pending(Aggregate):
             f"SELECT {_COLUMNS} FROM pending_actions WHERE {where}",  # noqa: S608 - fixed fragments, values bound
             tuple(params),
         )
-        return [PendingAction(**row) for row in rows]
+        return [PendingAction(**{**row, "prompted": bool(row["prompted"])}) for row in rows]
 
 
 def _insert(tx: Tx, action: NewPendingAction, now: float) -> int:
     [row] = tx.execute(
         "INSERT INTO pending_actions (code, turn_id, call_id, room, requester, requester_name,"
         " tool, args_json, args_hash, approver, state_json, after_message_id, created_at,"
-        " expires_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " RETURNING id",
+        " expires_at, updated_at, prompted)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) RETURNING id",
         (
             action.code,
             action.turn_id,

@@ -163,6 +163,29 @@ class _PostgresTx:
             yield
 
 
+def describe(url: str, password: str | None, latest: int = len(MIGRATIONS)) -> str:
+    """For ``talkbot check``: can we connect, and at which schema version is the store?
+    Changes nothing (no migration); any failure is a finding, returned as text."""
+    where = strip_credentials(url)
+    extra: dict[str, Any] = {} if password is None else {"password": password}
+    try:
+        with psycopg.connect(
+            url, connect_timeout=CONNECT_TIMEOUT_S, row_factory=dict_row, **extra
+        ) as conn:
+            version = _version(conn, where)
+    except (psycopg.Error, StoreError) as exc:
+        return f"PostgreSQL at {where}: cannot use it: {_one_line(exc)}"
+    if version == 0:
+        return f"PostgreSQL at {where}: reachable, empty (serve creates the schema)"
+    if version > latest:
+        return (
+            f"PostgreSQL at {where}: schema version {version}, newer than this talkbot"
+            f" ({latest}): upgrade it"
+        )
+    state = "current" if version == latest else f"serve upgrades it to {latest}"
+    return f"PostgreSQL at {where}: schema version {version} ({state})"
+
+
 @functools.lru_cache(maxsize=256)
 def _sql(sql: str) -> bytes:
     """The aggregates' ``?`` placeholders in psycopg's ``%s`` style (no ``?`` or ``%``

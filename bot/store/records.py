@@ -94,6 +94,7 @@ class PendingAction(NewPendingAction):
     decided_by: str
     result_text: str
     updated_at: float
+    prompted: bool = True  # its prompt was posted (or the post was tried)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,13 @@ skew, not minutes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.store.aggregate import Aggregate
 from bot.store.engine import Tx
+
+# A replica not seen for a day is forgotten (its leases expired long before).
+FORGET_AFTER_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Replicas(Aggregate):
                 "UPDATE room_leases SET expires_at = ? WHERE holder = ?",
                 (now + lease_s, replica.id),
             )
+            # Replicas that died long ago (a crash leaves its row): !status forgets them.
+            tx.execute("DELETE FROM replicas WHERE seen_at < ?", (now - FORGET_AFTER_S,))
 
         await self._engine.apply(beat)
 
@@ -61,17 +65,6 @@ class Replicas(Aggregate):
             " ORDER BY seen_at DESC, id"
         )
         return [ReplicaRecord(**row) for row in rows]
-
-    async def forget_replicas(self, replica_ids: Sequence[str]) -> None:
-        """Drop replicas known dead, and free their rooms."""
-        rows = [(replica_id,) for replica_id in replica_ids]
-
-        def forget(tx: Tx) -> None:
-            tx.executemany("DELETE FROM room_leases WHERE holder = ?", rows)
-            tx.executemany("DELETE FROM replicas WHERE id = ?", rows)
-
-        if rows:
-            await self._engine.apply(forget)
 
     async def claim_room(self, room: str, holder: str, lease_s: float) -> bool:
         """Take or keep the room's lease; False while another replica's is unexpired."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -429,6 +430,37 @@ async def test_a10_an_interrupted_run_fails_and_is_never_rerun(
         assert stored is not None
         assert stored.status == "failed"
     assert runs == []
+
+
+@pytest.mark.parametrize("posted", [False, True])
+async def test_r09_a_prompt_lost_to_a_crash_is_posted_when_its_message_is_resumed(  # noqa: PLR0917 - fixtures
+    tmp_path: Path,
+    talk: FakeTalk,
+    llm: FakeLLM,
+    clock: ManualClock,
+    runs: list[Run],
+    posted: bool,
+) -> None:
+    tools = [danger_tool(runs)]
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
+        prompt, code = await ask_for_write(first)
+        path = first.settings.storage.path
+    # What a crash right after the action was stored leaves: the request's event still
+    # running, and (unless the post was tried) the prompt not posted.
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE inbox SET status = 'running' WHERE kind = 'Create'")
+        db.execute("UPDATE pending_actions SET prompted = ?", (int(posted),))
+    before = len(talk.messages)
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as second:
+        await second.idle()
+        resent = [m.message for m in talk.messages[before:]]
+        assert resent == ([] if posted else [prompt])
+        stored = await second.runtime.running.store.pending_by_code(code)
+        assert stored is not None
+        assert (stored.status, stored.prompted) == ("pending", True)
+        llm.reply("Written.")
+        assert await second.say(said("yes", REQUEST_ID + 1)) == ["Written."]
+    assert runs == [Run("notes.txt", "hello", "users/alice", "user")]
 
 
 # -- policy --------------------------------------------------------------------------
