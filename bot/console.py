@@ -223,6 +223,13 @@ async def _open(runtime: Runtime, out: TextIO) -> Parts:
     def terminal(_talk: TalkClient) -> Poster:
         return TerminalPoster(out, bot_name)
 
+    if runtime.settings.storage.backend == "postgres":
+        # It would join the replicas: take up rooms and answer Talk's people here.
+        raise ConsoleError(
+            "talkbot console needs a store of its own, and this config's [storage] url is"
+            " the PostgreSQL store the replicas share: use a copy of the config with"
+            " [storage] path instead of url"
+        )
     parts = await build_parts(runtime, poster_factory=terminal)
     backlog = await parts.store.inbox_backlog()
     if backlog:

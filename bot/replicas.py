@@ -43,6 +43,9 @@ LEASE_S = 15.0
 BEATS_PER_LEASE = 5
 # How often a replica looks for rooms with accepted work it should take up.
 SWEEP_S = 0.5
+# On SQLite, how often the one process looks for accepted events nobody took in: a
+# webhook answered 503 after its commit hung, whose commit went through afterwards.
+ORPHAN_SWEEP_S = 5.0
 REVISION_CHECK_S = 1.0
 
 Sweep = Callable[[], Awaitable[None]]
@@ -91,8 +94,9 @@ class Coordinator:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, duties: Duties) -> None:
-        """Say this replica is alive and keep saying it; on SQLite, nothing."""
+        """Say this replica is alive and keep saying it; on SQLite, only the sweep."""
         if not self.shared:
+            self._task = asyncio.create_task(self._sweep_orphans(duties), name="orphans")
             return
         await self._beat()
         self._revisions = await self._store.revisions()
@@ -168,6 +172,16 @@ class Coordinator:
                 if now >= next_revision:
                     next_revision = now + REVISION_CHECK_S
                     await self._check_revisions(duties.reload)
+                await duties.sweep()
+            except StoreError as exc:
+                log.warning("replica.store_failed", error=str(exc))
+            except Exception:
+                log.exception("replica.loop_failed")
+
+    async def _sweep_orphans(self, duties: Duties) -> None:
+        while True:
+            await asyncio.sleep(ORPHAN_SWEEP_S)
+            try:
                 await duties.sweep()
             except StoreError as exc:
                 log.warning("replica.store_failed", error=str(exc))

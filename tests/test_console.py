@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from bot.app import build_parts, close_parts, new_runtime, start_parts
@@ -182,6 +183,20 @@ async def test_console_refuses_a_store_with_unanswered_talk_events(
     assert "talkbot: the store holds 1 unhandled event(s) from Talk" in term.output
     assert "Traceback" not in term.output
     assert llm.requests == []
+
+
+async def test_p07_console_refuses_the_shared_postgresql_store(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, postgres_url: str
+) -> None:
+    data = base_config(tmp_path, talk, llm)
+    data["storage"] = {"url": postgres_url}
+    config = write_config(tmp_path, data)
+    async with console(config, tmp_path, "--user", "alice") as term:
+        assert await term.exit_code() == 1
+    assert "needs a store of its own" in term.output
+    assert "Traceback" not in term.output
+    with psycopg.connect(postgres_url) as conn:  # it did not even open it
+        assert conn.execute("SELECT to_regclass('inbox')").fetchone() == (None,)
 
 
 # -- the session in process ----------------------------------------------------------

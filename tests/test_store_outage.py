@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+import bot.replicas
 from bot.clock import ManualClock
+from bot.talk.events import parse_event
 from tests.fakes.llm_server import DEFAULT_REPLY, FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import ADMIN_ROOM, ONE2ONE, Daemon, dm_event, php_json, running_daemon
@@ -155,3 +158,28 @@ async def test_h04_the_real_process_keeps_answering_while_its_store_is_locked(
         await talk.wait_for_messages(3)
     assert talk.texts(ONE2ONE) == ["here again"]
     assert len(talk.texts(ADMIN_ROOM)) == 2
+
+
+async def test_h04_an_event_stored_after_its_webhook_was_refused_is_still_answered(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A commit that hung past the webhook's budget (503) can still go through: the row is
+    # then in the inbox with nobody holding it. The sweep takes it up.
+    monkeypatch.setattr(bot.replicas, "ORPHAN_SWEEP_S", 0.1)
+    async with running_daemon(tmp_path, talk, llm) as daemon:
+        body = php_json(dm_event("stored late"))
+        event = parse_event(body)
+        stored = await daemon.runtime.running.store.accept_event(
+            room=event.room.token,
+            kind=event.type,
+            body=body,
+            random="late" * 16,
+            dedupe_key=event.dedupe_key,
+            message_id=event.talk_message_number,
+        )
+        assert stored is not None  # stored, never submitted: as after a hung commit
+        [answer] = await talk.wait_for_messages(1)
+        assert answer.message == DEFAULT_REPLY
+        assert answer.reply_to == int(event.message.id)  # type: ignore[union-attr]
+        await asyncio.sleep(0.3)  # later sweeps take it up no more
+        assert len(talk.messages) == 1

@@ -17,6 +17,7 @@ import structlog
 from bot.clock import ManualClock
 from bot.errors import StoreError, StoreUnavailableError, StoreVersionError
 from bot.store import JobRecord, NewPendingAction, ReplicaRecord, Store
+from bot.store.inbox import INTAKE_BUDGET_S
 from bot.store.migrations import MIGRATIONS, POSTGRES_BASELINE, Migration
 from bot.store.postgres import PostgresDriver, describe
 from tests.pgserver import PostgresServer
@@ -330,3 +331,35 @@ async def test_p07_a_room_lease_is_one_replicas_until_it_lapses_or_is_handed_bac
     clock.advance(2 * 24 * 3600)
     await second.heartbeat(b, 15)  # a beat forgets replicas gone for a day
     assert [r.id for r in await first.list_replicas()] == ["b"]
+
+
+async def test_p04_a_hung_server_refuses_webhooks_within_their_budget_and_recovers(
+    private_postgres_server: PostgresServer, clock: ManualClock
+) -> None:
+    server = private_postgres_server
+    store = Store.open_postgres(server.create_database("talkbot"), None, clock)
+    try:
+        await store.record_room("r1", name="Room", one_to_one=False)
+        server.pause()  # SIGSTOP: connections stay open, nothing answers
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(StoreUnavailableError, match="no commit within"):
+            await store.accept_event(
+                room="r1", kind="Create", body=b"{}", random="x", dedupe_key="Create:r1:1"
+            )
+        assert loop.time() - started < INTAKE_BUDGET_S + 1.5  # not the 30 s statement limit
+        assert not store.health.ok
+        with pytest.raises(StoreUnavailableError):  # known down: one short attempt only
+            await store.accept_event(
+                room="r1", kind="Create", body=b"{}", random="y", dedupe_key="Create:r1:2"
+            )
+        assert loop.time() - started < INTAKE_BUDGET_S + 3.0
+        server.resume()
+        for _ in range(200):
+            if store.health.ok:
+                break
+            await asyncio.sleep(0.05)
+        assert store.health.ok
+    finally:
+        server.resume()
+        await store.close()

@@ -39,6 +39,11 @@ Row = dict[str, Any]
 RETRY_INTERVAL_S = 0.25
 # While the store is down: how often the probe tries a commit.
 PROBE_INTERVAL_S = 0.5
+# A write with a budget, once the store is known down, waits this long for its one attempt.
+LAST_ATTEMPT_S = 0.5
+# Past its deadline a budgeted write still waits this long for an attempt under way: one
+# that fails refuses it with the store's own reason; only a hung one runs into this.
+HUNG_AFTER_S = 0.5
 
 
 class Conflict(StoreError):
@@ -207,7 +212,27 @@ class Engine:
         self._batch.append(entry)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="store-commit")
-        return cast("T", await entry.done)
+        if deadline is None:
+            return cast("T", await entry.done)
+        wait_s = max(deadline - loop.time(), LAST_ATTEMPT_S) + HUNG_AFTER_S
+        try:
+            return cast("T", await asyncio.wait_for(asyncio.shield(entry.done), wait_s))
+        except TimeoutError:
+            return cast("T", self._give_up(entry, wait_s))
+
+    def _give_up(self, entry: _Write, waited_s: float) -> Any:
+        """A budgeted write whose commit did not come back in time (a hung disk or
+        database server): refused, and the store is unhealthy until the probe commits.
+        Still queued, it is taken out; already in a commit, that commit may still go
+        through (the dispatcher's sweep then takes up the stored event)."""
+        if entry.done.done():  # it came back in the same tick
+            return entry.done.result()
+        if entry in self._batch:
+            self._batch.remove(entry)
+        entry.done.add_done_callback(_ignore_outcome)
+        reason = f"no commit within {waited_s:.1f} s"
+        self._set_health(ok=False, reason=reason)
+        raise StoreUnavailableError(f"the store cannot save now: {reason}")
 
     async def change(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One statement in the group commit; how many rows it changed."""
@@ -327,6 +352,12 @@ def _run_all(
             # A bug in one write fails that write, not its batch.
             raise _WorkFailed(index, exc) from exc
     return results
+
+
+def _ignore_outcome(done: asyncio.Future[Any]) -> None:
+    """The caller gave up on this write; its late outcome is not an unhandled error."""
+    if not done.cancelled():
+        done.exception()
 
 
 def _refuse(entries: Sequence[_Write], error: type[StoreError], message: str) -> None:
