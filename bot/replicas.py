@@ -125,12 +125,13 @@ class Coordinator:
             return True
         if self.holds(room):
             return True
+        asked = self._clock.monotonic()  # the lease runs from here, not from the answer
         try:
             claimed = await self._store.claim_room(room, self.me.id, self.lease_s)
         except StoreError:
             return False  # the store is down: whoever holds it keeps it
         if claimed:
-            self._held[room] = self._clock.monotonic() + self.lease_s - self._heartbeat_s
+            self._held[room] = asked + self.lease_s - self._heartbeat_s
             log.info("replica.room_taken", room=room)
         return claimed
 
