@@ -316,13 +316,12 @@ async def build_parts(
     check_schedules(settings.schedules, settings.chat.timezone)
     me = new_replica(clock, __version__)
     store = open_store(settings.storage, clock, replica=me.id)
-    coordinator = Coordinator(
-        store,
-        clock,
-        me,
-        shared=settings.storage.backend == "postgres",
-        lease_s=settings.storage.lease_s,
-    )
+    shared = settings.storage.backend == "postgres"
+    # With replicas, heartbeats and leases go over a connection of their own: queued
+    # behind a burst of webhooks on the main one, a late heartbeat would let a lease
+    # lapse while this replica still serves the room.
+    leases = open_store(settings.storage, clock, replica=me.id) if shared else store
+    coordinator = Coordinator(leases, clock, me, shared=shared, lease_s=settings.storage.lease_s)
     session = aiohttp.ClientSession(trust_env=False)
     secret = settings.nextcloud.bot_secret.get_secret_value()
     talk = TalkClient(session, settings.nextcloud.url, secret, clock=clock)
@@ -361,6 +360,7 @@ async def build_parts(
     except ConfigError:  # a broken [tools] module: one line at start, nothing left open
         await llm.aclose()
         await session.close()
+        await coordinator.close()
         await store.close()
         raise
     history = History(store, settings.chat)
@@ -714,6 +714,7 @@ async def close_parts(parts: Parts) -> None:
     await parts.scheduler.stop()
     await parts.dispatcher.stop(STOP_DEADLINE_S)
     await parts.coordinator.stop()
+    await parts.coordinator.close()
     if parts.store_notices is not None:  # after the drain: a notice it causes is still owned
         await parts.store_notices.aclose()
     await parts.llm.aclose()

@@ -210,7 +210,7 @@ class StorageSettings(Frozen):
     url: str = ""
     password: SecretStr = SecretStr("")
     # Replicas: a dead one's rooms wait this long before another takes them up.
-    lease_s: float = Field(default=15.0, ge=2.0, le=600.0)
+    lease_s: float = Field(default=15.0, ge=3.0, le=600.0)
 
     @field_validator("url")
     @classmethod

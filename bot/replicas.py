@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
+import random
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
@@ -91,6 +93,7 @@ class Coordinator:
         self._heartbeat_s = lease_s / BEATS_PER_LEASE
         self._held: dict[str, float] = {}  # room -> monotonic time its lease is good until
         self._revisions: dict[str, int] = {}
+        self._alive_count = 1  # replicas seen alive at the last look (this one included)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, duties: Duties) -> None:
@@ -117,6 +120,12 @@ class Coordinator:
             except StoreError as exc:  # the leases expire by themselves
                 log.warning("replica.leave_failed", error=str(exc))
 
+    async def close(self) -> None:
+        """Close the leases' own store connection (with replicas; on SQLite it is the
+        main store, closed by its owner)."""
+        if self.shared:
+            await self._store.close()
+
     # -- rooms -----------------------------------------------------------------------
 
     async def may_serve(self, room: str) -> bool:
@@ -142,8 +151,25 @@ class Coordinator:
         return self._held.get(room, 0.0) > self._clock.monotonic()
 
     async def rooms_to_serve(self) -> list[str]:
-        """Rooms with accepted work this replica may take up (on SQLite: all of them)."""
-        return await self._store.rooms_to_serve(self.me.id)
+        """Rooms with accepted work this replica should take up now (on SQLite: all).
+
+        Its own rooms, and free or expired ones up to a fair share of all the rooms with
+        work: the rooms of a replica that died spread over the survivors (each takes its
+        share on its own sweep) instead of piling up on whichever swept first.
+        """
+        if not self.shared:
+            return await self._store.rooms_to_serve(self.me.id)
+        now = self._clock.now()
+        rooms = await self._store.rooms_with_work()
+        mine, free = [], []
+        for room, lease in rooms.items():
+            if lease is None or lease[1] < now:
+                free.append(room)
+            elif lease[0] == self.me.id:
+                mine.append(room)
+        random.shuffle(free)  # two replicas sweeping at once mostly want different rooms
+        share = math.ceil(len(rooms) / max(1, self._alive_count))
+        return sorted(mine) + free[: max(0, share - len(mine))]
 
     # -- who is alive ------------------------------------------------------------------
 
@@ -156,7 +182,9 @@ class Coordinator:
         return sorted(seen, key=lambda r: (r.id != self.me.id, r.id))
 
     async def alive(self) -> list[str]:
-        return [replica.id for replica in await self.replicas()]
+        alive = [replica.id for replica in await self.replicas()]
+        self._alive_count = len(alive)
+        return alive
 
     # -- the loop ----------------------------------------------------------------------
 

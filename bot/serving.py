@@ -281,8 +281,14 @@ class _Connection(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
 
     def settle(self) -> None:
+        """A first request arrived: the header deadline is over (a kept-alive connection
+        idles under aiohttp's keep-alive timeout; closing it at the deadline could cut a
+        request already on its way, which the client would see as a failure)."""
         if not self.requested.done():
             self.requested.set_result(None)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def waiting_for_request(self) -> bool:
         """Slow headers, or idle between requests: the test aiohttp's own keep-alive

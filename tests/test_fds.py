@@ -139,3 +139,28 @@ def test_h05_the_default_connection_cap_stays_below_the_descriptor_limit(
     fd_limit: int, expected: int
 ) -> None:
     assert default_max_connections(fd_limit) == expected
+
+
+async def test_h05_a_kept_alive_connection_is_not_cut_at_the_header_deadline(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM
+) -> None:
+    """The header deadline bounds a connection's first request only: a proxy that keeps a
+    connection open and sends its next request later is answered on it (closing it at the
+    deadline could cut a request already on its way; idle connections are aiohttp's
+    keep-alive timeout's, and the gate's to close at the cap)."""
+    config = config_file(tmp_path, talk, llm, body_timeout_s=1.0)
+    request = b"POST /webhook HTTP/1.1\r\nHost: talkbot\r\nContent-Length: 2\r\n\r\n{}"
+    async with serve(config) as daemon:
+        parts = urlsplit(daemon.url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        try:
+            for _ in range(2):
+                writer.write(request)
+                async with asyncio.timeout(5.0):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    assert head.startswith(b"HTTP/1.1 401"), head
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    await reader.readexactly(length)
+                await asyncio.sleep(1.5)  # past the header deadline, idle
+        finally:
+            writer.close()

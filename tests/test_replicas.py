@@ -19,7 +19,9 @@ import pytest
 
 import bot.replicas
 from bot.clock import SystemClock
+from bot.replicas import Coordinator, new_replica
 from bot.scheduler import ScheduledJob
+from bot.store import Store
 from bot.tools import Tool
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
@@ -50,7 +52,7 @@ async def replicas(
         for n in range(count):
             home = tmp_path / f"replica{n}"
             home.mkdir()
-            extra = {"storage": {"url": url, "lease_s": 2.0}, "chat": {"bot_name": "talkbot"}}
+            extra = {"storage": {"url": url, "lease_s": 3.0}, "chat": {"bot_name": "talkbot"}}
             daemon = await stack.enter_async_context(
                 running_daemon(home, talk, llm, extra, clock=SystemClock(), extra_tools=extra_tools)
             )
@@ -201,3 +203,32 @@ async def test_p09_status_lists_the_replicas_it_can_see(
         for daemon in daemons:
             assert daemon.runtime.running.coordinator.me.id in text
         del second
+
+
+async def test_p10_a_sweep_takes_a_fair_share_of_the_free_rooms(postgres_url: str) -> None:
+    clock = SystemClock()
+    stores = [Store.open_postgres(postgres_url, None, clock) for _ in range(2)]
+    try:
+        coordinators = [
+            Coordinator(store, clock, new_replica(clock, "test"), shared=True, lease_s=15)
+            for store in stores
+        ]
+        for coordinator in coordinators:
+            await stores[0].heartbeat(coordinator.me, 15)
+        for n in range(10):
+            await stores[0].accept_event(
+                room=f"room{n:02d}", kind="Create", body=b"{}", random=f"r{n}", dedupe_key=None
+            )
+        first, second = coordinators
+        assert len(await first.alive()) == 2
+        assert len(await second.alive()) == 2
+        taken = await first.rooms_to_serve()
+        assert len(taken) == 5  # half of the free rooms: the other replica takes the rest
+        for room in taken:
+            assert await first.may_serve(room)
+        assert len(await first.rooms_to_serve()) == 5  # its own rooms, and no more
+        rest = await second.rooms_to_serve()
+        assert sorted(rest) == sorted({f"room{n:02d}" for n in range(10)} - set(taken))
+    finally:
+        for store in stores:
+            await store.close()

@@ -363,3 +363,25 @@ async def test_p04_a_hung_server_refuses_webhooks_within_their_budget_and_recove
     finally:
         server.resume()
         await store.close()
+
+
+async def test_p07_a_claim_on_a_held_room_waits_for_no_lock_and_leaves_the_store_healthy(
+    replicas: list[Store], postgres_url: str, clock: ManualClock
+) -> None:
+    first, second = replicas
+    assert await first.claim_room("r1", "a", 15)
+    with psycopg.connect(postgres_url) as holder:  # a's heartbeat, its commit slow to come
+        holder.execute("UPDATE room_leases SET expires_at = expires_at + 1 WHERE holder = 'a'")
+        started = asyncio.get_running_loop().time()
+        assert not await second.claim_room("r1", "b", 15)
+        assert asyncio.get_running_loop().time() - started < 1.0  # not the 2 s lock timeout
+        holder.rollback()
+    assert second.health.ok
+
+
+def test_p07_a_lost_race_between_replicas_is_retried_not_an_outage() -> None:
+    driver = PostgresDriver("postgresql://unused/db", None)
+    for race in (psycopg.errors.DeadlockDetected(), psycopg.errors.SerializationFailure()):
+        assert driver.unavailable(race)
+        assert driver.transient(race)
+    assert not driver.transient(psycopg.errors.AdminShutdown())

@@ -109,6 +109,11 @@ class Driver(Protocol):
         """Whether a database error means "not now" rather than "this write is wrong"."""
         ...
 
+    def transient(self, exc: BaseException) -> bool:
+        """Whether it lost a race with another writer (a deadlock, a serialization
+        failure): tried again at once, and the store is not unhealthy for it."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -261,6 +266,10 @@ class Engine:
                 raise
             if not self._driver.unavailable(exc):
                 _refuse(batch, StoreError, f"cannot write to the store: {exc}")
+                return
+            if self._driver.transient(exc):
+                log.info("store.conflict_retried", reason=" ".join(str(exc).split()))
+                self._requeue(batch, exc)
                 return
             self._set_health(ok=False, reason=str(exc).strip())
             self._requeue(batch, exc)

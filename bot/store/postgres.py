@@ -133,6 +133,10 @@ class PostgresDriver:
     def unavailable(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
+    def transient(self, exc: BaseException) -> bool:
+        # 40001 serialization failure, 40P01 deadlock: another replica's transaction won.
+        return isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40")
+
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.closed:

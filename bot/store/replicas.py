@@ -67,21 +67,50 @@ class Replicas(Aggregate):
         return [ReplicaRecord(**row) for row in rows]
 
     async def claim_room(self, room: str, holder: str, lease_s: float) -> bool:
-        """Take or keep the room's lease; False while another replica's is unexpired."""
+        """Take or keep the room's lease; False while another replica's is unexpired.
+
+        It looks before it writes: a claim that fails locks no row, so replicas asking
+        for a room another one holds never queue behind that one's heartbeat.
+        """
         now = self._clock.now()
-        claimed = await self._engine.change(
-            "INSERT INTO room_leases (room, holder, expires_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (room) DO UPDATE SET holder = excluded.holder,"
-            " expires_at = excluded.expires_at"
-            " WHERE room_leases.holder = excluded.holder OR room_leases.expires_at < ?",
-            (room, holder, now + lease_s, now),
-        )
-        return claimed == 1
+
+        def claim(tx: Tx) -> bool:
+            found = tx.execute(
+                "SELECT holder, expires_at FROM room_leases WHERE room = ?", (room,)
+            ).fetchall()
+            if found and found[0]["holder"] != holder and found[0]["expires_at"] >= now:
+                return False
+            return (
+                tx.execute(
+                    "INSERT INTO room_leases (room, holder, expires_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (room) DO UPDATE SET holder = excluded.holder,"
+                    " expires_at = excluded.expires_at"
+                    " WHERE room_leases.holder = excluded.holder"
+                    " OR room_leases.expires_at < ?",
+                    (room, holder, now + lease_s, now),
+                ).rowcount
+                == 1
+            )
+
+        return await self._engine.apply(claim)
 
     async def room_holders(self) -> dict[str, tuple[str, float]]:
         """Each leased room: its holder and when the lease runs out."""
         rows = await self._engine.read("SELECT room, holder, expires_at FROM room_leases")
         return {row["room"]: (row["holder"], row["expires_at"]) for row in rows}
+
+    async def rooms_with_work(self) -> dict[str, tuple[str, float] | None]:
+        """Each room with accepted work not finished: its lease (holder, expiry), if any."""
+        rows = await self._engine.read(
+            "SELECT DISTINCT inbox.room AS room, room_leases.holder AS holder,"
+            " room_leases.expires_at AS expires_at FROM inbox"
+            " LEFT JOIN room_leases ON room_leases.room = inbox.room"
+            " WHERE inbox.status IN ('pending', 'running')"
+        )
+        return {
+            row["room"]: None if row["holder"] is None else (row["holder"], row["expires_at"])
+            for row in rows
+        }
 
     async def rooms_to_serve(self, holder: str) -> list[str]:
         """Rooms with accepted work not finished whose lease is ``holder``'s, free or

@@ -101,6 +101,9 @@ class SqliteDriver:
         code = getattr(exc, "sqlite_errorcode", None)
         return code is not None and code & 0xFF in UNAVAILABLE_CODES
 
+    def transient(self, exc: BaseException) -> bool:  # noqa: ARG002 - the protocol's
+        return False  # one writer: a lock held elsewhere is "not now" (busy), not a race
+
     def limit_growth(self, pages: int | None) -> None:
         """Test hook: the file may grow by ``pages`` pages more, after which every write
         that needs a page fails with SQLITE_FULL exactly as on a full disk; None lifts it."""
