@@ -21,7 +21,9 @@ GOAL_RATIO = 1.25
 
 
 async def post_all(url: str, rooms: list[str]) -> list[int]:
-    requests = [rig.signed(rig.chat_event("what time is it?", r, one_to_one=True)) for r in rooms]
+    # Every room follows the mention rule (#12.3): each message names the bot.
+    text = "talkbot, what time is it?"
+    requests = [rig.signed(rig.chat_event(text, r, one_to_one=True)) for r in rooms]
     async with rig.session(len(rooms)) as http:
 
         async def one(request: rig.Request) -> int:
