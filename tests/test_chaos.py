@@ -38,7 +38,7 @@ import re
 import signal
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -130,21 +130,27 @@ class StoreView:
     actions: dict[str, tuple[str, str]]  # confirmation code -> (status, token)
 
 
+Query = Callable[[str, tuple[Any, ...]], Iterable[tuple[Any, ...]]]
+
+
 def read_store(db: Path) -> StoreView:
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        inbox = {
-            int(json.loads(body)["object"]["id"]): (status, attempts)
-            for body, status, attempts in conn.execute("SELECT body, status, attempts FROM inbox")
-        }
-        runs = dict(
-            conn.execute("SELECT fire_time, status FROM job_runs WHERE job_id = ?", (JOB_ID,))
+        return store_view(conn.execute)
+
+
+def store_view(query: Query) -> StoreView:
+    """The view from any store: ``query`` runs SQL with ``?`` placeholders."""
+    inbox = {
+        int(json.loads(body)["object"]["id"]): (status, attempts)
+        for body, status, attempts in query("SELECT body, status, attempts FROM inbox", ())
+    }
+    runs = dict(query("SELECT fire_time, status FROM job_runs WHERE job_id = ?", (JOB_ID,)))
+    actions = {
+        code: (status, json.loads(args)["token"])
+        for code, status, args in query(
+            "SELECT code, status, args_json FROM pending_actions WHERE tool = 'chaos_mark'", ()
         )
-        actions = {
-            code: (status, json.loads(args)["token"])
-            for code, status, args in conn.execute(
-                "SELECT code, status, args_json FROM pending_actions WHERE tool = 'chaos_mark'"
-            )
-        }
+    }
     return StoreView(inbox, runs, actions)
 
 

@@ -68,7 +68,6 @@ from tests.fakes.talk_server import FakeTalk, SentMessage
 from tests.harness import API_KEY, SECRET, free_port, php_json, signed_headers
 from tests.test_chaos import (
     CRASH_TIMEOUT_S,
-    JOB_ID,
     KILLED,
     OPEN_RUNS,
     POST_TIMEOUT_S,
@@ -80,6 +79,7 @@ from tests.test_chaos import (
     check_fire_times,
     check_tool_runs,
     message_id,
+    store_view,
     until,
 )
 from tests.test_process import Process, spawn, wait_healthy, write_toml
@@ -424,20 +424,11 @@ class ReplicaRig(Rig):
 def read_pg_store(url: str) -> StoreView:
     """test_chaos's view of the store, read from the replicas' PostgreSQL database."""
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-        inbox = {
-            int(json.loads(body)["object"]["id"]): (status, attempts)
-            for body, status, attempts in conn.execute("SELECT body, status, attempts FROM inbox")
-        }
-        runs: dict[int, str] = dict(
-            conn.execute("SELECT fire_time, status FROM job_runs WHERE job_id = %s", (JOB_ID,))
-        )
-        actions = {
-            code: (status, json.loads(args)["token"])
-            for code, status, args in conn.execute(
-                "SELECT code, status, args_json FROM pending_actions WHERE tool = 'chaos_mark'"
-            )
-        }
-    return StoreView(inbox, runs, actions)
+
+        def query(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+            return conn.execute(sql.replace("?", "%s").encode(), params).fetchall()
+
+        return store_view(query)
 
 
 @contextlib.asynccontextmanager
