@@ -19,9 +19,16 @@ from bot.access import Access, stored_roles
 from bot.agent.history import History
 from bot.agent.llm import LLM
 from bot.clock import Clock, SystemClock
-from bot.config import Role, Settings, StorageSettings, config_warnings, strip_credentials
+from bot.config import (
+    NextcloudSettings,
+    Role,
+    Settings,
+    StorageSettings,
+    config_warnings,
+    strip_credentials,
+)
 from bot.dispatch import Dispatcher
-from bot.errors import ConfigError, StoreError, TalkError
+from bot.errors import ConfigError, NextcloudError, StoreError, TalkError
 from bot.handlers import EventHandler
 from bot.handlers.admin import (
     AdminCommands,
@@ -36,6 +43,7 @@ from bot.handlers.chat import ChatDeps, ChatHandler, Poster
 from bot.handlers.confirm import ConfirmHandler
 from bot.logs import LogRing, Redactor
 from bot.metrics import CONTENT_TYPE, Metrics
+from bot.nextcloud import Provisioning
 from bot.observe import (
     MeteredConfirmations,
     MeteredLLM,
@@ -279,6 +287,22 @@ def open_store(storage: StorageSettings, clock: Clock, *, replica: str = "") -> 
         password = storage.password.get_secret_value() or None
         return Store.open_postgres(storage.url, password, clock, replica=replica)
     return Store.open(storage.path, clock, replica=replica)
+
+
+async def describe_account(nextcloud: NextcloudSettings) -> str:
+    """For ``talkbot check``: does Nextcloud take the service account, and which groups
+    can it see (those it is group admin of)? One request; a 401 is not tried again."""
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        api = Provisioning(
+            session, nextcloud.url, nextcloud.user, nextcloud.app_password.get_secret_value()
+        )
+        try:
+            account = await api.account()
+        except NextcloudError as exc:
+            return f"{nextcloud.user}: {exc}"
+    if not account.subadmin_of:
+        return f"{account.id}: accepted, but group admin of no group, so it sees none"
+    return f"{account.id}: accepted; sees the groups it manages: {', '.join(account.subadmin_of)}"
 
 
 def describe_store(storage: StorageSettings) -> str:

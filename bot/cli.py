@@ -27,6 +27,7 @@ from bot import __version__
 from bot.agent.llm import endpoint_url
 from bot.app import (
     build_app,
+    describe_account,
     describe_store,
     drain,
     log_warnings,
@@ -274,6 +275,9 @@ def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if not args.offline:
         out.write(f"  model endpoint: {asyncio.run(probe_models(llm))}\n")
         out.write(f"  store: {describe_store(settings.storage)}\n")
+        if settings.nextcloud.user:
+            account = asyncio.run(describe_account(settings.nextcloud))
+            out.write(f"  nextcloud account: {account}\n")
     return 0  # an unreachable model is reported, not fatal: it may come up later
 
 

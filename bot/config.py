@@ -38,7 +38,7 @@ PLACEHOLDER_SECRET = "change-me-to-a-random-secret-of-at-least-forty-characters"
 TEXT_TYPES = (str, SecretStr, Path)
 # Secret fields that may also be read from "<name>_file" (systemd LoadCredential=).
 SECRET_FIELDS: dict[str, tuple[str, ...]] = {
-    "nextcloud": ("bot_secret",),
+    "nextcloud": ("bot_secret", "app_password"),
     "llm": ("api_key",),
     "storage": ("password",),
 }
@@ -91,6 +91,16 @@ class ServerSettings(Frozen):
 class NextcloudSettings(Frozen):
     url: str = Field(min_length=1)
     bot_secret: SecretStr
+    # An account for Nextcloud's provisioning API (#16): an ordinary user made group
+    # admin of only the groups talkbot needs, with an app password. Optional.
+    user: str = ""
+    app_password: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _account_complete(self) -> NextcloudSettings:
+        if bool(self.user) != bool(self.app_password.get_secret_value()):
+            raise ValueError("user and app_password (or app_password_file) go together")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -421,6 +431,7 @@ class Settings(Frozen):
         """Every secret these settings hold, for the log redactor (empty ones dropped)."""
         values = [
             self.nextcloud.bot_secret.get_secret_value(),
+            self.nextcloud.app_password.get_secret_value(),
             self.llm.api_key.get_secret_value(),
             self.llm.url_password,
             self.storage.password.get_secret_value(),

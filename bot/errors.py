@@ -72,3 +72,12 @@ class LLMError(TalkbotError):
 
 class ToolError(TalkbotError):
     """A tool's expected failure; its text goes back to the model."""
+
+
+class NextcloudError(TalkbotError):
+    """Nextcloud's provisioning API did not give an answer we can use."""
+
+
+class NextcloudAuthError(NextcloudError):
+    """401: the account's user name or app password is wrong (never retried: repeated
+    401s feed Nextcloud's brute-force throttle)."""

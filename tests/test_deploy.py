@@ -368,6 +368,7 @@ def test_example_config_documents_every_config_key() -> None:
     shown = documented_keys(text)
     wanted = model_keys(Settings, "") | {
         "nextcloud.bot_secret_file",
+        "nextcloud.app_password_file",
         "llm.api_key_file",
         "storage.password_file",
     }
