@@ -99,11 +99,11 @@ class Coordinator:
     async def start(self, duties: Duties) -> None:
         """Say this replica is alive and keep saying it; on SQLite, only the sweep."""
         if not self.shared:
-            self._task = asyncio.create_task(self._sweep_orphans(duties), name="orphans")
+            self._task = asyncio.create_task(self._run(duties), name="orphans")
             return
         await self._beat()
         self._revisions = await self._store.revisions()
-        await duties.recover(await self.alive())
+        await self.alive()  # the count the fair share divides by; recovery at start is the app's
         self._task = asyncio.create_task(self._run(duties), name="replica")
 
     async def stop(self) -> None:
@@ -189,28 +189,20 @@ class Coordinator:
     # -- the loop ----------------------------------------------------------------------
 
     async def _run(self, duties: Duties) -> None:
+        """Sweep for work now and then; with replicas also heartbeat, recover what a dead
+        one left and check revisions (one process has nobody else to hear from)."""
         next_beat = next_revision = 0.0
         while True:
-            await asyncio.sleep(SWEEP_S)
+            await asyncio.sleep(SWEEP_S if self.shared else ORPHAN_SWEEP_S)
             now = self._clock.monotonic()
             try:
-                if now >= next_beat:
+                if self.shared and now >= next_beat:
                     next_beat = now + self._heartbeat_s
                     await self._beat()
                     await duties.recover(await self.alive())
-                if now >= next_revision:
+                if self.shared and now >= next_revision:
                     next_revision = now + REVISION_CHECK_S
                     await self._check_revisions(duties.reload)
-                await duties.sweep()
-            except StoreError as exc:
-                log.warning("replica.store_failed", error=str(exc))
-            except Exception:
-                log.exception("replica.loop_failed")
-
-    async def _sweep_orphans(self, duties: Duties) -> None:
-        while True:
-            await asyncio.sleep(ORPHAN_SWEEP_S)
-            try:
                 await duties.sweep()
             except StoreError as exc:
                 log.warning("replica.store_failed", error=str(exc))

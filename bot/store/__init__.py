@@ -18,7 +18,7 @@ import structlog
 from bot.clock import Clock
 from bot.errors import StoreError
 from bot.store.audit import Audit
-from bot.store.engine import Dialect, Engine, HealthWatcher
+from bot.store.engine import Engine, HealthWatcher
 from bot.store.history import History
 from bot.store.inbox import BODY_RETENTION_S, PURGE_CHUNK, ROW_RETENTION_S, Inbox
 from bot.store.jobs import Jobs
@@ -76,10 +76,6 @@ class Store(Inbox, Rooms, History, Roles, Audit, Pending, Jobs, Replicas):
         self._clock = clock
         self._replica = replica
 
-    @property
-    def replica(self) -> str:
-        return self._replica
-
     @classmethod
     def open(cls, path: Path, clock: Clock, *, replica: str = "") -> Store:
         """Open (or create) the SQLite store at ``path``, upgrading its schema; it takes an
@@ -111,10 +107,6 @@ class Store(Inbox, Rooms, History, Roles, Audit, Pending, Jobs, Replicas):
     @property
     def clock(self) -> Clock:
         return self._clock
-
-    @property
-    def dialect(self) -> Dialect:
-        return self._engine.dialect
 
     @property
     def health(self) -> StoreHealth:

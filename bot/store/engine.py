@@ -84,9 +84,6 @@ class Driver(Protocol):
     """A blocking database connection; every method runs on the engine's worker thread."""
 
     @property
-    def dialect(self) -> Dialect: ...
-
-    @property
     def location(self) -> str:
         """Where the store is, for messages (a path, or a URL without its password)."""
         ...
@@ -155,10 +152,6 @@ class Engine:
         self._health = StoreHealth(ok=True, since=clock.now())
         self._watchers: list[HealthWatcher] = []
         self._closed = False
-
-    @property
-    def dialect(self) -> Dialect:
-        return self._driver.dialect
 
     @property
     def driver(self) -> Driver:

@@ -88,10 +88,6 @@ class PostgresDriver:
         return driver, upgrade
 
     @property
-    def dialect(self) -> Dialect:
-        return "postgres"
-
-    @property
     def location(self) -> str:
         return strip_credentials(self._url)
 

@@ -70,10 +70,6 @@ class SqliteDriver:
         return cls(db, path, lock_fd), upgrade
 
     @property
-    def dialect(self) -> Dialect:
-        return "sqlite"
-
-    @property
     def location(self) -> str:
         return str(self._path)
 
