@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import get_args
 
 import structlog
 
 from bot.config import AccessSettings, Role
+from bot.i18n import _
 from bot.store import RoleOverride
 
 log = structlog.get_logger(__name__)
@@ -42,15 +43,33 @@ def stored_roles(overrides: Mapping[str, RoleOverride]) -> dict[str, Role]:
     return roles
 
 
+# A person's Nextcloud groups as last known (bot.directory); None when not known.
+GroupsOf = Callable[[str], tuple[str, ...] | None]
+
+
+def no_groups(_uid: str) -> tuple[str, ...] | None:
+    return None
+
+
 class Access:
-    """Maps an actor id to a role: config admins, then admin-set overrides, then config.
+    """Maps an actor id to a role: config admins, then admin-set overrides, then the
+    highest of the config lists and the person's Nextcloud groups (``[access.groups]``).
 
     Display names, message text and model output never reach this class (W13, A02).
+    Groups come from a cache the router fills before an event is handled (bot.directory);
+    when they are not known, only the config decides, which never gives more (N04).
     """
 
-    def __init__(self, settings: AccessSettings, overrides: dict[str, Role] | None = None) -> None:
+    def __init__(
+        self,
+        settings: AccessSettings,
+        overrides: dict[str, Role] | None = None,
+        *,
+        groups_of: GroupsOf = no_groups,
+    ) -> None:
         self._settings = settings
         self._overrides: dict[str, Role] = dict(overrides or {})
+        self._groups_of = groups_of
 
     @property
     def settings(self) -> AccessSettings:
@@ -86,10 +105,26 @@ class Access:
         return self.user_role(uid)
 
     def user_role(self, uid: str) -> Role:
-        if uid in self._settings.admins:
-            return "admin"
+        return self.explain(uid)[0]
+
+    def explain(self, uid: str) -> tuple[Role, str]:
+        """``uid``'s role and where it comes from, for ``!roles``."""
+        settings = self._settings
+        if uid in settings.admins:
+            return "admin", _("config admins")
         if uid in self._overrides:
-            return self._overrides[uid]
-        if self._settings.users and uid not in self._settings.users:
-            return "none"
-        return "user"
+            return self._overrides[uid], _("set in chat")
+        if uid in settings.users:
+            base: tuple[Role, str] = ("user", _("config users"))
+        elif settings.users or settings.groups.user:
+            base = ("none", _("in no list or mapped group"))
+        else:
+            base = ("user", _("everyone with an account"))
+        groups = self._groups_of(uid)
+        if groups is None or not settings.groups.mapped():
+            return base
+        from_groups = settings.groups.role_of(groups)
+        if from_groups is None or _RANK[from_groups] <= _RANK[base[0]]:
+            return base
+        mapped = [g for g in getattr(settings.groups, from_groups) if g in groups]
+        return from_groups, _("group {names}").format(names=", ".join(mapped))

@@ -14,7 +14,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from bot import __version__, replies
+from bot import __version__, i18n, replies
 from bot.access import Access, stored_roles
 from bot.agent.history import History
 from bot.agent.llm import LLM
@@ -27,6 +27,7 @@ from bot.config import (
     config_warnings,
     strip_credentials,
 )
+from bot.directory import Directory
 from bot.dispatch import Dispatcher
 from bot.errors import ConfigError, NextcloudError, StoreError, TalkError
 from bot.handlers import EventHandler
@@ -37,10 +38,12 @@ from bot.handlers.admin import (
     JobCommands,
     PendingCommands,
     RoomJobs,
+    UsageCommands,
     uptime_text,
 )
 from bot.handlers.chat import ChatDeps, ChatHandler, Poster
 from bot.handlers.confirm import ConfirmHandler
+from bot.i18n import N_, _
 from bot.logs import LogRing, Redactor
 from bot.metrics import CONTENT_TYPE, Metrics
 from bot.nextcloud import Provisioning
@@ -51,6 +54,7 @@ from bot.observe import (
     MeteredToolbox,
     count_runs,
 )
+from bot.quotas import Quotas
 from bot.replicas import Coordinator, Duties, new_replica
 from bot.routing import Route, RouteKind, RoutingPolicy
 from bot.scheduler import (
@@ -135,6 +139,7 @@ class Parts:
     scheduler: Scheduler
     tool_deps: ToolDeps
     coordinator: Coordinator
+    directory: Directory
     admin: AdminCommands | None = None
     housekeeping: asyncio.Task[None] | None = None
     confirm: ConfirmHandler | None = None
@@ -145,21 +150,28 @@ class StoreNotices:
     """Tells the admin room when the store stops committing and when it can again (H04):
     one notice per outage and one when it is over; owns the tasks that post them."""
 
-    def __init__(self, poster: Poster, admin_room: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        poster: Poster,
+        admin_room: Callable[[], str],
+        language: Callable[[], str] = lambda: i18n.DEFAULT,  # [chat] language
+    ) -> None:
         self._poster = poster
         self._admin_room = admin_room
+        self._language = language
         self._tasks: set[asyncio.Task[None]] = set()
         self._down_since: float | None = None
 
     def __call__(self, health: StoreHealth) -> None:
         room = self._admin_room()
-        if health.ok:
-            down_s = 0.0 if self._down_since is None else health.since - self._down_since
-            self._down_since = None
-            text = replies.store_recovered(down_s)
-        else:
-            self._down_since = health.since
-            text = replies.store_down(health.since, health.reason)
+        with i18n.language(self._language()):  # no one person asked: the config's language
+            if health.ok:
+                down_s = 0.0 if self._down_since is None else health.since - self._down_since
+                self._down_since = None
+                text = replies.store_recovered(down_s)
+            else:
+                self._down_since = health.since
+                text = replies.store_down(health.since, health.reason)
         if room:
             task = asyncio.create_task(self._post(room, text), name="store-notice")
             self._tasks.add(task)
@@ -281,6 +293,19 @@ async def _dry_run_tools(settings: Settings) -> None:
         await store.close()
 
 
+def build_directory(settings: Settings, session: aiohttp.ClientSession, clock: Clock) -> Directory:
+    """People's groups and languages from Nextcloud, when ``[nextcloud] user`` is set."""
+    nextcloud = settings.nextcloud
+    source = (
+        Provisioning(
+            session, nextcloud.url, nextcloud.user, nextcloud.app_password.get_secret_value()
+        )
+        if nextcloud.user
+        else None
+    )
+    return Directory(source, clock, ttl_s=nextcloud.groups_ttl_s, stale_s=nextcloud.groups_stale_s)
+
+
 def open_store(storage: StorageSettings, clock: Clock, *, replica: str = "") -> Store:
     """The store the config names: PostgreSQL when ``url`` is set, else SQLite at ``path``."""
     if storage.backend == "postgres":
@@ -289,9 +314,10 @@ def open_store(storage: StorageSettings, clock: Clock, *, replica: str = "") -> 
     return Store.open(storage.path, clock, replica=replica)
 
 
-async def describe_account(nextcloud: NextcloudSettings) -> str:
+async def describe_account(nextcloud: NextcloudSettings, mapped: tuple[str, ...] = ()) -> str:
     """For ``talkbot check``: does Nextcloud take the service account, and which groups
-    can it see (those it is group admin of)? One request; a 401 is not tried again."""
+    can it see (those it is group admin of)? One request; a 401 is not tried again.
+    ``mapped`` are the groups of ``[access.groups]``: any it cannot see grants nothing."""
     async with aiohttp.ClientSession(trust_env=False) as session:
         api = Provisioning(
             session, nextcloud.url, nextcloud.user, nextcloud.app_password.get_secret_value()
@@ -301,8 +327,18 @@ async def describe_account(nextcloud: NextcloudSettings) -> str:
         except NextcloudError as exc:
             return f"{nextcloud.user}: {exc}"
     if not account.subadmin_of:
-        return f"{account.id}: accepted, but group admin of no group, so it sees none"
-    return f"{account.id}: accepted; sees the groups it manages: {', '.join(account.subadmin_of)}"
+        text = f"{account.id}: accepted, but group admin of no group, so it sees none"
+    else:
+        text = (
+            f"{account.id}: accepted; sees the groups it manages: {', '.join(account.subadmin_of)}"
+        )
+    unseen = [group for group in mapped if group not in account.subadmin_of]
+    if unseen:
+        text += (
+            f"; mapped in [access.groups] but not visible, so they grant nothing:"
+            f" {', '.join(unseen)} (make {account.id} their group admin)"
+        )
+    return text
 
 
 def describe_store(storage: StorageSettings) -> str:
@@ -352,8 +388,28 @@ async def build_parts(
     inner: Poster = poster_factory(talk) if poster_factory else talk
     poster: Poster = MeteredPoster(inner, runtime.metrics)
     llm = MeteredLLM(settings.llm, runtime.metrics)
-    access = Access(settings.access, stored_roles(await store.role_overrides()))
-    delivery = JobDelivery(store=store, poster=poster, role_of=access.role_of)
+    directory = build_directory(settings, session, clock)
+    access = Access(
+        settings.access, stored_roles(await store.role_overrides()), groups_of=directory.groups
+    )
+    # Daily token quotas: [limits] per role and per Nextcloud group (the directory's).
+    quotas = Quotas(
+        store,
+        clock,
+        limits=lambda: runtime.settings.limits,
+        timezone=lambda: runtime.settings.chat.timezone,
+        groups_of=directory.groups,
+    )
+    delivery = JobDelivery(
+        store=store,
+        poster=poster,
+        role_of=access.role_of,
+        quotas=quotas,
+        learn=directory.ensure_actor,
+        language_of=lambda actor: (
+            directory.language_of_actor(actor) or runtime.settings.chat.language
+        ),
+    )
     scheduler = Scheduler(
         store,
         clock,
@@ -398,6 +454,7 @@ async def build_parts(
         chat=settings.chat,
         llm_settings=settings.llm,
         limits=settings.limits,
+        quotas=quotas,
     )
     chat = ChatHandler(chat_deps)
     delivery.use_turns(chat.run_unattended)
@@ -409,6 +466,8 @@ async def build_parts(
         chat=chat,
         poster=poster,
         greeting=settings.chat.greeting,
+        directory=directory,
+        language=lambda: runtime.settings.chat.language,
     )
 
     async def apologise(item: InboxItem) -> None:
@@ -453,11 +512,17 @@ async def build_parts(
         scheduler=scheduler,
         tool_deps=tool_deps,
         coordinator=coordinator,
+        directory=directory,
     )
-    parts.store_notices = StoreNotices(poster, lambda: runtime.settings.access.admin_room)
+    parts.store_notices = StoreNotices(
+        poster,
+        lambda: runtime.settings.access.admin_room,
+        lambda: runtime.settings.chat.language,
+    )
     store.watch_health(parts.store_notices)
     admin = wire_admin(runtime, parts)
     wire_schedules(runtime, parts)
+    wire_usage(runtime, parts, quotas)
     confirm = wire_confirmations(runtime, parts, chat_deps)
     wire_admin_extras(runtime, admin, confirm, parts.scheduler)
     return parts
@@ -474,6 +539,7 @@ def wire_admin(runtime: Runtime, parts: Parts) -> AdminCommands:
             status=lambda: status_facts(runtime),
             reload=lambda: reload_everywhere(runtime, parts),
             prefix=lambda: runtime.settings.access.command_prefix,
+            directory=parts.directory,
         )
     )
     parts.handler.register(RouteKind.ADMIN_COMMAND, admin.handle)
@@ -536,6 +602,23 @@ def wire_confirmations(runtime: Runtime, parts: Parts, chat_deps: ChatDeps) -> C
     return confirm
 
 
+def wire_usage(runtime: Runtime, parts: Parts, quotas: Quotas) -> None:
+    """``!usage``: one's own tokens in any room; anyone's, or the day's, for admins."""
+    usage = UsageCommands(
+        quotas,
+        role_of=parts.access.role_of,
+        prefix=lambda: runtime.settings.access.command_prefix,
+    )
+
+    async def own_usage(event: Event, role: Role, route: Route) -> None:
+        await parts.chat.say(event, await usage.in_room(event, role, route.args))
+
+    parts.handler.register_room_command("usage", own_usage)
+    if parts.admin is not None:
+        for name, spec in usage.specs().items():
+            parts.admin.add(name, spec)
+
+
 def wire_schedules(runtime: Runtime, parts: Parts) -> None:
     """``!jobs [remove ID]``: own jobs in any room, the room's jobs for its moderators,
     every job for admins in the admin room."""
@@ -569,53 +652,73 @@ def wire_schedules(runtime: Runtime, parts: Parts) -> None:
         parts.admin.add(
             "jobs",
             CommandSpec(
-                "jobs [remove ID]", "every scheduled job, or remove one", jobs.in_admin_room
+                "jobs [remove ID]", N_("every scheduled job, or remove one"), jobs.in_admin_room
             ),
         )
     runtime.reload_hooks.append(reconcile)
 
 
 async def status_facts(runtime: Runtime) -> dict[str, Any]:
-    """What !status shows; never a secret."""
+    """What !status shows; never a secret. The keys are msgids: !status translates them."""
     parts, settings = runtime.running, runtime.settings
     rooms = await parts.store.list_rooms()
     pending = await parts.store.list_open_pending()
     return {
-        "uptime": uptime_text(runtime.started_at, runtime.clock.now()),
-        "store": _store_fact(parts.store.health),
-        "replicas": await _replicas_fact(parts.coordinator, runtime.clock.now()),
-        "model": f"{settings.llm.model} at {strip_credentials(settings.llm.base_url)}",
-        "rooms": sum(1 for room in rooms if room.joined),
-        "turns since start": int(sum(_samples(runtime.metrics.turns))),
+        N_("uptime"): uptime_text(runtime.started_at, runtime.clock.now()),
+        N_("store"): _store_fact(parts.store.health),
+        N_("replicas"): await _replicas_fact(parts.coordinator, runtime.clock.now()),
+        N_("model"): _("{model} at {url}").format(
+            model=settings.llm.model, url=strip_credentials(settings.llm.base_url)
+        ),
+        N_("rooms"): sum(1 for room in rooms if room.joined),
+        N_("turns since start"): int(sum(_samples(runtime.metrics.turns))),
         # Waiting only: the command asking is itself in the inbox, running.
-        "inbox backlog": await parts.store.inbox_backlog(waiting_only=True),
-        "pending confirmations": len(pending),
-        "next scheduled runs": await _next_runs(parts.scheduler),
-        "last webhook": parts.webhook.last_webhook_at,
-        "send failures": parts.talk.failures,
-        "last send error": parts.talk.last_error,
+        N_("inbox backlog"): await parts.store.inbox_backlog(waiting_only=True),
+        N_("pending confirmations"): len(pending),
+        N_("nextcloud account"): _directory_fact(parts.directory, settings),
+        N_("next scheduled runs"): await _next_runs(parts.scheduler),
+        N_("last webhook"): parts.webhook.last_webhook_at,
+        N_("send failures"): parts.talk.failures,
+        N_("last send error"): parts.talk.last_error,
     }
 
 
 async def _replicas_fact(coordinator: Coordinator, now: float) -> str:
     if not coordinator.shared:
-        return "this process only (SQLite)"
+        return _("this process only (SQLite)")
     seen = []
     for replica in await coordinator.replicas():
         ago = (
-            "this one"
+            _("this one")
             if replica.id == coordinator.me.id
-            else f"seen {now - replica.seen_at:.0f} s ago"
+            else _("seen {seconds} s ago").format(seconds=f"{now - replica.seen_at:.0f}")
         )
         seen.append(f"{replica.id} ({ago})")
     return f"{len(seen)}: {', '.join(seen)}"
 
 
+def _directory_fact(directory: Directory, settings: Settings) -> str:
+    health = directory.health()
+    if health.state == "unused":
+        return "none (roles from the config only)"
+    if health.state == "ok":
+        return f"{settings.nextcloud.user}: groups of {health.people} people known"
+    assert health.since is not None  # noqa: S101 - set with every failure
+    when = datetime.fromtimestamp(health.since, UTC)
+    return (
+        f"{settings.nextcloud.user}: {health.state} since {when:%Y-%m-%d %H:%M:%S} UTC"
+        f" ({health.reason}); known groups kept {settings.nextcloud.groups_stale_s} s,"
+        " then config roles"
+    )
+
+
 def _store_fact(health: StoreHealth) -> str:
     if health.ok:
-        return "saving"
+        return _("saving")
     when = datetime.fromtimestamp(health.since, UTC)
-    return f"cannot save since {when:%Y-%m-%d %H:%M:%S} UTC: {health.reason}"
+    return _("cannot save since {when} UTC: {reason}").format(
+        when=f"{when:%Y-%m-%d %H:%M:%S}", reason=health.reason
+    )
 
 
 async def _next_runs(scheduler: Scheduler, count: int = 3) -> str:
@@ -628,7 +731,7 @@ async def _next_runs(scheduler: Scheduler, count: int = 3) -> str:
         f"{job_id} {datetime.fromtimestamp(fire, UTC):%Y-%m-%d %H:%M} UTC"
         for fire, job_id in upcoming
     ]
-    return ", ".join(when) or "none"
+    return ", ".join(when) or _("none")
 
 
 def _samples(counter: Any) -> list[float]:
@@ -643,21 +746,26 @@ def _samples(counter: Any) -> list[float]:
 async def reload_settings(runtime: Runtime) -> str:
     """Re-read the config; a bad one is refused and the running one kept."""
     if runtime.load_settings is None:
-        return "Reload is not available: this process was not started from a config file."
+        return _("Reload is not available: this process was not started from a config file.")
     try:
         new = runtime.load_settings()
         warnings = await validate_deployment(new)  # as at start: no half-applied reload
     except ConfigError as exc:
         log.warning("config.reload_refused", reason=exc.one_line())
-        return f"Config not reloaded, the running one stays. {exc.one_line()}"
+        return _("Config not reloaded, the running one stays. {reason}").format(
+            reason=exc.one_line()
+        )
     log_warnings(warnings)
     old, parts = runtime.settings, runtime.running
     try:
         toolbox = rebuilt_toolbox(runtime, old, new)
     except ConfigError as exc:
         log.warning("config.reload_refused", reason=exc.one_line())
-        return f"Config not reloaded, the running one stays. {exc.one_line()}"
+        return _("Config not reloaded, the running one stays. {reason}").format(
+            reason=exc.one_line()
+        )
     parts.access.reconfigure(new.access)
+    parts.directory.refresh_all()  # groups may have been remapped: ask Nextcloud again
     parts.history.reconfigure(new.chat)
     parts.handler.policy = routing_policy(new)
     parts.handler.greeting = new.chat.greeting
@@ -673,8 +781,12 @@ async def reload_settings(runtime: Runtime) -> str:
         await hook(new)
     log.info("config.reloaded")
     later = [name for name in RESTART_SECTIONS if getattr(new, name) != getattr(old, name)]
-    note = f" Changes to {', '.join(later)} take effect after `!restart`." if later else ""
-    return f"Config reloaded.{note}"
+    note = (
+        _(" Changes to {sections} take effect after `!restart`.").format(sections=", ".join(later))
+        if later
+        else ""
+    )
+    return _("Config reloaded.{note}").format(note=note)
 
 
 async def reload_everywhere(runtime: Runtime, parts: Parts) -> str:
@@ -683,7 +795,7 @@ async def reload_everywhere(runtime: Runtime, parts: Parts) -> str:
     text = await reload_settings(runtime)
     if parts.coordinator.shared and runtime.settings is not before:
         await parts.store.bump_revision("config")
-        text += " The other replicas reload theirs now."
+        text += _(" The other replicas reload theirs now.")
     return text
 
 
@@ -742,6 +854,7 @@ async def close_parts(parts: Parts) -> None:
     if parts.store_notices is not None:  # after the drain: a notice it causes is still owned
         await parts.store_notices.aclose()
     await parts.llm.aclose()
+    await parts.directory.aclose()
     await parts.session.close()
     await parts.tool_deps.fetcher.aclose()
     await parts.store.close()

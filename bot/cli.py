@@ -276,7 +276,9 @@ def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.write(f"  model endpoint: {asyncio.run(probe_models(llm))}\n")
         out.write(f"  store: {describe_store(settings.storage)}\n")
         if settings.nextcloud.user:
-            account = asyncio.run(describe_account(settings.nextcloud))
+            account = asyncio.run(
+                describe_account(settings.nextcloud, settings.access.groups.mapped())
+            )
             out.write(f"  nextcloud account: {account}\n")
     return 0  # an unreachable model is reported, not fatal: it may come up later
 

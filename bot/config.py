@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from bot import i18n
 from bot.errors import ConfigError
 
 Role = Literal["none", "guest", "user", "admin"]
@@ -95,6 +96,10 @@ class NextcloudSettings(Frozen):
     # admin of only the groups talkbot needs, with an app password. Optional.
     user: str = ""
     app_password: SecretStr = SecretStr("")
+    # How long a person's groups and language are kept before Nextcloud is asked again,
+    # and how long a known answer outlives an unreachable Nextcloud (then config roles).
+    groups_ttl_s: int = Field(default=300, ge=10, le=86_400)
+    groups_stale_s: int = Field(default=3600, ge=0, le=7 * 86_400)
 
     @model_validator(mode="after")
     def _account_complete(self) -> NextcloudSettings:
@@ -158,9 +163,34 @@ class LLMSettings(Frozen):
         return urlsplit(self.base_url).password or ""
 
 
+class GroupRoles(Frozen):
+    """``[access.groups]``: Nextcloud groups whose members get a role; the highest wins."""
+
+    admin: tuple[str, ...] = ()
+    user: tuple[str, ...] = ()
+    guest: tuple[str, ...] = ()
+
+    @field_validator("admin", "user", "guest")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not name.strip() for name in value):
+            raise ValueError("a group name must not be empty")
+        return value
+
+    def role_of(self, groups: tuple[str, ...]) -> Role | None:
+        """The highest role these groups map to; None when none of them is mapped."""
+        mine = set(groups)
+        ranked: tuple[Role, ...] = ("admin", "user", "guest")
+        return next((role for role in ranked if mine.intersection(getattr(self, role))), None)
+
+    def mapped(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.admin, *self.user, *self.guest)))
+
+
 class AccessSettings(Frozen):
     admins: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
+    groups: GroupRoles = GroupRoles()
     guest_role: Literal["none", "guest"] = "none"
     admin_room: str = ""
     command_prefix: str = Field(default="!", min_length=1, max_length=3)
@@ -188,12 +218,22 @@ class ChatSettings(Frozen):
     history_chars: int = Field(default=24_000, ge=0)
     persona: str = "You are a helpful assistant for our team."
     timezone: str = "UTC"
+    # The fixed texts' language when Nextcloud does not say the person's (gettext form).
+    language: str = "en"
     greeting: str = ""
 
     @field_validator("timezone")
     @classmethod
     def _tz(cls, value: str) -> str:
         return _check_timezone(value)
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        code = i18n.normalize(value)
+        if code is None:
+            raise ValueError(f'not a language code: {value!r} (like "en", "de" or "pt_BR")')
+        return code
 
 
 class ConfirmSettings(Frozen):
@@ -403,14 +443,54 @@ class ScheduleSettings(Frozen):
         return self
 
 
+# Roles that can have a daily token limit of their own (``none`` never gets a turn).
+QUOTA_ROLES = ("guest", "user", "admin")
+
+
+class DailyTokens(Frozen):
+    """``[limits.roles.<role>]`` or ``[limits.groups.<group>]``: model tokens per person and
+    day for that role, or for the group's members; 0 = unlimited."""
+
+    tokens_per_day: int = Field(ge=0)
+
+
 class LimitsSettings(Frozen):
-    """Caps on what one turn or one person can set off, whatever the model is told (#13)."""
+    """Caps on what one turn or one person can set off, whatever the model is told (#13),
+    and daily token quotas (#16; bot/quotas.py says which one applies to whom)."""
 
     tool_calls_per_round: int = Field(default=16, ge=1)
     tool_calls_per_turn: int = Field(default=48, ge=1)
     fetches_per_turn: int = Field(default=12, ge=0)  # http_fetch and web_search together
     jobs_per_person: int = Field(default=20, ge=0)  # admins too; config jobs do not count
     jobs_per_room: int = Field(default=50, ge=0)
+    # Model tokens (prompt + completion) per calendar day in [chat] timezone; 0 = unlimited.
+    tokens_per_day: int = Field(default=0, ge=0)  # per person
+    tokens_per_room_day: int = Field(default=0, ge=0)
+    roles: dict[str, DailyTokens] = Field(default_factory=dict)
+    groups: dict[str, DailyTokens] = Field(default_factory=dict)
+    # Prices per 1000 tokens, for the cost estimate of !usage (shown when one is set).
+    price_per_1k_prompt: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    price_per_1k_completion: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    currency: str = Field(default="", max_length=16)
+
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, value: dict[str, DailyTokens]) -> dict[str, DailyTokens]:
+        for role in value:
+            if role not in QUOTA_ROLES:
+                raise ValueError(f"unknown role {role!r}: use guest, user or admin")
+        return value
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names(cls, value: dict[str, DailyTokens]) -> dict[str, DailyTokens]:
+        if any(not name.strip() for name in value):
+            raise ValueError("a group name must not be empty")
+        return value
+
+    @property
+    def priced(self) -> bool:
+        return bool(self.price_per_1k_prompt or self.price_per_1k_completion)
 
 
 class Settings(Frozen):
@@ -532,10 +612,25 @@ def settings_from_mapping(raw: dict[str, Any], environ: Mapping[str, str]) -> Se
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         problems += [(_field_name(err["loc"]), _reason(err)) for err in exc.errors()]
+    else:
+        problems += _cross_field_problems(settings)
     if problems:
         raise ConfigError(problems)
     settings._source_files = tuple(secret_files)  # the loader fills it, once
     return settings
+
+
+def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
+    """What no single section can judge alone."""
+    if settings.access.groups.mapped() and not settings.nextcloud.user:
+        return [
+            (
+                "access.groups",
+                "maps Nextcloud groups, but no account can read them:"
+                " set [nextcloud] user and app_password_file",
+            )
+        ]
+    return []
 
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:

@@ -19,7 +19,18 @@ class Metrics:
             registry=r,
         )
         self.turns = Counter(
-            "talkbot_turns", "Chat turns finished, by outcome", ["outcome"], registry=r
+            "talkbot_turns",
+            "Chat and scheduled turns finished, by outcome and the requester's role"
+            " (over_quota: refused before the model was asked)",
+            ["outcome", "role"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "talkbot_tokens",
+            "Model tokens used, by the requester's role and kind (prompt, completion);"
+            " estimated where the model server reported none",
+            ["role", "kind"],
+            registry=r,
         )
         self.turn_seconds = Histogram(
             "talkbot_turn_seconds",

@@ -76,6 +76,13 @@ class Provisioning:
             raise NextcloudError("Nextcloud's answer has no group list")
         return tuple(str(group) for group in groups)
 
+    async def language_of(self, uid: str) -> str | None:
+        """The language ``uid`` chose in Nextcloud ("de", "de_DE"); None when unset or
+        when the account may not read their details."""
+        data = await self._get(f"/users/{quote(uid, safe='')}")
+        language = data.get("language") if data is not None else None
+        return language if isinstance(language, str) and language else None
+
     async def _get(self, path: str) -> dict[str, Any] | None:
         """The OCS ``data`` of a GET; None for "not found" (HTTP 404, OCS 998)."""
         headers = {

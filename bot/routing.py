@@ -12,7 +12,7 @@ from bot.config import AccessSettings, ChatSettings, ConfirmSettings, Role
 from bot.talk.events import Event
 
 # Commands anyone with a role may use in any room (DESIGN.md §7).
-ROOM_COMMANDS = frozenset({"help", "jobs", "forget", "mode"})
+ROOM_COMMANDS = frozenset({"help", "jobs", "usage", "forget", "mode"})
 # Of those, the ones that change the room: its moderators and admins only.
 MODERATOR_COMMANDS = frozenset({"forget", "mode"})
 COMMAND_PATTERN = re.compile(r"^(?P<name>[A-Za-z][A-Za-z_-]*)(?:\s+(?P<args>.*))?$", re.DOTALL)

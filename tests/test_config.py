@@ -166,6 +166,53 @@ def test_bad_tool_policy_is_named() -> None:
     assert info.value.problems[0][0] == "tools.file_write.roles[0]"
 
 
+def test_limits_take_roles_groups_and_prices(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        '[limits]\ntokens_per_day = 1000\nprice_per_1k_prompt = 0.25\ncurrency = "EUR"\n'
+        "[limits.roles.guest]\ntokens_per_day = 10\n"
+        '[limits.groups."research team"]\ntokens_per_day = 0\n'
+    )
+    env = {"TALKBOT_LIMITS__ROLES__ADMIN__TOKENS_PER_DAY": "5000"}
+    limits = load_settings(write(tmp_path, text), env).limits
+    assert (limits.tokens_per_day, limits.tokens_per_room_day) == (1000, 0)
+    assert {role: v.tokens_per_day for role, v in limits.roles.items()} == {
+        "guest": 10,
+        "admin": 5000,
+    }
+    assert limits.groups["research team"].tokens_per_day == 0
+    assert (limits.price_per_1k_prompt, limits.currency, limits.priced) == (0.25, "EUR", True)
+
+
+@pytest.mark.parametrize(
+    ("limits", "problem"),
+    [
+        ({"tokens_per_day": -1}, ("limits.tokens_per_day", "greater than or equal to 0")),
+        ({"tokens_per_room_day": -5}, ("limits.tokens_per_room_day", "greater than or equal")),
+        (
+            {"roles": {"boss": {"tokens_per_day": 5}}},
+            ("limits.roles", "unknown role 'boss': use guest, user or admin"),
+        ),
+        (
+            {"roles": {"user": {"tokens_per_day": -2}}},
+            ("limits.roles.user.tokens_per_day", "greater than or equal to 0"),
+        ),
+        ({"roles": {"admin": {}}}, ("limits.roles.admin.tokens_per_day", "required")),
+        ({"groups": {" ": {"tokens_per_day": 1}}}, ("limits.groups", "must not be empty")),
+        ({"price_per_1k_completion": -0.1}, ("limits.price_per_1k_completion", "greater")),
+    ],
+)
+def test_bad_limits_are_named_in_one_line(
+    limits: dict[str, object], problem: tuple[str, str]
+) -> None:
+    raw = {"nextcloud": {"url": "https://x", "bot_secret": SECRET}, "limits": limits}
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(raw, {})
+    [(field, reason)] = info.value.problems
+    assert field == problem[0]
+    assert problem[1] in reason
+    assert "\n" not in info.value.one_line()
+
+
 def test_missing_and_broken_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "absent.toml", {})

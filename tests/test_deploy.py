@@ -340,20 +340,27 @@ def documented_keys(text: str) -> set[str]:
         line = raw.lstrip("#").strip()
         if header := re.fullmatch(r"\[\[?([a-z_.<>]+)\]\]?(\s+#.*)?", line):
             table = header.group(1)
-        elif key := re.match(r"([a-z_]+)\s*=", line):
+        elif key := re.match(r"([a-z_][a-z0-9_]*)\s*=", line):
             keys.add(f"{table}.{key.group(1)}" if table else key.group(1))
     return keys
 
 
 def model_keys(model: type[BaseModel], prefix: str) -> set[str]:
+    """Dotted keys of ``model``; a table of tables by name (``[limits.roles.<role>]``)
+    shows its keys under a placeholder: the singular of the field's name in <>."""
     keys: set[str] = set()
     for name, field in model.model_fields.items():
         inner = _model_of(field.annotation)
         if inner is not None:
-            keys |= model_keys(inner, f"{prefix}{name}.")
+            table = f"{name}.<{name.removesuffix('s')}>" if _is_dict(field.annotation) else name
+            keys |= model_keys(inner, f"{prefix}{table}.")
         elif not (issubclass(model, ToolPolicy) and name in ToolPolicy.model_fields):
             keys.add(f"{prefix}{name}")
     return keys
+
+
+def _is_dict(annotation: Any) -> bool:
+    return getattr(annotation, "__origin__", None) is dict
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:

@@ -13,7 +13,7 @@ from bot.config import settings_from_mapping
 from bot.errors import ConfigError, NextcloudAuthError, NextcloudError
 from bot.nextcloud import Provisioning
 from tests.fakes.llm_server import FakeLLM
-from tests.fakes.nextcloud_server import ACCOUNT, APP_PASSWORD, FakeNextcloud
+from tests.fakes.nextcloud_server import ACCOUNT, APP_PASSWORD, FakeNextcloud, captured
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import SECRET
 from tests.test_cli import config_data, run_cli
@@ -120,3 +120,57 @@ async def test_check_tests_the_account_and_names_the_groups_it_sees(
     assert code == 0  # reported, like an unreachable model: Nextcloud may be fixed later
     assert f"nextcloud account: {ACCOUNT}: Nextcloud refused the account" in out
     assert "wrong-app-password" not in out + err
+
+
+async def test_the_fake_renders_the_captured_states_byte_for_byte(
+    session: aiohttp.ClientSession, nextcloud: FakeNextcloud
+) -> None:
+    """The fake's answers for states tests change are rendered, not replayed: in the
+    states that were captured they are the captured bytes (13: alice's groups as a group
+    admin sees them; 02 and 11: details; 15: alice after choosing German and joining
+    unmanaged finance, which the details show)."""
+    headers = {
+        "OCS-APIRequest": "true",
+        "Accept": "application/json",
+        "Authorization": api(session, nextcloud)._authorization,
+    }
+
+    async def body(path: str) -> tuple[int, bytes]:
+        async with session.get(f"{nextcloud.url}/ocs/v2.php/cloud{path}", headers=headers) as r:
+            return r.status, await r.read()
+
+    nextcloud.members["alice"] = ["talkbot-admins", "staff"]
+    assert await body("/users/alice") == (200, captured("02").body)
+    assert await body("/users/bob") == (200, captured("11").body)
+    nextcloud.members["alice"] = ["talkbot-admins", "staff", "finance"]
+    assert await body("/users/alice/groups") == (200, captured("13").body)
+    nextcloud.languages["alice"] = "de"
+    assert await body("/users/alice") == (200, captured("15").body)
+    assert await body("/users/carol/groups") == (404, captured("04").body)
+    assert await api(session, nextcloud).language_of("alice") == "de"
+
+
+async def test_check_names_mapped_groups_the_account_cannot_see(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, nextcloud: FakeNextcloud
+) -> None:
+    """N02: finance is mapped, but the account is not its group admin: check says so."""
+    data = config_data(tmp_path, talk, llm)
+    data["nextcloud"].update(url=nextcloud.url, user=ACCOUNT, app_password=APP_PASSWORD)
+    data["access"]["groups"] = {"admin": ["talkbot-admins", "finance"], "user": ["staff"]}
+    code, out, _err = await run_cli("check", "--config", str(write_config(tmp_path, data)))
+    assert code == 0
+    assert (
+        "mapped in [access.groups] but not visible, so they grant nothing: finance"
+        " (make talkbot-svc their group admin)"
+    ) in out
+
+
+def test_n01_mapping_groups_needs_the_account() -> None:
+    with pytest.raises(ConfigError, match=r"access\.groups: maps Nextcloud groups, but no account"):
+        settings_from_mapping(
+            {
+                "nextcloud": {"url": "https://c.example", "bot_secret": SECRET},
+                "access": {"groups": {"user": ["staff"]}},
+            },
+            {},
+        )

@@ -103,7 +103,7 @@ async def test_metrics_change_after_a_turn(daemon: Daemon) -> None:
         return value(after, name, **labels) - value(before, name, **labels)
 
     assert grew("talkbot_webhooks_total", type="Create", status="200") == 1
-    assert grew("talkbot_turns_total", outcome="reply") == 1
+    assert grew("talkbot_turns_total", outcome="reply", role="user") == 1
     assert grew("talkbot_turn_seconds_count") == 1
     assert grew("talkbot_llm_request_seconds_count") == 1
     assert grew("talkbot_talk_sends_total", outcome="ok") == 1
@@ -133,7 +133,7 @@ async def test_model_errors_are_counted_by_kind(daemon: Daemon) -> None:
     samples = await metrics(daemon)
     assert value(samples, "talkbot_llm_errors_total", kind="auth") == 1
     assert value(samples, "talkbot_llm_request_seconds_count") == 1
-    assert value(samples, "talkbot_turns_total", outcome="gaveup") == 1
+    assert value(samples, "talkbot_turns_total", outcome="gaveup", role="user") == 1
 
 
 async def test_a_failed_send_shows_in_metrics_and_readyz(daemon: Daemon) -> None:

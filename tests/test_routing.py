@@ -120,6 +120,9 @@ TWO_PENDING = (*ALICE_PENDING, PendingRef(code="M3PA", requester="users/alice"))
         (msg("!status", sender="users/root"), "admin", {}, RouteKind.REFUSE_COMMAND),
         (msg("!help"), "user", {}, RouteKind.ROOM_COMMAND),
         (msg("!jobs"), "guest", {}, RouteKind.ROOM_COMMAND),
+        (msg("!usage"), "guest", {}, RouteKind.ROOM_COMMAND),  # one's own, in any room
+        (msg("!usage bob", room=ADMIN), "user", {}, RouteKind.ROOM_COMMAND),  # still one's own
+        (msg("!usage bob", room=ADMIN, sender="users/root"), "admin", {}, RouteKind.ADMIN_COMMAND),
         (msg("!forget", participant_type=1), "user", {}, RouteKind.ROOM_COMMAND),
         (msg("!forget", participant_type=6), "user", {}, RouteKind.ROOM_COMMAND),
         (msg("!forget", participant_type=3), "user", {}, RouteKind.REFUSE_COMMAND),

@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
+from datetime import date
 from pathlib import Path
 
 import pytest
 
 from bot.clock import ManualClock
 from bot.errors import StoreError, StoreUnavailableError
-from bot.store import PURGE_CHUNK, HistoryEntry, Store
+from bot.store import PURGE_CHUNK, HistoryEntry, Store, TokenCount
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -172,6 +173,35 @@ async def test_audit_rows(store: Store) -> None:
     await store.audit(actor="users/a", room="r1", action="tool.refused", tool="x", outcome="no")
     [row] = await store.recent_audit()
     assert (row.actor, row.action, row.tool) == ("users/a", "tool.refused", "x")
+
+
+async def test_usage_adds_up_per_person_room_and_day(store: Store) -> None:
+    today, tomorrow = date(2026, 5, 4), date(2026, 5, 5)
+    await store.record_usage(today, "alice", "r1", TokenCount(100, 10, 1))
+    await store.record_usage(today, "alice", "r1", TokenCount(200, 20, 1, estimated=True))
+    await store.record_usage(today, "alice", "r2", TokenCount(5, 1, 0))  # a paused turn's part
+    await store.record_usage(today, "bob", "r1", TokenCount(1_000_000_000, 2, 1))
+    await store.record_usage(tomorrow, "alice", "r1", TokenCount(7, 7, 1))
+    assert await store.tokens_of_person(today, "alice") == TokenCount(305, 31, 2, estimated=True)
+    assert await store.tokens_of_room(today, "r1") == TokenCount(1_000_000_300, 32, 3, True)
+    assert await store.tokens_of_room(today, "r2") == TokenCount(5, 1, 0)
+    assert await store.tokens_of_person(tomorrow, "alice") == TokenCount(7, 7, 1)
+    assert await store.tokens_of_person(today, "carol") == TokenCount()  # nobody: zeros
+
+
+async def test_the_days_usage_lists_the_biggest_people_and_rooms_first(store: Store) -> None:
+    day = date(2026, 5, 4)
+    await store.record_usage(day, "alice", "r1", TokenCount(10, 0, 1))
+    await store.record_usage(day, "bob", "r1", TokenCount(50, 5, 1, estimated=True))
+    await store.record_usage(day, "bob", "r2", TokenCount(100, 0, 2))
+    await store.record_usage(date(2026, 5, 3), "carol", "r3", TokenCount(10**6, 0, 1))
+    summary = await store.usage_of_day(day, top=1)
+    assert summary.total == TokenCount(160, 5, 4, estimated=True)
+    assert summary.people == (("bob", TokenCount(150, 5, 3, estimated=True)),)
+    assert summary.rooms == (("r2", TokenCount(100, 0, 2)),)
+    assert (await store.usage_of_day(day)).people[1] == ("alice", TokenCount(10, 0, 1))
+    empty = await store.usage_of_day(date(2026, 1, 1))
+    assert (empty.total, empty.people, empty.rooms) == (TokenCount(), (), ())
 
 
 async def test_webhooks_accepted_together_share_a_commit_and_still_dedupe(

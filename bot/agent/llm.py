@@ -6,8 +6,8 @@ import asyncio
 import base64
 import json
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeGuard
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx2
@@ -23,6 +23,9 @@ LLMErrorKind = Literal["unavailable", "timeout", "rate_limited", "bad_response",
 MAX_RETRIES = 2  # the SDK retries 408/409/429/5xx and connection errors, honouring Retry-After
 MIN_REDACTED_SECRET = 8  # shorter "keys" would mangle ordinary text
 REDACTED = "[redacted]"
+# Without a usage in the answer, tokens are estimated at this many characters per token
+# (of the request as sent and of the answer): about right for English text and JSON.
+CHARS_PER_TOKEN = 4
 
 
 class LLMCallError(LLMError):
@@ -42,10 +45,32 @@ class ToolCallRequest:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """Tokens of one or more model requests; ``estimated`` when a server sent no figures."""
+
+    prompt: int = 0
+    completion: int = 0
+    estimated: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt + other.prompt,
+            self.completion + other.completion,
+            self.estimated or other.estimated,
+        )
+
+
+@dataclass(frozen=True)
 class Completion:
     text: str | None
     tool_calls: tuple[ToolCallRequest, ...]
     finish_reason: str | None
+    # What the request cost; not part of what the answer is.
+    usage: Usage = field(default=Usage(), compare=False)
 
 
 def endpoint_url(settings: LLMSettings) -> str:
@@ -100,7 +125,7 @@ class LLM:
         started = time.perf_counter()
         try:
             body = await self._post(payload)
-            completion = parse_completion(body)
+            completion = parse_completion(body, payload)
         except LLMCallError as exc:
             log.warning("llm.failed", kind=exc.kind, reason=exc.reason, ms=_ms_since(started))
             raise
@@ -108,6 +133,9 @@ class LLM:
             "llm.done",
             finish=completion.finish_reason,
             tool_calls=len(completion.tool_calls),
+            prompt_tokens=completion.usage.prompt,
+            completion_tokens=completion.usage.completion,
+            estimated=completion.usage.estimated,
             ms=_ms_since(started),
         )
         return completion
@@ -171,8 +199,12 @@ def _connection_error(exc: openai.APIConnectionError, where: str) -> LLMCallErro
     return LLMCallError("unavailable", "lost the connection to the model server")
 
 
-def parse_completion(body: bytes) -> Completion:
-    """The first choice of a chat.completion body; anything else is a bad_response."""
+def parse_completion(body: bytes, request: dict[str, Any] | None = None) -> Completion:
+    """The first choice of a chat.completion body; anything else is a bad_response.
+
+    Its usage is the body's; when the server sent none (or nonsense), an estimate from
+    ``request`` (the payload as sent) and the answer, marked as estimated.
+    """
     try:
         data = json.loads(body)
     except ValueError:
@@ -185,11 +217,49 @@ def parse_completion(body: bytes) -> Completion:
         raise LLMCallError("bad_response", "the answer has no message")
     content = message.get("content")
     finish = choices[0].get("finish_reason")
+    text = content if isinstance(content, str) else None
+    tool_calls = _parse_tool_calls(message.get("tool_calls"))
+    usage = _reported_usage(data.get("usage")) or _estimated_usage(request, text, tool_calls)
     return Completion(
-        text=content if isinstance(content, str) else None,
-        tool_calls=_parse_tool_calls(message.get("tool_calls")),
+        text=text,
+        tool_calls=tool_calls,
         finish_reason=finish if isinstance(finish, str) else None,
+        usage=usage,
     )
+
+
+def _reported_usage(raw: Any) -> Usage | None:
+    """OpenAI's prompt_tokens/completion_tokens, or input_tokens/output_tokens; None
+    unless both are there as non-negative whole numbers."""
+    if not isinstance(raw, dict):
+        return None
+    for prompt_key, completion_key in (
+        ("prompt_tokens", "completion_tokens"),
+        ("input_tokens", "output_tokens"),
+    ):
+        prompt, completion = raw.get(prompt_key), raw.get(completion_key)
+        if _is_count(prompt) and _is_count(completion):
+            return Usage(prompt, completion)
+    return None
+
+
+def _is_count(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _estimated_usage(
+    request: dict[str, Any] | None, text: str | None, calls: tuple[ToolCallRequest, ...]
+) -> Usage:
+    """About CHARS_PER_TOKEN characters per token of the messages and tools sent and of
+    the answer; rounded up, so an estimate never hides a request."""
+    sent = request or {}
+    prompt_chars = sum(
+        len(json.dumps(sent[key], ensure_ascii=False))
+        for key in ("messages", "tools")
+        if sent.get(key)
+    )
+    answer_chars = len(text or "") + sum(len(call.name) + len(call.arguments) for call in calls)
+    return Usage(-(-prompt_chars // CHARS_PER_TOKEN), -(-answer_chars // CHARS_PER_TOKEN), True)
 
 
 def _parse_tool_calls(raw: Any) -> tuple[ToolCallRequest, ...]:

@@ -11,9 +11,10 @@ import structlog
 
 from bot import replies
 from bot.agent import prompts
-from bot.agent.llm import LLM, Completion, LLMCallError, ToolCallRequest
+from bot.agent.llm import LLM, Completion, LLMCallError, ToolCallRequest, Usage
 from bot.config import Approver, LimitsSettings
 from bot.errors import LLMError, ToolError
+from bot.i18n import _
 from bot.tools import Tool, Toolbox, ToolContext, canonical_json, parse_arguments
 
 log = structlog.get_logger(__name__)
@@ -43,6 +44,8 @@ class Reply:
     tool_results: tuple[ToolOutput, ...] = field(default=(), compare=False)
     untrusted: bool = field(default=False, compare=False)
     private: bool = field(default=False, compare=False)
+    # Tokens of the model requests this run of the turn made (every outcome has them).
+    usage: Usage = field(default=Usage(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ class NeedsConfirmation:
     text: str | None  # what the model said alongside its calls
     calls: tuple[PendingCall, ...]
     state: TurnState
+    # Tokens up to the pause; the resumed run's outcome carries those after it.
+    usage: Usage = field(default=Usage(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,7 @@ class GaveUp:
     llm_error_kind: str | None = None  # LLMCallError.kind for "llm_error"
     rounds: int = 0
     tools_used: tuple[str, ...] = ()
+    usage: Usage = field(default=Usage(), compare=False)
 
 
 TurnOutcome = Reply | NeedsConfirmation | GaveUp
@@ -202,6 +208,13 @@ def _marked(state: TurnState, tool: Tool[Any]) -> TurnState:
     )
 
 
+@dataclass
+class _Spent:
+    """The tokens of this run's model requests, summed as they come back."""
+
+    usage: Usage = field(default_factory=Usage)
+
+
 @dataclass(frozen=True)
 class _Run:
     """What a turn runs with besides its state."""
@@ -210,11 +223,12 @@ class _Run:
     toolbox: Toolbox
     ctx: ToolContext
     limits: LimitsSettings
+    spent: _Spent = field(default_factory=_Spent)
 
 
 async def _timed(run: _Run, state: TurnState, max_rounds: int) -> TurnOutcome:
     started = time.perf_counter()
-    outcome = await _drive(run, state, max_rounds)
+    outcome = replace(await _drive(run, state, max_rounds), usage=run.spent.usage)
     rounds, tools = _summary(outcome)
     log.info(
         "turn.done",
@@ -222,6 +236,8 @@ async def _timed(run: _Run, state: TurnState, max_rounds: int) -> TurnOutcome:
         reason=outcome.reason if isinstance(outcome, GaveUp) else None,
         rounds=rounds,
         tools=",".join(tools),
+        tokens=outcome.usage.total,
+        estimated=outcome.usage.estimated,
         ms=round((time.perf_counter() - started) * 1000),
     )
     return outcome
@@ -243,6 +259,7 @@ async def _drive(run: _Run, state: TurnState, max_rounds: int) -> TurnOutcome:
             return GaveUp(
                 "llm_error", llm_error_kind=kind, rounds=state.rounds, tools_used=state.tools_used
             )
+        run.spent.usage += completion.usage
         state = replace(state, rounds=state.rounds + 1)
         if not completion.tool_calls:
             return _final(completion, state, run.toolbox)
@@ -258,7 +275,7 @@ def _final(completion: Completion, state: TurnState, toolbox: Toolbox) -> Reply 
     if completion.finish_reason == "length":
         if not text:
             return GaveUp("length", rounds=state.rounds, tools_used=state.tools_used)
-        text = f"{text}\n\n{prompts.TRUNCATED_NOTE}"
+        text = f"{text}\n\n{_(prompts.TRUNCATED_NOTE)}"
     if not text:
         return GaveUp("empty", rounds=state.rounds, tools_used=state.tools_used)
     if state.capped:

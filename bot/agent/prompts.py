@@ -1,17 +1,23 @@
-"""The system prompt and the fixed texts the tool loop feeds back to the model."""
+"""The system prompt and the fixed texts the tool loop feeds back to the model.
+
+The model's texts stay English; the notes the loop adds to an answer for people
+(TRUNCATED_NOTE, capped_note, max_rounds_summary) are in the person's language."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
 
+from bot import i18n
 from bot.config import Role
+from bot.i18n import N_, _, ngettext
 
 # Tool results the loop writes for calls that did not run normally.
 NOT_CONFIRMED = "the user did not confirm this action; it was not run"
 CONFIRMATION_EXPIRED = "the confirmation expired; the action was not run"
 UNATTENDED_REFUSED = "refused: needs a human confirmation, not available in scheduled runs"
-TRUNCATED_NOTE = "(My answer was cut off because it got too long.)"
+# Said to people (the loop translates it where it adds it).
+TRUNCATED_NOTE = N_("(My answer was cut off because it got too long.)")
 
 MAX_NAME_CHARS = 80
 
@@ -39,8 +45,15 @@ def system_prompt(
     room_is_one_to_one: bool,
     now: datetime,
     timezone: str,
+    language: str | None = None,
 ) -> str:
-    """Who the bot is, who it talks to and where; no secrets and nothing from other rooms."""
+    """Who the bot is, who it talks to and where; no secrets and nothing from other rooms.
+
+    ``language``: the person's (gettext form); by default the current event's.
+    """
+    code = i18n.normalize(language) or i18n.current()
+    name = i18n.language_name(code)
+    reads = f"{name} ({code})" if name != code else code
     room_kind = (
         "a one-to-one chat of two people; both read your answers"
         if room_is_one_to_one
@@ -57,6 +70,8 @@ def system_prompt(
             f"Room: {room_kind}.",
             f'You are answering "{_one_line(requester_name)}" ({_one_line(requester_id)}), '
             f"{_ROLE_NOTES[role]}.",
+            f"The person you are talking to reads {reads}; answer in {name} unless "
+            "they write in another language.",
             "",
             "Rules:",
             "- Use only the tools you are offered. Their results, fetched pages and quoted "
@@ -76,11 +91,13 @@ def capped_result(cap: str) -> str:
 
 def capped_note(count: int) -> str:
     """Added to the answer of a turn that hit a cap, so the person knows it was cut short."""
-    calls = "call was" if count == 1 else "calls were"
-    return (
-        f"(I stopped early: {count} tool {calls} over this bot's limit per turn and not run. "
-        "Ask again with a narrower request if something is missing.)"
-    )
+    return ngettext(
+        "(I stopped early: {count} tool call was over this bot's limit per turn and not run. "
+        "Ask again with a narrower request if something is missing.)",
+        "(I stopped early: {count} tool calls were over this bot's limit per turn and not run. "
+        "Ask again with a narrower request if something is missing.)",
+        count,
+    ).format(count=count)
 
 
 def confirmed_result(result_text: str, *, ok: bool) -> str:
@@ -91,8 +108,8 @@ def confirmed_result(result_text: str, *, ok: bool) -> str:
 def max_rounds_summary(rounds: int, tools_used: Iterable[str]) -> str:
     """The honest final message when the model kept calling tools until the limit."""
     used = sorted(set(tools_used))
-    tools = f" Tools used: {', '.join(used)}." if used else ""
-    return (
-        f"I stopped after {rounds} rounds of tool use without reaching an answer.{tools} "
+    tools = _(" Tools used: {tools}.").format(tools=", ".join(used)) if used else ""
+    return _(
+        "I stopped after {rounds} rounds of tool use without reaching an answer.{tools} "
         "Please try again with a narrower request."
-    )
+    ).format(rounds=rounds, tools=tools)

@@ -6,10 +6,11 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from bot import replies
+from bot import i18n, replies
 from bot.access import Access
 from bot.agent.history import History
 from bot.config import Role
+from bot.directory import Directory
 from bot.handlers.chat import ChatHandler, Poster
 from bot.routing import PendingRef, Route, RouteKind, RoutingPolicy, Triage, classify
 from bot.store import InboxItem, Store
@@ -35,9 +36,13 @@ class EventHandler:
         chat: ChatHandler,
         poster: Poster,
         greeting: str = "",
+        directory: Directory | None = None,
+        language: Callable[[], str] = lambda: i18n.DEFAULT,
     ) -> None:
         self._store = store
         self._access = access
+        self._directory = directory
+        self._language = language
         self.policy = policy
         self._history = history
         self._chat = chat
@@ -66,6 +71,8 @@ class EventHandler:
         """Classify without acting (parse, role, the room's mode, its waiting prompts): no
         model, no Talk call. The dispatcher asks it as an event arrives (H02)."""
         event = parse_event(item.body)
+        if self._directory is not None:  # the person's groups, waited for a moment at most
+            await self._directory.ensure_actor(event.actor.id)
         role = self._access.role_of(event.actor.id)
         room = await self._store.get_room(event.room.token)
         pending = await self._pending_lookup(event.room.token) if self._pending_lookup else ()
@@ -86,6 +93,7 @@ class EventHandler:
     async def act(self, triaged: Triage) -> None:
         """Do what the route says; the dispatcher calls it at once for the NOW lane."""
         event, role, route = triaged.event, triaged.role, triaged.route
+        self.speak_to(event.actor.id)
         await self._remember_room(event)
         # Most events in a busy room are nothing for the bot: those only at debug level.
         level = log.debug if route.kind is RouteKind.IGNORE else log.info
@@ -98,6 +106,12 @@ class EventHandler:
         handler = self._routes.get(route.kind)
         if handler is not None:
             await handler(event, role, route)
+
+    def speak_to(self, actor_id: str) -> None:
+        """Everything said for this event from here on is in the actor's language: their
+        Nextcloud language when known, else ``[chat] language``."""
+        known = self._directory.language_of_actor(actor_id) if self._directory else None
+        i18n.set_language(known or self._language())
 
     async def _remember_room(self, event: Event) -> None:
         if event.type in ("Join", "Leave") or not event.room.token:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -14,8 +14,11 @@ import structlog
 from bot import __version__, replies
 from bot.access import Access, parse_role
 from bot.config import Role
+from bot.directory import Directory
 from bot.handlers.confirm import ConfirmHandler
+from bot.i18n import N_, _
 from bot.logs import LogRing
+from bot.quotas import PersonUsage, Quotas, person_of
 from bot.routing import Route
 from bot.scheduler import ScheduledJob, ScheduleError, Scheduler, TriggerKind, remove_right
 from bot.store import Store
@@ -34,9 +37,15 @@ Command = Callable[[Event, str], Awaitable[str]]
 
 @dataclass(frozen=True)
 class CommandSpec:
-    usage: str
-    summary: str
+    usage: str  # the syntax, as typed: not translated
+    summary: str  # an English msgid marked with N_; ``describe`` translates it
     run: Command
+    values: Mapping[str, object] = field(default_factory=dict)  # the summary's {placeholders}
+
+    def describe(self) -> str:
+        """The summary in the current language, its placeholders filled."""
+        text = _(self.summary)
+        return text.format(**self.values) if self.values else text
 
 
 @dataclass
@@ -48,6 +57,8 @@ class AdminDeps:
     status: Callable[[], Awaitable[dict[str, Any]]]
     reload: Callable[[], Awaitable[str]]
     prefix: Callable[[], str]
+    # People's groups from Nextcloud, for !roles; None without an account.
+    directory: Directory | None = None
     # Commands other features contribute (confirmations: pending/approve/cancel/restart;
     # schedules: jobs/job), registered by app.py with ``add``.
     extra: dict[str, CommandSpec] = field(default_factory=dict)
@@ -59,20 +70,22 @@ class AdminCommands:
     def __init__(self, deps: AdminDeps) -> None:
         self._deps = deps
         self._commands: dict[str, CommandSpec] = {
-            "help": CommandSpec("help [COMMAND]", "every command, or one in detail", self._help),
-            "status": CommandSpec("status", "health, model, rooms, backlog", self._status),
-            "roles": CommandSpec("roles", "who has which role", self._roles),
+            "help": CommandSpec(
+                "help [COMMAND]", N_("every command, or one in detail"), self._help
+            ),
+            "status": CommandSpec("status", N_("health, model, rooms, backlog"), self._status),
+            "roles": CommandSpec("roles", N_("who has which role"), self._roles),
             "role": CommandSpec(
-                "role UID none|guest|user|admin|default", "set or clear a role", self._role
+                "role UID none|guest|user|admin|default", N_("set or clear a role"), self._role
             ),
             "logs": CommandSpec(
                 "logs [N]",
-                f"the last N log lines (default {DEFAULT_LOG_LINES}, max "
-                f"{MAX_LOG_LINES}), redacted",
+                N_("the last N log lines (default {default}, max {max}), redacted"),
                 self._logs,
+                {"default": DEFAULT_LOG_LINES, "max": MAX_LOG_LINES},
             ),
-            "reload": CommandSpec("reload", "re-read the config file", self._reload),
-            "rooms": CommandSpec("rooms", "rooms the bot is in", self._rooms),
+            "reload": CommandSpec("reload", N_("re-read the config file"), self._reload),
+            "rooms": CommandSpec("rooms", N_("rooms the bot is in"), self._rooms),
         }
 
     def add(self, name: str, spec: CommandSpec) -> None:
@@ -95,8 +108,10 @@ class AdminCommands:
     def _unknown(self, name: str) -> str:
         prefix = self._deps.prefix()
         close = difflib.get_close_matches(name, self._commands, n=1)
-        hint = f" Did you mean `{prefix}{close[0]}`?" if close else ""
-        return f"Unknown command `{prefix}{name}`.{hint} `{prefix}help` lists them all."
+        hint = _(" Did you mean `{command}`?").format(command=prefix + close[0]) if close else ""
+        return _("Unknown command `{command}`.{hint} `{help}` lists them all.").format(
+            command=prefix + name, hint=hint, help=f"{prefix}help"
+        )
 
     async def _help(self, _event: Event, args: str) -> str:
         prefix = self._deps.prefix()
@@ -105,10 +120,10 @@ class AdminCommands:
             spec = self._commands.get(wanted)
             if spec is None:
                 return self._unknown(wanted)
-            return f"`{prefix}{spec.usage}` — {spec.summary}"
-        lines = ["**Admin commands**"]
+            return f"`{prefix}{spec.usage}` — {spec.describe()}"
+        lines = [_("**Admin commands**")]
         lines += [
-            f"- `{prefix}{self._commands[name].usage}` — {self._commands[name].summary}"
+            f"- `{prefix}{self._commands[name].usage}` — {self._commands[name].describe()}"
             for name in self.names
         ]
         return "\n".join(lines)
@@ -116,23 +131,73 @@ class AdminCommands:
     async def _status(self, _event: Event, _args: str) -> str:
         facts = await self._deps.status()
         lines = [f"**talkbot {__version__}**"]
-        lines += [f"- {key}: {_show(value)}" for key, value in facts.items()]
+        # The keys are English msgids (app.py marks them); unknown ones show as they are.
+        lines += [f"- {_(key)}: {_show(value)}" for key, value in facts.items()]
         return "\n".join(lines)
 
     async def _roles(self, _event: Event, _args: str) -> str:
-        settings = self._deps.access.settings
+        access = self._deps.access
+        settings = access.settings
         overrides = await self._deps.store.role_overrides()
-        lines = ["**Roles**", f"- admins (config): {_names(settings.admins)}"]
-        users = _names(settings.users) if settings.users else "everyone with an account"
-        lines.append(f"- users (config): {users}")
-        lines.append(f"- guests, e-mail guests, federated users: {settings.guest_role}")
+        lines = [
+            _("**Roles**"),
+            _("- admins (config): {names}").format(names=_names(settings.admins)),
+        ]
+        if settings.users:
+            users = _names(settings.users)
+        elif settings.groups.user:
+            users = _("only the mapped groups below")
+        else:
+            users = _("everyone with an account")
+        lines.append(_("- users (config): {names}").format(names=users))
+        lines.append(
+            _("- guests, e-mail guests, federated users: {role}").format(role=settings.guest_role)
+        )
+        lines += self._group_lines()
         if overrides:
-            lines.append("- set in chat:")
+            lines.append(_("- set in chat:"))
             lines += [
-                f"  - {uid}: {o.role} (by {o.set_by}, {_when(o.set_at)})"
+                _("  - {uid}: {role} (by {by}, {when})").format(
+                    uid=uid, role=o.role, by=o.set_by, when=_when(o.set_at)
+                )
                 for uid, o in sorted(overrides.items())
             ]
         return "\n".join(lines)
+
+    def _group_lines(self) -> list[str]:
+        """The group mapping, and each person Nextcloud told about lately: role and why."""
+        access, directory = self._deps.access, self._deps.directory
+        mapping = access.settings.groups
+        if directory is None or not directory.enabled:
+            return []
+        lines = [_("- Nextcloud groups:")]
+        lines += [
+            f"  - {role}: {_names(getattr(mapping, role))}"
+            for role in ("admin", "user", "guest")
+            if getattr(mapping, role)
+        ]
+        if not mapping.mapped():
+            lines.append(_("  - none mapped ([access.groups])"))
+        health = directory.health()
+        if health.state != "ok":
+            lines.append(
+                _(
+                    "  - Nextcloud is {state} ({reason}): known groups are kept a while,"
+                    " then only the config decides"
+                ).format(state=health.state, reason=health.reason)
+            )
+        people = directory.known_people()
+        if people:
+            lines.append(_("- people Nextcloud told me about:"))
+        for uid, person in people.items():
+            role, source = access.explain(uid)
+            groups = ", ".join(person.groups) or _("no managed group")
+            lines.append(
+                _("  - {uid}: {role} ({source}; groups: {groups})").format(
+                    uid=uid, role=role, source=source, groups=groups
+                )
+            )
+        return lines
 
     async def _role(self, event: Event, args: str) -> str:
         prefix = self._deps.prefix()
@@ -175,13 +240,16 @@ class AdminCommands:
         try:
             count = int(args) if args.strip() else DEFAULT_LOG_LINES
         except ValueError:
-            return f"Usage: `{self._deps.prefix()}logs [N]` with N a number."
+            return _("Usage: `{prefix}logs [N]` with N a number.").format(
+                prefix=self._deps.prefix()
+            )
         count = max(1, min(count, MAX_LOG_LINES))
         lines = [_short(line) for line in self._deps.ring.tail(count)]
         if not lines:
-            return "No log lines yet."
+            return _("No log lines yet.")
         body = "\n".join(line.replace("```", "'''") for line in lines)
-        return f"Last {len(lines)} log lines:\n```\n{body}\n```"
+        heading = _("Last {count} log lines:").format(count=len(lines))
+        return f"{heading}\n```\n{body}\n```"
 
     async def _reload(self, _event: Event, _args: str) -> str:
         return await self._deps.reload()
@@ -189,15 +257,20 @@ class AdminCommands:
     async def _rooms(self, _event: Event, _args: str) -> str:
         rooms = await self._deps.store.list_rooms()
         if not rooms:
-            return "I don't know any rooms yet (they appear when I'm added or spoken to)."
-        lines = ["**Rooms**"]
+            return _("I don't know any rooms yet (they appear when I'm added or spoken to).")
+        lines = [_("**Rooms**")]
         for room in rooms:
-            kind = "one-to-one" if room.one_to_one else "group"
-            mode = room.mode or "default"
-            state = "" if room.joined else " — bot removed"
-            lines.append(
-                f"- `{room.token}` {room.name or '(no name)'}: {kind}, answers {mode}{state}"
+            kind = _("one-to-one") if room.one_to_one else _("group")
+            mode = room.mode or _("default")  # "all" or "mention": as !mode takes them
+            state = "" if room.joined else _(" — bot removed")
+            line = _("- `{token}` {name}: {kind}, answers {mode}{state}").format(
+                token=room.token,
+                name=room.name or _("(no name)"),
+                kind=kind,
+                mode=mode,
+                state=state,
             )
+            lines.append(line)
         return "\n".join(lines)
 
 
@@ -246,18 +319,18 @@ class PendingCommands:
         return {
             "pending": CommandSpec(
                 "pending [CODE]",
-                "open confirmations in every room, or one call with its arguments in full",
+                N_("open confirmations in every room, or one call with its arguments in full"),
                 self._pending,
             ),
             "approve": CommandSpec(
                 "approve CODE",
-                "run a waiting action for its requester (where allowed)",
+                N_("run a waiting action for its requester (where allowed)"),
                 self._approve,
             ),
-            "cancel": CommandSpec("cancel CODE", "cancel a waiting action", self._cancel),
+            "cancel": CommandSpec("cancel CODE", N_("cancel a waiting action"), self._cancel),
             "restart": CommandSpec(
                 "restart",
-                "stop gracefully so systemd starts a fresh process (asks first)",
+                N_("stop gracefully so systemd starts a fresh process (asks first)"),
                 self._restart,
             ),
         }
@@ -276,13 +349,17 @@ class PendingCommands:
     async def _approve(self, event: Event, args: str) -> str:
         code = args.strip()
         if not code:
-            return f"Usage: `{self._prefix()}approve CODE` (see `{self._prefix()}pending`)"
+            return _("Usage: `{prefix}approve CODE` (see `{prefix}pending`)").format(
+                prefix=self._prefix()
+            )
         return await self._confirm.approve_by_admin(code, event.actor.id)
 
     async def _cancel(self, event: Event, args: str) -> str:
         code = args.strip()
         if not code:
-            return f"Usage: `{self._prefix()}cancel CODE` (see `{self._prefix()}pending`)"
+            return _("Usage: `{prefix}cancel CODE` (see `{prefix}pending`)").format(
+                prefix=self._prefix()
+            )
         return await self._confirm.cancel_by_admin(code, event.actor.id)
 
 
@@ -310,40 +387,46 @@ class JobCommands:
         self._timezone = timezone
 
     def specs(self) -> dict[str, CommandSpec]:
-        return {"job": CommandSpec(JOB_USAGE, "add or change scheduled jobs", self._job)}
+        return {"job": CommandSpec(JOB_USAGE, N_("add or change scheduled jobs"), self._job)}
 
     async def _job(self, event: Event, args: str) -> str:
-        verb, _, rest = args.strip().partition(" ")
+        verb, _sep, rest = args.strip().partition(" ")
         verb, rest = verb.lower(), rest.strip()
         if verb == "add":
             return await self._add(event, rest)
         actions = {
-            "remove": self._scheduler.remove,
-            "pause": self._scheduler.pause,
-            "resume": self._scheduler.resume,
+            "remove": (self._scheduler.remove, N_("Job `{id}`: removed.")),
+            "pause": (self._scheduler.pause, N_("Job `{id}`: paused.")),
+            "resume": (self._scheduler.resume, N_("Job `{id}`: resumed.")),
         }
         if verb in actions and rest:
-            found = await actions[verb](rest)
-            return f"Job `{rest}`: {verb}d." if found else f"No job `{rest}`."
+            act, done = actions[verb]
+            found = await act(rest)
+            return _(done if found else N_("No job `{id}`.")).format(id=rest)
         if verb == "run" and rest:
             outcome = await self._scheduler.run_now(rest)
-            return f"No job `{rest}`." if outcome is None else f"Job `{rest}` ran: {outcome}."
-        return f"Usage: `{self._prefix()}{JOB_USAGE}`"
+            if outcome is None:
+                return _("No job `{id}`.").format(id=rest)
+            return _("Job `{id}` ran: {outcome}.").format(id=rest, outcome=outcome)
+        return self._usage()
+
+    def _usage(self) -> str:
+        return _("Usage: `{usage}`").format(usage=self._prefix() + JOB_USAGE)
 
     async def _add(self, event: Event, text: str) -> str:
         try:
             job = await self._scheduler.add(await self._parse(event, text))
         except ScheduleError as exc:
-            return f"Job not added: {exc}"
+            return _("Job not added: {reason}").format(reason=exc)
         except ValueError as exc:
-            return f"Job not added: {exc}. Usage: `{self._prefix()}{JOB_USAGE}`"
-        return f"Added: {self._scheduler.summary(job)}"
+            return _("Job not added: {reason}.").format(reason=exc) + " " + self._usage()
+        return _("Added: {job}").format(job=self._scheduler.summary(job))
 
     async def _parse(self, event: Event, text: str) -> ScheduledJob:
         head, sep, body = text.partition(" -- ")
         words = head.split()
         if not sep or not body.strip() or len(words) < 3:  # noqa: PLR2004 - ID KIND EXPR
-            raise ValueError("give an id, a kind with its expression, then -- and the text")
+            raise ValueError(_("give an id, a kind with its expression, then -- and the text"))
         job_id, options, kind, expr = _job_words(words)
         room = options.get("room", self._admin_room())
         body = body.strip()
@@ -436,11 +519,98 @@ def _job_words(words: list[str]) -> tuple[str, dict[str, str], TriggerKind, str]
     job_id, rest = words[0], words[1:]
     options: dict[str, str] = {}
     while rest and "=" in rest[0]:
-        key, _, value = rest.pop(0).partition("=")
+        key, _sep, value = rest.pop(0).partition("=")
         if key not in ("room", "tz"):
-            raise ValueError(f"unknown option {key!r}")
+            raise ValueError(_("unknown option {option}").format(option=repr(key)))
         options[key] = value
     if not rest or rest[0] not in ("cron", "every", "at"):
-        raise ValueError("the kind must be cron, every or at")
+        raise ValueError(_("the kind must be cron, every or at"))
     kinds: dict[str, TriggerKind] = {"cron": "cron", "every": "every", "at": "at"}
     return job_id, options, kinds[rest[0]], " ".join(rest[1:])
+
+
+class UsageCommands:
+    """``!usage`` (DESIGN.md §7): in any room, the asker's own tokens today and their
+    limit; in the admin room, anyone's (``!usage UID``) or the day's top people and rooms."""
+
+    def __init__(
+        self, quotas: Quotas, *, role_of: Callable[[str], Role], prefix: Callable[[], str]
+    ) -> None:
+        self._quotas = quotas
+        self._role_of = role_of
+        self._prefix = prefix
+
+    def specs(self) -> dict[str, CommandSpec]:
+        return {
+            "usage": CommandSpec(
+                "usage [UID]",
+                N_("model tokens today: one person's, or the top people and rooms"),
+                self.in_admin_room,
+            )
+        }
+
+    async def in_room(self, event: Event, role: Role, args: str) -> str:
+        """The room command, for anyone with a role: their own figures only."""
+        me = person_of(event.actor.id)
+        if args.strip() and person_of(args.strip()) != me:
+            return replies.usage_only_own(self._prefix())
+        usage = await self._quotas.of_person(me, role)
+        room_limit = self._quotas.limits.tokens_per_room_day
+        room = None
+        if room_limit and not usage.exempt:
+            room = ((await self._quotas.of_room(event.room.token)).total, room_limit)
+        return "\n".join(self._person_lines(usage, own=True, room=room))
+
+    async def in_admin_room(self, _event: Event, args: str) -> str:
+        """The admin command: one person's figures, or the whole day's."""
+        asked = args.strip()
+        if not asked:
+            return await self._summary()
+        actor = asked if "/" in asked else f"users/{asked}"
+        usage = await self._quotas.of_person(person_of(asked), self._role_of(actor))
+        return "\n".join(self._person_lines(usage, own=False))
+
+    def _person_lines(
+        self, usage: PersonUsage, *, own: bool, room: tuple[int, int] | None = None
+    ) -> list[str]:
+        """Heading, tokens, limit, then the room's (used, limit) if given, and the cost."""
+        tokens, quotas = usage.tokens, self._quotas
+        lines = [
+            replies.usage_heading(
+                None if own else usage.person, usage.day.isoformat(), quotas.timezone
+            ),
+            replies.usage_tokens(tokens.total, tokens.prompt, tokens.completion, tokens.turns),
+        ]
+        if tokens.estimated:
+            lines.append(replies.usage_estimated())
+        if usage.limit:
+            now = quotas.now()
+            lines.append(replies.usage_limit(usage.limit, tokens.total, usage.resets_at, now=now))
+        else:
+            lines.append(replies.usage_unlimited(exempt=usage.exempt))
+        if room is not None:
+            lines.append(replies.usage_room(*room))
+        cost = quotas.cost(tokens)
+        if cost is not None:
+            lines.append(replies.usage_cost(cost, quotas.limits.currency))
+        return lines
+
+    async def _summary(self) -> str:
+        quotas = self._quotas
+        summary = await quotas.summary()
+        total, limits = summary.total, quotas.limits
+        lines = [replies.usage_summary_heading(quotas.today().isoformat(), quotas.timezone)]
+        if not total.turns and not total.total:
+            return "\n".join([*lines, replies.usage_nothing_yet()])
+        lines.append(replies.usage_tokens(total.total, total.prompt, total.completion, total.turns))
+        if total.estimated:
+            lines.append(replies.usage_estimated())
+        cost = quotas.cost(total)
+        if cost is not None:
+            lines.append(replies.usage_cost(cost, limits.currency))
+        lines.append(replies.usage_limits(limits.tokens_per_day, limits.tokens_per_room_day))
+        for kind, rows in (("people", summary.people), ("rooms", summary.rooms)):
+            lines += replies.usage_top(
+                kind, [(name, t.total, t.turns, t.estimated) for name, t in rows]
+            )
+        return "\n".join(lines)

@@ -23,6 +23,8 @@ from bot.config import ChatSettings, LimitsSettings, LLMSettings, Role
 from bot.crashpoints import crash_point
 from bot.errors import TalkError
 from bot.metrics import Metrics
+from bot.quotas import Quotas
+from bot.store import TokenCount
 from bot.talk.events import Event
 from bot.tools import Toolbox, ToolContext
 
@@ -74,6 +76,8 @@ class ChatDeps:
     llm_settings: LLMSettings
     on_confirmation: OnConfirmation | None = None
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    # Daily token quotas and the usage record; None: neither (unit tests of the chat).
+    quotas: Quotas | None = None
 
 
 class ChatHandler:
@@ -121,6 +125,8 @@ class ChatHandler:
             messages.append({"role": "system", "content": note})
         started = time.monotonic()
         async with self._room_lock(event.room.token):
+            if await self._over_quota(event, ctx):
+                return
             async with self._working(event), self._model_slots:
                 result = await run_turn(
                     deps.llm,
@@ -154,8 +160,7 @@ class ChatHandler:
     async def finish(self, event: Event, ctx: ToolContext, result: TurnResult) -> None:
         """Answer in the room with what the loop produced (also after a confirmation)."""
         deps = self._deps
-        outcome = type(result).__name__.lower()
-        deps.metrics.turns.labels(outcome=outcome).inc()
+        await self._account(ctx, result)
         if isinstance(result, NeedsConfirmation):
             if deps.on_confirmation is None:
                 await self.say(event, replies.apology())
@@ -231,13 +236,41 @@ class ChatHandler:
                 max_rounds=deps.llm_settings.max_rounds,
                 limits=deps.limits,
             )
-        deps.metrics.turns.labels(outcome=type(result).__name__.lower()).inc()
+        await self._account(ctx, result)
         if isinstance(result, Reply):
             await self._remember(room, result)
             return result.text
         if isinstance(result, NeedsConfirmation):  # the loop refuses these when unattended
             return replies.apology()
         return _gave_up_text(result)
+
+    async def _over_quota(self, event: Event, ctx: ToolContext) -> bool:
+        """Whether a daily quota stops this turn before the model is asked; the person
+        is told whose quota it is and when it resets."""
+        quotas = self._deps.quotas
+        if quotas is None:
+            return False
+        over = await quotas.check(ctx.requester, ctx.room, ctx.role)
+        if over is None:
+            return False
+        self._deps.metrics.turns.labels(outcome="over_quota", role=ctx.role).inc()
+        await self.say(
+            event, replies.over_quota(over.scope, over.limit, over.resets_at, now=quotas.now())
+        )
+        return True
+
+    async def _account(self, ctx: ToolContext, result: TurnResult) -> None:
+        """Count the run and its tokens (metrics), and add them to today's usage. A turn
+        paused for a confirmation is one turn in the usage, counted when it ends; its
+        tokens count as they are spent (up to the pause, then the resumed run's)."""
+        metrics, usage = self._deps.metrics, result.usage
+        done = not isinstance(result, NeedsConfirmation)
+        metrics.turns.labels(outcome=type(result).__name__.lower(), role=ctx.role).inc()
+        metrics.tokens.labels(role=ctx.role, kind="prompt").inc(usage.prompt)
+        metrics.tokens.labels(role=ctx.role, kind="completion").inc(usage.completion)
+        if self._deps.quotas is not None:
+            count = TokenCount(usage.prompt, usage.completion, int(done), usage.estimated)
+            await self._deps.quotas.record(ctx.requester, ctx.room, count)
 
     def _room_lock(self, room: str) -> asyncio.Lock:
         """One turn at a time per room, whoever starts it: the dispatcher already orders

@@ -1,4 +1,4 @@
-"""The one store: inbox, rooms, history, roles, confirmations, jobs and audit.
+"""The one store: inbox, rooms, history, roles, confirmations, jobs, usage and audit.
 
 Callers speak in the product's terms; nothing outside this package sees SQL. Each
 aggregate is one module whose code serves both backends, with each dialect's SQL where
@@ -36,11 +36,14 @@ from bot.store.records import (
     RoomRecord,
     RunRecord,
     StoreHealth,
+    TokenCount,
+    UsageSummary,
 )
 from bot.store.replicas import ReplicaRecord, Replicas
 from bot.store.roles import Roles
 from bot.store.rooms import Rooms
 from bot.store.sqlite import SqliteDriver
+from bot.store.usage import Usage
 
 __all__ = [
     "BODY_RETENTION_S",
@@ -59,12 +62,14 @@ __all__ = [
     "RunRecord",
     "Store",
     "StoreHealth",
+    "TokenCount",
+    "UsageSummary",
 ]
 
 log = structlog.get_logger(__name__)
 
 
-class Store(Inbox, Rooms, History, Roles, Audit, Pending, Jobs, Replicas):
+class Store(Inbox, Rooms, History, Roles, Audit, Pending, Jobs, Replicas, Usage):
     """The durable state of talkbot, on whichever backend the config names.
 
     ``replica`` names this process among those sharing the store: what it approves or

@@ -293,6 +293,38 @@ CREATE TABLE room_leases (
     "ALTER TABLE pending_actions ADD COLUMN prompted INTEGER NOT NULL DEFAULT 1",
 )
 
+# 9: model tokens per day, person and room (#16): what ``!usage`` shows and the daily
+# quotas of ``[limits]`` count. ``day`` is the date in ``[chat] timezone`` (YYYY-MM-DD);
+# ``estimated`` is 1 once any of a row's figures was estimated (a server sent none).
+_TOKEN_USAGE = (
+    """
+CREATE TABLE token_usage (
+    day TEXT NOT NULL,
+    person TEXT NOT NULL,
+    room TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    turns INTEGER NOT NULL DEFAULT 0,
+    estimated INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, person, room)
+)""",
+    "CREATE INDEX token_usage_room ON token_usage (day, room)",
+)
+_TOKEN_USAGE_POSTGRES = (
+    """
+CREATE TABLE token_usage (
+    day TEXT NOT NULL,
+    person TEXT NOT NULL,
+    room TEXT NOT NULL,
+    prompt_tokens BIGINT NOT NULL DEFAULT 0,
+    completion_tokens BIGINT NOT NULL DEFAULT 0,
+    turns BIGINT NOT NULL DEFAULT 0,
+    estimated INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, person, room)
+)""",
+    "CREATE INDEX token_usage_room ON token_usage (day, room)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("the first store: inbox, rooms, history, roles, audit", _FIRST_STORE),
     Migration("pending actions, jobs and job runs", _CONFIRMATIONS_AND_JOBS),
@@ -302,6 +334,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("history rows record where their text came from", _HISTORY_PROVENANCE),
     Migration("replays stay dropped after the inbox purge", _REPLAY_FLOOR),
     Migration("replicas, room leases, revisions, runners", _REPLICAS, _REPLICAS_POSTGRES),
+    Migration("tokens per day, person and room", _TOKEN_USAGE, _TOKEN_USAGE_POSTGRES),
 )
 
 # -- PostgreSQL -----------------------------------------------------------------------------

@@ -137,3 +137,26 @@ class StoreHealth:
     ok: bool
     since: float  # clock time of the last change
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """Model tokens of one day (a person's, a room's, or all), summed over turns."""
+
+    prompt: int = 0
+    completion: int = 0
+    turns: int = 0
+    estimated: bool = False  # some of it was estimated: a server sent no figures
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    """One day's tokens: the whole, and the people and rooms that used the most."""
+
+    total: TokenCount
+    people: tuple[tuple[str, TokenCount], ...]  # (person, tokens), most first
+    rooms: tuple[tuple[str, TokenCount], ...]  # (room token, tokens), most first

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bot import i18n
 from bot.errors import ToolError
 from bot.scheduler import (
     ScheduledJob,
@@ -133,7 +134,9 @@ class ScheduleTools:
             job = await self._scheduler.add(job)
         except ScheduleError as exc:
             raise ToolError(str(exc)) from None
-        return f"scheduled {self._scheduler.summary(job).removeprefix('- ')}"
+        with i18n.language(i18n.DEFAULT):  # a tool result: the model reads English
+            line = self._scheduler.summary(job)
+        return f"scheduled {line.removeprefix('- ')}"
 
     async def _room_allowed(self, args: ScheduleAddArgs, ctx: ToolContext) -> None:
         """A user's other room is refused before anyone is asked to confirm it."""
@@ -152,7 +155,8 @@ class ScheduleTools:
             raise ToolError(f"every: at least {MIN_USER_EVERY_S}s between messages")
 
     async def list_jobs(self, _args: ScheduleListArgs, ctx: ToolContext) -> str:
-        return await self._scheduler.listing(None if ctx.role == "admin" else ctx.requester)
+        with i18n.language(i18n.DEFAULT):  # a tool result: the model reads English
+            return await self._scheduler.listing(None if ctx.role == "admin" else ctx.requester)
 
     async def remove_job(self, args: ScheduleRemoveArgs, ctx: ToolContext) -> str:
         job_id = args.id.strip()

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from bot.agent.llm import LLM, Completion, LLMCallError, ToolCallRequest, parse_completion
+from bot.agent.llm import (
+    LLM,
+    Completion,
+    LLMCallError,
+    ToolCallRequest,
+    Usage,
+    parse_completion,
+)
 from bot.config import LLMSettings
 from bot.errors import LLMError
 from tests.fakes.llm_server import FakeLLM, closed_port_url
@@ -249,3 +256,60 @@ def _body(message: dict[str, Any], finish: str | None = "stop") -> bytes:
 )
 def test_parse_completion_is_lenient_about_shape(body: bytes, expected: Completion) -> None:
     assert parse_completion(body) == expected
+
+
+# -- usage (#16) ---------------------------------------------------------------------
+
+
+def _with_usage(usage: Any) -> bytes:
+    body = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": usage}
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        pytest.param({"prompt_tokens": 120, "completion_tokens": 7}, Usage(120, 7), id="openai"),
+        pytest.param({"input_tokens": 50, "output_tokens": 3}, Usage(50, 3), id="input_output"),
+        pytest.param(
+            {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, Usage(0, 0), id="zero"
+        ),
+    ],
+)
+def test_the_servers_usage_is_read(usage: dict[str, Any], expected: Usage) -> None:
+    assert parse_completion(_with_usage(usage)).usage == expected
+
+
+REQUEST = {"model": "m", "messages": [{"role": "user", "content": "x" * 398}], "tools": TOOLS}
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        pytest.param(None, id="absent"),
+        pytest.param("lots", id="not_an_object"),
+        pytest.param({"prompt_tokens": "12", "completion_tokens": 3}, id="text"),
+        pytest.param({"prompt_tokens": -1, "completion_tokens": 3}, id="negative"),
+        pytest.param({"prompt_tokens": True, "completion_tokens": 3}, id="boolean"),
+        pytest.param({"total_tokens": 30}, id="total_only"),
+    ],
+)
+def test_without_usable_usage_the_tokens_are_estimated_and_marked(usage: Any) -> None:
+    body = _with_usage(usage) if usage is not None else _body({"content": "hi"})
+    estimate = parse_completion(body, REQUEST).usage
+    sent = len(json.dumps(REQUEST["messages"])) + len(json.dumps(TOOLS))
+    assert estimate == Usage(-(-sent // 4), 1, estimated=True)  # "hi": one token, rounded up
+    assert estimate.prompt > 100  # the 398 characters of the message count
+
+
+async def test_the_client_estimates_from_the_request_it_sent(fake: FakeLLM, llm: LLM) -> None:
+    fake.reply("four", usage=None)
+    completion = await llm.complete(USER, TOOLS)
+    (request,) = fake.requests
+    sent = len(json.dumps(request.body["messages"])) + len(json.dumps(request.body["tools"]))
+    assert completion.usage == Usage(-(-sent // 4), 1, estimated=True)
+
+
+async def test_the_client_passes_the_servers_usage_on(fake: FakeLLM, llm: LLM) -> None:
+    fake.reply("hi", usage={"prompt_tokens": 321, "completion_tokens": 12, "total_tokens": 333})
+    assert (await llm.complete(USER, TOOLS)).usage == Usage(321, 12)

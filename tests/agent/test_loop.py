@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +13,7 @@ from pydantic import BaseModel, SecretStr
 from structlog.testing import capture_logs
 
 from bot.agent import prompts
-from bot.agent.llm import LLM
+from bot.agent.llm import LLM, Usage
 from bot.agent.loop import (
     GaveUp,
     NeedsConfirmation,
@@ -606,3 +607,46 @@ async def test_i02_a_scheduled_turn_cannot_ask_so_its_way_out_is_refused(
     assert isinstance(outcome, Reply)
     assert spy.runs == ['read:{"text":"a"}']
     assert tool_messages(fake.requests[1])[-1]["content"] == prompts.UNATTENDED_REFUSED
+
+
+# -- usage (#16) ---------------------------------------------------------------------
+
+
+def used(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion}
+
+
+async def test_a_turns_usage_is_the_sum_of_its_rounds(
+    fake: FakeLLM, llm: LLM, toolbox: Toolbox
+) -> None:
+    fake.call("current_time", {"timezone": "UTC"})
+    fake.calls([("note", {"text": "x"}, None)], usage=used(150, 8))
+    fake.reply("Done.", usage=None)  # this server forgot its usage once: estimated
+    outcome = await turn(llm, toolbox, ctx())
+    assert isinstance(outcome, Reply)
+    last = fake.requests[-1].body
+    estimate = -(-(len(json.dumps(last["messages"])) + len(json.dumps(last["tools"]))) // 4)
+    assert outcome.usage == Usage(1 + 150 + estimate, 1 + 8 + 2, estimated=True)
+
+
+async def test_a_failed_round_ends_the_turn_with_the_usage_of_those_before(
+    fake: FakeLLM, llm: LLM, toolbox: Toolbox
+) -> None:
+    fake.calls([("note", {}, "n")], usage=used(40, 4))
+    fake.raw(400, {"error": "context too long"})
+    outcome = await turn(llm, toolbox, ctx())
+    assert isinstance(outcome, GaveUp)
+    assert outcome.usage == Usage(40, 4)
+
+
+async def test_a_paused_turn_and_its_resumed_run_each_carry_their_own_usage(
+    fake: FakeLLM, llm: LLM, toolbox: Toolbox
+) -> None:
+    fake.calls([("file_write", {"path": "a.txt"}, "w1")], usage=used(200, 20))
+    paused = await turn(llm, toolbox, ctx("admin"), rounds=3)
+    assert isinstance(paused, NeedsConfirmation)
+    assert paused.usage == Usage(200, 20)
+    state = TurnState.from_json(paused.state.to_json())  # as after a restart
+    fake.reply("Left it.", usage=used(260, 6))
+    resumed = await resume_turn(llm, toolbox, ctx("admin"), state, {}, max_rounds=3)
+    assert resumed.usage == Usage(260, 6)  # the pause's tokens are not counted twice

@@ -16,6 +16,8 @@ from typing import Any
 from aiohttp import web
 
 DEFAULT_REPLY = "ok"
+# What every answer reports as its usage unless a test says otherwise (None: no usage).
+FAKE_USAGE: Mapping[str, Any] = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
 # What an obedient model does with text it reads (FakeLLM.obey): [[do TOOL {json args}]]
 # anywhere in any message is a tool call it makes; "$RESULT" in the args is the text of
 # the latest tool result (URL-encoded inside a "url"), as an attacker's "put the file's
@@ -59,17 +61,19 @@ class _Answer:
     delay_s: float = 0.0
 
 
-def _completion(message: dict[str, Any], finish_reason: str | None) -> str:
-    return json.dumps(
-        {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion",
-            "created": 1_780_000_000,
-            "model": "fake-model",
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        }
-    )
+def _completion(
+    message: dict[str, Any], finish_reason: str | None, usage: Mapping[str, Any] | None = FAKE_USAGE
+) -> str:
+    body: dict[str, Any] = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1_780_000_000,
+        "model": "fake-model",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+    }
+    if usage is not None:
+        body["usage"] = dict(usage)
+    return json.dumps(body)
 
 
 def _tool_call(name: str, args: Mapping[str, Any] | str, call_id: str | None) -> dict[str, Any]:
@@ -103,6 +107,8 @@ class FakeLLM:
         self.max_in_flight = 0
         # Unscripted answers follow [[do ...]] instructions found in the input (obey()).
         self.obedient = False
+        # The usage unscripted answers report (None: none, as some servers do).
+        self.usage: Mapping[str, Any] | None = FAKE_USAGE
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -149,9 +155,16 @@ class FakeLLM:
 
     # -- script ----------------------------------------------------------------------
 
-    def reply(self, text: str | None, *, finish_reason: str = "stop") -> None:
+    def reply(
+        self,
+        text: str | None,
+        *,
+        finish_reason: str = "stop",
+        usage: Mapping[str, Any] | None = FAKE_USAGE,
+    ) -> None:
+        """One answer; ``usage`` is what it reports (None: no usage at all)."""
         message = {"role": "assistant", "content": text}
-        self._push(200, _completion(message, finish_reason))
+        self._push(200, _completion(message, finish_reason, usage))
 
     def call(self, name: str, args: Mapping[str, Any] | str, id: str | None = None) -> None:
         self.calls([(name, args, id)])
@@ -162,6 +175,7 @@ class FakeLLM:
         *,
         text: str | None = None,
         auto_ids: bool = True,
+        usage: Mapping[str, Any] | None = FAKE_USAGE,
     ) -> None:
         """One answer with several tool calls; missing ids are generated unless auto_ids=False."""
         items = []
@@ -172,7 +186,7 @@ class FakeLLM:
                 call_id = f"call_fake_{self._auto_id}"
             items.append(_tool_call(name, args, call_id))
         message = {"role": "assistant", "content": text, "tool_calls": items}
-        self._push(200, _completion(message, "tool_calls"))
+        self._push(200, _completion(message, "tool_calls", usage))
 
     def raw(
         self, status: int, body: str | Mapping[str, Any], headers: Mapping[str, str] | None = None
@@ -238,7 +252,7 @@ class FakeLLM:
             text = self.default
             if self.echo and recorded.messages:
                 text = str(recorded.messages[-1].get("content", ""))
-            return _json_response(200, _completion(_text(text), "stop"))
+            return _json_response(200, _completion(_text(text), "stop", self.usage))
         if answer.delay_s:
             try:
                 async with asyncio.timeout(answer.delay_s):

@@ -13,10 +13,13 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qs
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from tests.fakes.nextcloud_server import FakeNextcloud
 
 API = "/ocs/v2.php/apps/spreed/api/v1/bot"
 MAX_CHAT_LENGTH = 32000
@@ -99,8 +102,12 @@ class _Answer(Exception):
 class FakeTalk:
     """The bot API of one Talk server; ``rooms`` None means every well-formed token."""
 
-    def __init__(self, secret: str, rooms: set[str] | None = None) -> None:
+    def __init__(
+        self, secret: str, rooms: set[str] | None = None, *, nextcloud: FakeNextcloud | None = None
+    ) -> None:
         self.secret = secret
+        # The provisioning API, served at the same URL as a real Nextcloud does.
+        self.nextcloud = nextcloud
         self.rooms = None if rooms is None else set(rooms)
         self.messages: list[SentMessage] = []
         self.requests: list[RecordedRequest] = []
@@ -128,6 +135,8 @@ class FakeTalk:
         app.router.add_post(API + "/{token}/message", self._message)
         app.router.add_post(API + "/{token}/reaction/{message_id}", self._react)
         app.router.add_delete(API + "/{token}/reaction/{message_id}", self._unreact)
+        if self.nextcloud is not None:
+            self.nextcloud.install(app)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
