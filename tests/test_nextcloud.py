@@ -3,6 +3,7 @@ answers with the responses captured from a real Nextcloud 31 (tests/fakes/nextcl
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -63,6 +64,19 @@ async def test_a_wrong_app_password_is_refused_once_and_never_retried(
     with pytest.raises(NextcloudAuthError, match="refused the account"):
         await api(session, nextcloud, password="wrong").groups_of("alice")
     assert len(nextcloud.requests) == 1  # repeated 401s feed the brute-force throttle
+
+
+@pytest.mark.parametrize(
+    ("dropped", "status"), [("OCS-APIRequest", "412"), ("Accept", "200 (OCS status ?)")]
+)
+async def test_a_proxy_that_drops_the_ocs_headers_is_an_error_not_an_answer(
+    session: aiohttp.ClientSession, nextcloud: FakeNextcloud, dropped: str, status: str
+) -> None:
+    """Without OCS-APIRequest Nextcloud answers 412 (no OCS body); without Accept, XML: both
+    are errors to report, never "no groups" (which would quietly lower roles)."""
+    nextcloud.dropped_headers = {dropped}
+    with pytest.raises(NextcloudError, match=f"answered {re.escape(status)}"):
+        await api(session, nextcloud).groups_of("alice")
 
 
 async def test_nextcloud_down_is_an_error_not_an_answer(

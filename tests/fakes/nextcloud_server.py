@@ -84,6 +84,8 @@ class FakeNextcloud:
         self.managed = ["staff", "talkbot-admins"]  # what talkbot-svc is group admin of
         self.down = False  # True: every request gets 503, as behind a proxy with no backend
         self.delay_s = 0.0  # a slow server: every answer waits this long
+        # Request headers a misconfigured proxy in front drops ("OCS-APIRequest", "Accept").
+        self.dropped_headers: set[str] = set()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -125,9 +127,10 @@ class FakeNextcloud:
         if request.headers.get("Authorization") != expected:
             self.refusals += 1
             return _answer(captured("07"))  # 401, XML even when JSON was asked for
-        if request.headers.get("OCS-APIRequest") != "true":
+        headers = {k: v for k, v in request.headers.items() if k not in self.dropped_headers}
+        if headers.get("OCS-APIRequest") != "true":
             return _answer(captured("08"))  # 412 CSRF check failed
-        if "application/json" not in request.headers.get("Accept", ""):
+        if "application/json" not in headers.get("Accept", ""):
             return _answer(captured("09"))  # XML by default
         return None
 
