@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
@@ -38,6 +39,7 @@ from bot.handlers.admin import (
     JobCommands,
     PendingCommands,
     RoomJobs,
+    ToolsCommand,
     UsageCommands,
     uptime_text,
 )
@@ -77,6 +79,9 @@ from bot.tools.schedule import make_schedule_tools
 from bot.tools.talk import RoomDirectory, make_talk_tools
 from bot.tools.web import HttpFetcher, make_fetch_tools, make_search_tools
 from bot.webhook import WebhookReceiver
+
+if TYPE_CHECKING:
+    from bot.tools.mcp import McpTools
 
 log = structlog.get_logger(__name__)
 
@@ -140,6 +145,10 @@ class Parts:
     tool_deps: ToolDeps
     coordinator: Coordinator
     directory: Directory
+    # The configured tools (built-in, [tools] modules, a test's own); the toolbox is these
+    # and the MCP servers' tools of the moment.
+    own_tools: tuple[Tool[Any], ...] = ()
+    mcp: McpTools | None = None
     admin: AdminCommands | None = None
     housekeeping: asyncio.Task[None] | None = None
     confirm: ConfirmHandler | None = None
@@ -255,9 +264,16 @@ async def validate_deployment(settings: Settings) -> list[tuple[str, str]]:
     except ConfigError as exc:
         problems += exc.problems
     problems += _files_root_refusal(settings)
+    problems += _mcp_client_missing(settings)
     if problems:
         raise ConfigError(problems)
     return config_warnings(settings) + _files_warnings(settings)
+
+
+def _mcp_client_missing(settings: Settings) -> list[tuple[str, str]]:
+    if not settings.mcp.servers or importlib.util.find_spec("mcp") is not None:
+        return []
+    return [("mcp.servers", "the MCP client is not installed: pip install 'talkbot[mcp]'")]
 
 
 def log_warnings(warnings: Sequence[tuple[str, str]]) -> None:
@@ -339,6 +355,18 @@ async def describe_account(nextcloud: NextcloudSettings, mapped: tuple[str, ...]
             f" {', '.join(unseen)} (make {account.id} their group admin)"
         )
     return text
+
+
+async def describe_mcp_servers(settings: Settings) -> list[tuple[str, str]]:
+    """For ``talkbot check``: connect to each MCP server once, say what it would offer."""
+    if not settings.mcp.servers:
+        return []
+    from bot.tools.mcp import probe  # noqa: PLC0415 - optional, and 0.4 s to import
+
+    states = await asyncio.gather(*(probe(server) for server in settings.mcp.servers))
+    return [
+        (server.name, state) for server, state in zip(settings.mcp.servers, states, strict=True)
+    ]
 
 
 def describe_store(storage: StorageSettings) -> str:
@@ -432,11 +460,8 @@ async def build_parts(
         admin_room=lambda: runtime.settings.access.admin_room,
     )
     try:
-        toolbox = MeteredToolbox(
-            [*build_tools(settings, tool_deps), *runtime.extra_tools],
-            settings.tools,
-            metrics=runtime.metrics,
-        )
+        own_tools = (*build_tools(settings, tool_deps), *runtime.extra_tools)
+        toolbox = MeteredToolbox(own_tools, settings.tools, metrics=runtime.metrics)
     except ConfigError:  # a broken [tools] module: one line at start, nothing left open
         await llm.aclose()
         await session.close()
@@ -513,6 +538,7 @@ async def build_parts(
         tool_deps=tool_deps,
         coordinator=coordinator,
         directory=directory,
+        own_tools=own_tools,
     )
     parts.store_notices = StoreNotices(
         poster,
@@ -542,6 +568,10 @@ def wire_admin(runtime: Runtime, parts: Parts) -> AdminCommands:
             directory=parts.directory,
         )
     )
+    tools = ToolsCommand(
+        lambda: parts.toolbox, lambda: parts.mcp.states() if parts.mcp is not None else ()
+    )
+    admin.add("tools", tools.spec())
     parts.handler.register(RouteKind.ADMIN_COMMAND, admin.handle)
     parts.admin = admin
     return admin
@@ -675,6 +705,7 @@ async def status_facts(runtime: Runtime) -> dict[str, Any]:
         # Waiting only: the command asking is itself in the inbox, running.
         N_("inbox backlog"): await parts.store.inbox_backlog(waiting_only=True),
         N_("pending confirmations"): len(pending),
+        N_("mcp servers"): _mcp_fact(parts),
         N_("nextcloud account"): _directory_fact(parts.directory, settings),
         N_("next scheduled runs"): await _next_runs(parts.scheduler),
         N_("last webhook"): parts.webhook.last_webhook_at,
@@ -710,6 +741,18 @@ def _directory_fact(directory: Directory, settings: Settings) -> str:
         f" ({health.reason}); known groups kept {settings.nextcloud.groups_stale_s} s,"
         " then config roles"
     )
+
+
+def _mcp_fact(parts: Parts) -> str:
+    states = parts.mcp.states() if parts.mcp is not None else []
+    if not states:
+        return _("none")
+    ready = sum(1 for state in states if state.state == "ready")
+    down = [state.name for state in states if state.state != "ready"]
+    text = _("{ready} of {count} connected").format(ready=ready, count=len(states))
+    if down:
+        text += _("; not connected: {names} (see `!tools`)").format(names=", ".join(down))
+    return text
 
 
 def _store_fact(health: StoreHealth) -> str:
@@ -758,7 +801,7 @@ async def reload_settings(runtime: Runtime) -> str:
     log_warnings(warnings)
     old, parts = runtime.settings, runtime.running
     try:
-        toolbox = rebuilt_toolbox(runtime, old, new)
+        own_tools = rebuilt_tools(runtime, old, new)
     except ConfigError as exc:
         log.warning("config.reload_refused", reason=exc.one_line())
         return _("Config not reloaded, the running one stays. {reason}").format(
@@ -769,14 +812,19 @@ async def reload_settings(runtime: Runtime) -> str:
     parts.history.reconfigure(new.chat)
     parts.handler.policy = routing_policy(new)
     parts.handler.greeting = new.chat.greeting
-    parts.toolbox = toolbox
+    parts.own_tools = own_tools
     if new.llm != old.llm:
         old_llm, parts.llm = parts.llm, MeteredLLM(new.llm, runtime.metrics)
         await old_llm.aclose()
+    runtime.settings = new
+    parts.toolbox = assemble_toolbox(runtime, parts)
     parts.chat.reconfigure(
         new.chat, new.llm, llm=parts.llm, toolbox=parts.toolbox, limits=new.limits
     )
-    runtime.settings = new
+    if parts.mcp is not None:  # servers removed stop, added ones start
+        await parts.mcp.reconfigure(new.mcp.servers)
+    else:
+        use_mcp_servers(runtime, parts, new)
     for hook in runtime.reload_hooks:
         await hook(new)
     log.info("config.reloaded")
@@ -799,22 +847,47 @@ async def reload_everywhere(runtime: Runtime, parts: Parts) -> str:
     return text
 
 
-def rebuilt_toolbox(runtime: Runtime, old: Settings, new: Settings) -> Toolbox:
-    """The toolbox for reloaded settings: the running one when [tools] did not change."""
+def rebuilt_tools(runtime: Runtime, old: Settings, new: Settings) -> tuple[Tool[Any], ...]:
+    """The configured tools for reloaded settings: the running ones when [tools] did not
+    change; ConfigError (and nothing changed) when the new ones cannot be built."""
     parts = runtime.running
     if new.tools == old.tools:
-        return parts.toolbox
+        return parts.own_tools
     fetcher = parts.tool_deps.fetcher
     fetcher.reconfigure(new.tools.http_fetch)
     try:
-        return MeteredToolbox(
-            [*build_tools(new, parts.tool_deps), *runtime.extra_tools],
-            new.tools,
-            metrics=runtime.metrics,
-        )
+        tools = (*build_tools(new, parts.tool_deps), *runtime.extra_tools)
+        MeteredToolbox(tools, new.tools, metrics=runtime.metrics)  # the policy applies
     except ConfigError:
         fetcher.reconfigure(old.tools.http_fetch)
         raise
+    return tools
+
+
+def assemble_toolbox(runtime: Runtime, parts: Parts) -> Toolbox:
+    """The configured tools and the MCP servers' tools of the moment, under [tools]."""
+    taken = {tool.name for tool in parts.own_tools}
+    remote = [tool for tool in (parts.mcp.tools() if parts.mcp else []) if tool.name not in taken]
+    return MeteredToolbox(
+        [*parts.own_tools, *remote], runtime.settings.tools, metrics=runtime.metrics
+    )
+
+
+def use_mcp_servers(runtime: Runtime, parts: Parts, settings: Settings) -> None:
+    """Connect the ``[[mcp.servers]]`` in the background (the SDK is imported only when
+    some are configured); the toolbox follows their tools as they come and go."""
+    if not settings.mcp.servers or parts.mcp is not None:
+        return
+    from bot.tools.mcp import McpTools  # noqa: PLC0415 - optional, and 0.4 s to import
+
+    def tools_changed() -> None:
+        if runtime.parts is not parts:
+            return  # stopping
+        parts.toolbox = assemble_toolbox(runtime, parts)
+        parts.chat.use_toolbox(parts.toolbox)
+
+    parts.mcp = McpTools(runtime.clock, tools_changed)
+    parts.mcp.start(settings.mcp.servers)
 
 
 async def housekeep(store: Store, interval_s: float = HOUSEKEEPING_INTERVAL_S) -> None:
@@ -853,6 +926,8 @@ async def close_parts(parts: Parts) -> None:
     await parts.coordinator.close()
     if parts.store_notices is not None:  # after the drain: a notice it causes is still owned
         await parts.store_notices.aclose()
+    if parts.mcp is not None:
+        await parts.mcp.aclose()
     await parts.llm.aclose()
     await parts.directory.aclose()
     await parts.session.close()
@@ -871,6 +946,7 @@ async def start_parts(runtime: Runtime, parts: Parts, *, schedules: bool = True)
     if parts.confirm is not None:  # before the inbox resumes: never re-run (A10)
         await parts.confirm.recover_interrupted(await parts.coordinator.alive())
     await parts.coordinator.start(replica_duties(runtime, parts))
+    use_mcp_servers(runtime, parts, runtime.settings)  # connect in the background
     await parts.dispatcher.start()
     if schedules:
         alive = await parts.coordinator.alive()
@@ -948,6 +1024,11 @@ async def _readyz(request: web.Request) -> web.Response:
         "send_failures": parts.talk.failures,
         "last_send_error": parts.talk.last_error,
         "last_send_error_at": parts.talk.last_error_at,
+        # A server that fails never makes the daemon unready: its tools are just not offered.
+        "mcp_servers": {
+            state.name: {"state": state.state, "reason": state.reason or None}
+            for state in (parts.mcp.states() if parts.mcp is not None else [])
+        },
     }
     return web.json_response(body, status=200 if ready else 503)
 

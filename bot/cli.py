@@ -28,6 +28,7 @@ from bot.agent.llm import endpoint_url
 from bot.app import (
     build_app,
     describe_account,
+    describe_mcp_servers,
     describe_store,
     drain,
     log_warnings,
@@ -280,15 +281,24 @@ def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 describe_account(settings.nextcloud, settings.access.groups.mapped())
             )
             out.write(f"  nextcloud account: {account}\n")
+        with _own_logs_to_stderr(settings.secret_values()):  # a server's stderr, say
+            servers = asyncio.run(describe_mcp_servers(settings))
+        for server, state in servers:
+            out.write(f"  mcp server {server}: {state}\n")
     return 0  # an unreachable model is reported, not fatal: it may come up later
 
 
 @contextlib.contextmanager
-def _own_logs_to_stderr() -> Iterator[None]:
+def _own_logs_to_stderr(secrets: Sequence[str] = ()) -> Iterator[None]:
     """check's stdout is its report: what preflight logs (a module loaded) goes to stderr,
-    warnings and up; the logging set before is restored after."""
+    warnings and up, without ``secrets``; the logging set before is restored after."""
     saved = structlog.get_config()
     structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            Redactor(secrets),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )

@@ -454,6 +454,76 @@ class DailyTokens(Frozen):
     tokens_per_day: int = Field(ge=0)
 
 
+MCP_SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,23}$")
+
+
+class McpServerSettings(Frozen):
+    """One ``[[mcp.servers]]``: a Model Context Protocol server whose tools talkbot offers
+    as ``<name>__<tool>``, under its roles and confirmation rules (bot/tools/mcp.py)."""
+
+    name: str
+    # stdio: talkbot starts the process (its environment: PATH, HOME, SHELL, TERM and env).
+    command: str = ""
+    args: tuple[str, ...] = ()
+    env: dict[str, SecretStr] = Field(default_factory=dict)
+    # streamable HTTP: the endpoint and the headers sent with every request.
+    url: str = ""
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    # Offered to these roles and every role above them; [tools.<server>__<tool>] overrides.
+    roles: tuple[Literal["guest", "user", "admin"], ...] = ("admin",)
+    confirm: Literal["none", "writes", "all"] = "writes"
+    timeout_s: float = Field(default=30, gt=0, le=600)
+    include: tuple[str, ...] = ("*",)  # tool-name patterns (fnmatch), as the server names them
+    exclude: tuple[str, ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not MCP_SERVER_NAME.match(value):
+            raise ValueError(
+                "must be 1-24 of a-z, 0-9, _ and -, starting with a letter or digit"
+                " (tools appear as <name>__<tool>)"
+            )
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerSettings:
+        if bool(self.command) == bool(self.url):
+            raise ValueError(f"server {self.name!r}: give either command (stdio) or url (HTTP)")
+        if self.env and not self.command:
+            raise ValueError(
+                f"server {self.name!r}: env is for a command; an HTTP server takes headers"
+            )
+        if self.headers and not self.url:
+            raise ValueError(f"server {self.name!r}: headers are for a url; a command takes env")
+        return self
+
+    @property
+    def transport(self) -> Literal["stdio", "http"]:
+        return "stdio" if self.command else "http"
+
+    def secret_values(self) -> list[str]:
+        return [v.get_secret_value() for v in (*self.env.values(), *self.headers.values())]
+
+
+class McpSettings(Frozen):
+    servers: tuple[McpServerSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> McpSettings:
+        names = [server.name for server in self.servers]
+        if twice := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"server name {twice[0]!r} is used twice")
+        return self
+
+
 class LimitsSettings(Frozen):
     """Caps on what one turn or one person can set off, whatever the model is told (#13),
     and daily token quotas (#16; bot/quotas.py says which one applies to whom)."""
@@ -503,6 +573,7 @@ class Settings(Frozen):
     storage: StorageSettings = StorageSettings()
     tools: ToolsSettings = ToolsSettings()
     limits: LimitsSettings = LimitsSettings()
+    mcp: McpSettings = McpSettings()
     schedules: tuple[ScheduleSettings, ...] = ()
     # The config file and the secret files these settings were read from (not a key).
     _source_files: tuple[Path, ...] = PrivateAttr(default=())
@@ -516,6 +587,7 @@ class Settings(Frozen):
             self.llm.url_password,
             self.storage.password.get_secret_value(),
             self.storage.url_password,
+            *(value for server in self.mcp.servers for value in server.secret_values()),
         ]
         return [value for value in values if value]
 
@@ -608,6 +680,7 @@ def settings_from_mapping(raw: dict[str, Any], environ: Mapping[str, str]) -> Se
     data = _apply_env(raw, environ)
     secret_files: list[Path] = []
     problems = _read_secret_files(data, secret_files)
+    problems += _read_mcp_secret_files(data, secret_files)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
@@ -707,6 +780,39 @@ def _read_secret_files(data: dict[str, Any], read: list[Path]) -> list[tuple[str
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) else str(exc)
                 problems.append((f"{section}.{file_key}", f"cannot read {path}: {reason}"))
+    return problems
+
+
+def _read_mcp_secret_files(data: dict[str, Any], read: list[Path]) -> list[tuple[str, str]]:
+    """``env_files`` and ``headers_files`` of each ``[[mcp.servers]]``: a name -> path
+    table whose files' texts join ``env`` and ``headers`` (their values are secrets)."""
+    mcp = data.get("mcp")
+    servers = mcp.get("servers") if isinstance(mcp, dict) else None
+    if not isinstance(servers, list):
+        return []
+    problems: list[tuple[str, str]] = []
+    for index, server in enumerate(servers):
+        if not isinstance(server, dict):
+            continue
+        for key, target in (("env_files", "env"), ("headers_files", "headers")):
+            files = server.pop(key, None)
+            if files is None:
+                continue
+            where = f"mcp.servers[{index}].{key}"
+            if not isinstance(files, dict):
+                problems.append((where, "must be a table of name = path"))
+                continue
+            values = server.setdefault(target, {})
+            if not isinstance(values, dict):
+                continue  # the model names the bad table
+            for name, raw in files.items():
+                path = Path(str(raw)).expanduser()
+                read.append(path)
+                try:
+                    values[name] = path.read_text(encoding="utf-8").strip()
+                except (OSError, UnicodeDecodeError) as exc:
+                    reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                    problems.append((f"{where}.{name}", f"cannot read {path}: {reason}"))
     return problems
 
 

@@ -17,6 +17,7 @@ from aiohttp import web
 from bot.app import Runtime, build_app, new_runtime
 from bot.clock import Clock, ManualClock
 from bot.config import Settings, settings_from_mapping
+from bot.logs import LogRing, Redactor
 from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, new_random, sign
 from bot.tools import Tool
 from bot.tools.netguard import AddressPolicy
@@ -191,12 +192,21 @@ async def running_daemon(
     *,
     extra_tools: Sequence[Tool[Any]] = (),
     fetch_policy: AddressPolicy | None = None,
+    logging_to: tuple[LogRing, Redactor] | None = None,
 ) -> AsyncIterator[Daemon]:
     """``extra_tools`` are added to the configured ones (a test's own dangerous tool...);
-    ``fetch_policy`` lets http_fetch reach a loopback test server."""
+    ``fetch_policy`` lets http_fetch reach a loopback test server; ``logging_to`` is the
+    ring and redactor of a logging pipeline the test configured (the daemon's secrets are
+    added to that redactor, as the CLI's are)."""
     settings = settings_from_mapping(merge(base_config(tmp_path, talk, llm), extra or {}), {})
+    ring, redactor = logging_to or (None, None)
     runtime = new_runtime(
-        settings, clock=clock or ManualClock(), extra_tools=extra_tools, fetch_policy=fetch_policy
+        settings,
+        clock=clock or ManualClock(),
+        extra_tools=extra_tools,
+        fetch_policy=fetch_policy,
+        ring=ring,
+        redactor=redactor,
     )
     app = build_app(runtime)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)

@@ -94,8 +94,10 @@ async def test_r07_one_room_flooded_with_1000_messages(
         dispatcher = daemon.runtime.running.dispatcher
         flood = Flood(daemon)
 
-        seconds, quiet_acked = await flood_with_quiet_room(flood, 10_000, 1000)
+        started = time.perf_counter()
+        _flood_s, quiet_acked = await flood_with_quiet_room(flood, 10_000, 1000)
         await daemon.idle()
+        seconds = time.perf_counter() - started  # until the last turn ended
 
         # The webhook answered every one of them, and quickly.
         assert set(flood.statuses) == {200}
@@ -118,9 +120,11 @@ async def test_r07_one_room_flooded_with_1000_messages(
         rows = await inbox_rows(daemon, FLOOD_ROOM)
         assert rows.get("done", 0) == len(answered)
         assert rows.get("done", 0) + rows.get("dropped", 0) == 1000
-        # A turn takes at least the model's latency, so only so many fit into the flood,
-        # plus what was queued (the cap) and in flight when it ended.
-        assert len(answered) <= seconds / MODEL_LATENCY_S + cap + 2
+        # The room's turns ran one at a time, each at least the model's latency: no more
+        # fit into the whole run (how many fit into the flood itself depends on how fast
+        # this machine triages, so it is not a bound to assert). The rest were shed.
+        assert len(answered) <= seconds / MODEL_LATENCY_S + 1
+        assert rows.get("dropped", 0) > 0
         numbers = [int(t.rsplit(" ", 1)[-1]) for t in answered]
         assert numbers == sorted(numbers), "the flooded room's answers are out of order"
 

@@ -12,9 +12,9 @@ DOCS = ROOT / "docs"
 RELIABILITY = DOCS / "reliability.md"
 # A case id (W04, a10, "A04-A10"): W webhook, A agent, S fetch, F files, L logs,
 # R reliability, I injection, H load, T Talk, U upgrades, P replicas on PostgreSQL,
-# N Nextcloud identity (groups, language, usage).
+# N Nextcloud identity (groups, language, usage), M tools from MCP servers.
 CASE_ID = re.compile(
-    r"(?<![A-Za-z0-9])([WASFLRIHTUPN])([0-9]{2})(?:\s*[-–]\s*([WASFLRIHTUPN]?)([0-9]{2}))?(?![0-9])"
+    r"(?<![A-Za-z0-9])([WASFLRIHTUPNM])([0-9]{2})(?:\s*[-–]\s*([WASFLRIHTUPNM]?)([0-9]{2}))?(?![0-9])"
 )
 ROW = re.compile(r"^\| ([A-Z][0-9]{2}) \| .+ \| (.+) \|$", re.MULTILINE)
 TICKED = re.compile(r"`([^`]+)`")

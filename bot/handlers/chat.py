@@ -101,6 +101,11 @@ class ChatHandler:
         self._deps.llm = llm or self._deps.llm
         self._deps.toolbox = toolbox or self._deps.toolbox
 
+    def use_toolbox(self, toolbox: Toolbox) -> None:
+        """The tools changed (an MCP server came, went or changed its list): the next
+        turn offers these; a turn running keeps the toolbox it started with."""
+        self._deps.toolbox = toolbox
+
     def context_for(self, event: Event, role: Role, *, tainted: bool = False) -> ToolContext:
         """``tainted``: the turn's input already holds content the requester did not write."""
         return ToolContext(

@@ -91,6 +91,9 @@ class Tool(Generic[A]):
     confirm_when: Callable[[A, ToolContext], bool] | None = None
     # Refuses (ToolError) a call that could never run, before anyone is asked to confirm it.
     precheck: Callable[[A, ToolContext], Awaitable[None]] | None = None
+    # The arguments' JSON schema as offered, when ``args`` does not describe it itself (an
+    # MCP server's inputSchema; ``args`` validates against it).
+    schema: dict[str, Any] | None = None
 
     @property
     def untrusted_output(self) -> bool:
@@ -104,6 +107,8 @@ class Tool(Generic[A]):
 
     def parameters(self) -> dict[str, Any]:
         """The JSON schema of the arguments, shaped for OpenAI function calling."""
+        if self.schema is not None:
+            return dict(self.schema)
         schema: dict[str, Any] = _function_schema(self.args.model_json_schema())
         schema.setdefault("properties", {})
         return schema
