@@ -88,9 +88,6 @@ class Access:
         """All of the ``!role`` overrides at once, as stored (another replica set one)."""
         self._overrides = dict(overrides)
 
-    def overrides(self) -> dict[str, Role]:
-        return dict(self._overrides)
-
     def is_config_admin(self, uid: str) -> bool:
         return uid in self._settings.admins
 

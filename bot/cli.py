@@ -25,16 +25,6 @@ from aiohttp import web
 
 from bot import __version__
 from bot.agent.llm import endpoint_url
-from bot.app import (
-    build_app,
-    describe_account,
-    describe_mcp_servers,
-    describe_store,
-    drain,
-    log_warnings,
-    new_runtime,
-    validate_deployment,
-)
 from bot.config import (
     LLMSettings,
     Settings,
@@ -53,7 +43,16 @@ from bot.errors import (
     TalkRateLimitedError,
     TalkUnavailableError,
 )
+from bot.lifecycle import build_app, drain
 from bot.logs import LogLimiter, LogRing, Redactor, configure_logging
+from bot.preflight import (
+    describe_account,
+    describe_mcp_servers,
+    describe_store,
+    log_warnings,
+    validate_deployment,
+)
+from bot.runtime import new_runtime
 from bot.serving import open_gate, open_listener, raise_fd_limit, served_address
 from bot.systemd import Notifier, Watchdog, watchdog_interval
 from bot.talk.client import RetryPolicy, TalkClient

@@ -60,7 +60,6 @@ class Verdict(StrEnum):
     NOT_REQUESTER = "not_requester"  # someone else's action (A05)
     EXPIRED = "expired"  # too late (A09)
     TOO_EARLY = "too_early"  # written before the request (A07)
-    NEEDS_ADMIN = "needs_admin"  # the tool's approver policy wants an admin
     ALREADY_DECIDED = "already_decided"  # another answer got there first (A08)
 
 
@@ -109,10 +108,6 @@ class Confirmations:
 
     def reconfigure(self, settings: ConfirmSettings) -> None:
         self._settings = settings
-
-    @property
-    def ttl_s(self) -> int:
-        return self._settings.ttl_s
 
     # -- asking ----------------------------------------------------------------------
 

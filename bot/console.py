@@ -25,13 +25,15 @@ from typing import Any, TextIO
 import structlog
 
 from bot.access import GUEST_KINDS
-from bot.app import Parts, Runtime, build_parts, close_parts, start_parts
+from bot.app import build_parts
 from bot.config import TOKEN_PATTERN, Settings, load_settings, settings_from_mapping
 from bot.errors import ConfigError, TalkbotError
-from bot.handlers.chat import Poster
+from bot.lifecycle import close_parts, start_parts
+from bot.runtime import Parts, Runtime
 from bot.store import InboxItem
 from bot.talk.client import TalkClient
 from bot.talk.events import parse_event
+from bot.talk.poster import Poster
 
 log = structlog.get_logger(__name__)
 

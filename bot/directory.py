@@ -88,9 +88,6 @@ class Directory:
     def enabled(self) -> bool:
         return self._source is not None
 
-    def reconfigure(self, *, ttl_s: float, stale_s: float) -> None:
-        self._ttl_s, self._stale_s = ttl_s, stale_s
-
     # -- reading (synchronous: the role checks) ---------------------------------------
 
     def person(self, uid: str) -> Person | None:

@@ -17,10 +17,10 @@ from bot.errors import (
     TalkRateLimitedError,
     TalkRejectedError,
 )
-from bot.handlers.chat import Poster
 from bot.metrics import Metrics
 from bot.scheduler import Deliver, ScheduledJob, Skipped
 from bot.store import PendingAction, Store
+from bot.talk.poster import Poster
 from bot.tools import Tool, Toolbox, ToolContext, ToolResult
 
 _T = TypeVar("_T")

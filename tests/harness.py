@@ -14,10 +14,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bot.app import Runtime, build_app, new_runtime
 from bot.clock import Clock, ManualClock
 from bot.config import Settings, settings_from_mapping
+from bot.lifecycle import build_app
 from bot.logs import LogRing, Redactor
+from bot.runtime import Runtime, new_runtime
 from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, new_random, sign
 from bot.tools import Tool
 from bot.tools.netguard import AddressPolicy

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from bot.app import build_parts, close_parts, new_runtime, start_parts
+from bot.app import build_parts
 from bot.clock import ManualClock
 from bot.config import settings_from_mapping
 from bot.console import (
@@ -28,6 +28,8 @@ from bot.console import (
     load_console_settings,
 )
 from bot.errors import ConfigError
+from bot.lifecycle import close_parts, start_parts
+from bot.runtime import new_runtime
 from bot.store import Store
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk

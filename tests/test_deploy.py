@@ -20,10 +20,11 @@ import pytest
 from pydantic import BaseModel
 
 from bot import __version__
-from bot.app import EXIT_RESTART, STOP_DEADLINE_S
 from bot.cli import EXIT_CONFIG, command_parser
 from bot.config import PLACEHOLDER_SECRET, ServerSettings, Settings, ToolPolicy, load_settings
 from bot.errors import ConfigError
+from bot.lifecycle import STOP_DEADLINE_S
+from bot.runtime import EXIT_RESTART
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "talkbot.service"

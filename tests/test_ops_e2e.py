@@ -314,6 +314,8 @@ async def test_r12_a_second_daemon_on_the_same_store_refuses_to_start(
     tmp_path: Path, talk: FakeTalk, llm: FakeLLM
 ) -> None:
     first_port, second_port = free_port(), free_port()
+    while second_port == first_port:  # the kernel may hand out a just-closed port again
+        second_port = free_port()
     data = base_config(tmp_path, talk, llm, port=first_port)
     first_config = write_config(tmp_path, data, "first.toml")
     data["server"]["port"] = second_port

@@ -7,15 +7,16 @@ import base64
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeGuard
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import httpx2
-import openai
 import structlog
 
 from bot.config import LLMSettings, strip_credentials
 from bot.errors import LLMError
+
+if TYPE_CHECKING:  # the SDK is imported when a client is made: 0.3 s no CLI command needs
+    import openai
 
 log = structlog.get_logger(__name__)
 
@@ -99,6 +100,8 @@ class LLM:
         self._secret = settings.api_key.get_secret_value()
         self._where = strip_credentials(endpoint_url(settings))  # for errors: never a key
         url, basic = split_basic_auth(endpoint_url(settings))
+        import openai  # noqa: PLC0415 - see TYPE_CHECKING above
+
         self._client = openai.AsyncOpenAI(
             base_url=url,
             api_key=self._secret or "not-needed",
@@ -141,6 +144,9 @@ class LLM:
         return completion
 
     async def _post(self, payload: dict[str, Any]) -> bytes:
+        import httpx2  # noqa: PLC0415 - loaded with the SDK, which __init__ imported
+        import openai  # noqa: PLC0415
+
         try:
             async with asyncio.timeout(self._timeout_s):
                 response = await self._client.post(
@@ -194,6 +200,8 @@ def _connection_error(exc: openai.APIConnectionError, where: str) -> LLMCallErro
         if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
             return LLMCallError("unavailable", f"cannot connect to the model server at {where}")
         cause = cause.__cause__ or cause.__context__
+    import openai  # noqa: PLC0415 - loaded already: exc is one of its errors
+
     if isinstance(exc, openai.APITimeoutError):
         return LLMCallError("timeout", "the model server did not answer in time")
     return LLMCallError("unavailable", "lost the connection to the model server")

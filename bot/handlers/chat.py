@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -26,6 +26,7 @@ from bot.metrics import Metrics
 from bot.quotas import Quotas
 from bot.store import TokenCount
 from bot.talk.events import Event
+from bot.talk.poster import Poster
 from bot.tools import Toolbox, ToolContext
 
 log = structlog.get_logger(__name__)
@@ -40,24 +41,6 @@ SCHEDULED_TURN_NOTE = (
 )
 
 TurnResult = Reply | NeedsConfirmation | GaveUp
-
-
-class Poster(Protocol):
-    """Where answers go: the Talk client, or the console's local transport."""
-
-    async def send_message(
-        self,
-        token: str,
-        message: str,
-        *,
-        reply_to: int | str | None = None,
-        reference_id: str | None = None,
-        silent: bool = False,
-    ) -> list[str]: ...
-
-    async def react(self, token: str, message_id: int | str, reaction: str) -> None: ...
-
-    async def unreact(self, token: str, message_id: int | str, reaction: str) -> None: ...
 
 
 # Called with the paused turn; posts the prompt and stores the pending actions.

@@ -78,7 +78,7 @@ class Store(Inbox, Rooms, History, Roles, Audit, Pending, Jobs, Replicas, Usage)
 
     def __init__(self, engine: Engine, clock: Clock, replica: str = "") -> None:
         self._engine = engine
-        self._clock = clock
+        self._clock = clock  # the aggregates' timestamps
         self._replica = replica
 
     @classmethod
@@ -108,10 +108,6 @@ class Store(Inbox, Rooms, History, Roles, Audit, Pending, Jobs, Replicas, Usage)
     async def close(self) -> None:
         """Stop retrying, refuse what still waits, close the connection; twice is fine."""
         await self._engine.close()
-
-    @property
-    def clock(self) -> Clock:
-        return self._clock
 
     @property
     def health(self) -> StoreHealth:

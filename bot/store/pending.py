@@ -11,7 +11,10 @@ from typing import Any
 
 from bot.store.aggregate import Aggregate
 from bot.store.engine import Conflict, Tx
-from bot.store.records import NewPendingAction, PendingAction
+from bot.store.records import OPEN_ACTION_STATUSES, NewPendingAction, PendingAction
+
+# The open statuses as an SQL list, from the one definition (constants, never input).
+_OPEN = "(" + ", ".join(f"'{status}'" for status in OPEN_ACTION_STATUSES) + ")"
 
 _COLUMNS = (
     "id, code, turn_id, call_id, room, requester, requester_name, tool, args_json, args_hash,"
@@ -46,7 +49,7 @@ class Pending(Aggregate):
     async def pending_by_code(self, code: str) -> PendingAction | None:
         """The action with this code: the open one, else the latest that had it."""
         found = await self._pending_where(
-            "code = ? ORDER BY status IN ('pending', 'approved', 'running') DESC, id DESC LIMIT 1",
+            f"code = ? ORDER BY status IN {_OPEN} DESC, id DESC LIMIT 1",
             (code.upper(),),
         )
         return found[0] if found else None
@@ -57,9 +60,7 @@ class Pending(Aggregate):
 
     async def list_open_pending(self) -> list[PendingAction]:
         """Every action not finished yet, in every room, oldest first (for !pending)."""
-        return await self._pending_where(
-            "status IN ('pending', 'approved', 'running') ORDER BY id", ()
-        )
+        return await self._pending_where(f"status IN {_OPEN} ORDER BY id", ())
 
     async def interrupted_pending(self, alive: Sequence[str] = ()) -> list[PendingAction]:
         """Actions approved or running on a replica that is gone (never re-run, A10): not
@@ -115,8 +116,8 @@ class Pending(Aggregate):
 
         def claim(tx: Tx) -> bool:
             [row] = tx.execute(
-                "SELECT count(*) AS n FROM pending_actions WHERE turn_id = ?"
-                " AND status IN ('pending', 'approved', 'running')",
+                "SELECT count(*) AS n FROM pending_actions WHERE turn_id = ?"  # noqa: S608 - fixed fragments, values bound
+                f" AND status IN {_OPEN}",
                 (turn_id,),
             ).fetchall()
             if int(row["n"]) > 0:

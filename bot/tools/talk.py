@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from bot import replies
 from bot.config import TOKEN_PATTERN
 from bot.errors import TalkError, TalkOutcomeUnknownError, ToolError
-from bot.scheduler import MessagePoster
 from bot.store import Store
+from bot.talk.poster import Poster
 from bot.tools import Tool, ToolContext, roles_from
 
 MAX_MESSAGE_CHARS = 32000
@@ -64,7 +64,7 @@ async def check_room(room: str, ctx: ToolContext, rooms: RoomDirectory) -> str:
     return room
 
 
-def make_talk_tools(poster: MessagePoster, rooms: RoomDirectory) -> list[Tool[TalkSendArgs]]:
+def make_talk_tools(poster: Poster, rooms: RoomDirectory) -> list[Tool[TalkSendArgs]]:
     async def allowed_room(args: TalkSendArgs, ctx: ToolContext) -> None:
         await check_room(target_room(args, ctx), ctx, rooms)
 

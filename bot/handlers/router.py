@@ -1,0 +1,179 @@
+"""The router: parse an inbox event, classify it, then hand it to the admin, confirm or
+chat handler (the dispatcher calls its ``triage``, ``act`` and ``handle``)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from bot import i18n, replies
+from bot.access import Access
+from bot.agent.history import History
+from bot.config import Role
+from bot.directory import Directory
+from bot.handlers.chat import ChatHandler
+from bot.routing import PendingRef, Route, RouteKind, RoutingPolicy, Triage, classify
+from bot.store import InboxItem, Store
+from bot.talk.events import Event, parse_event
+from bot.talk.poster import Poster
+
+log = structlog.get_logger(__name__)
+
+# A handler for one route kind: (event, role, route) -> None.
+RouteHandler = Callable[[Event, Role, Route], Awaitable[None]]
+PendingLookup = Callable[[str], Awaitable[tuple[PendingRef, ...]]]
+
+
+class EventHandler:
+    """The dispatcher's ``triage``, ``act`` and ``handle``: parse, route, act."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        access: Access,
+        policy: RoutingPolicy,
+        history: History,
+        chat: ChatHandler,
+        poster: Poster,
+        greeting: str = "",
+        directory: Directory | None = None,
+        language: Callable[[], str] = lambda: i18n.DEFAULT,
+    ) -> None:
+        self._store = store
+        self._access = access
+        self._directory = directory
+        self._language = language
+        self.policy = policy
+        self._history = history
+        self._chat = chat
+        self._poster = poster
+        self.greeting = greeting
+        self._routes: dict[RouteKind, RouteHandler] = {
+            RouteKind.CHAT: self._on_chat,
+            RouteKind.ROOM_COMMAND: self._on_room_command,
+            RouteKind.REFUSE_COMMAND: self._on_refused_command,
+        }
+        self._pending_lookup: PendingLookup | None = None
+        self._rooms_seen: dict[str, tuple[str, bool]] = {}
+        self._extra_room_commands: dict[str, RouteHandler] = {}
+
+    def register(self, kind: RouteKind, handler: RouteHandler) -> None:
+        """Wire a handler for a route kind (app.py, for admin and confirmations)."""
+        self._routes[kind] = handler
+
+    def register_room_command(self, name: str, handler: RouteHandler) -> None:
+        self._extra_room_commands[name] = handler
+
+    def set_pending_lookup(self, lookup: PendingLookup) -> None:
+        self._pending_lookup = lookup
+
+    async def triage(self, item: InboxItem) -> Triage:
+        """Classify without acting (parse, role, the room's mode, its waiting prompts): no
+        model, no Talk call. The dispatcher asks it as an event arrives (H02)."""
+        event = parse_event(item.body)
+        if self._directory is not None:  # the person's groups, waited for a moment at most
+            await self._directory.ensure_actor(event.actor.id)
+        role = self._access.role_of(event.actor.id)
+        room = await self._store.get_room(event.room.token)
+        pending = await self._pending_lookup(event.room.token) if self._pending_lookup else ()
+        route = classify(
+            event,
+            role=role,
+            policy=self.policy,
+            room_mode=room.mode if room else None,
+            pending=pending,
+        )
+        return Triage(event, role, route)
+
+    async def handle(self, item: InboxItem) -> None:
+        """An event whose turn came: routed by the room as it is now, not as it arrived
+        (a yes queued as an answer may find its action cancelled or expired)."""
+        await self.act(await self.triage(item))
+
+    async def act(self, triaged: Triage) -> None:
+        """Do what the route says; the dispatcher calls it at once for the NOW lane."""
+        event, role, route = triaged.event, triaged.role, triaged.route
+        self.speak_to(event.actor.id)
+        await self._remember_room(event)
+        # Most events in a busy room are nothing for the bot: those only at debug level.
+        level = log.debug if route.kind is RouteKind.IGNORE else log.info
+        level("event.routed", type=event.type, route=route.kind.value, actor_role=role)
+        if route.kind is RouteKind.MEMBERSHIP:
+            await self._on_membership(event)
+            return
+        if route.kind in (RouteKind.CHAT, RouteKind.IGNORE, RouteKind.REMEMBER):
+            await self._record(event, role)
+        handler = self._routes.get(route.kind)
+        if handler is not None:
+            await handler(event, role, route)
+
+    def speak_to(self, actor_id: str) -> None:
+        """Everything said for this event from here on is in the actor's language: their
+        Nextcloud language when known, else ``[chat] language``."""
+        known = self._directory.language_of_actor(actor_id) if self._directory else None
+        i18n.set_language(known or self._language())
+
+    async def _remember_room(self, event: Event) -> None:
+        if event.type in ("Join", "Leave") or not event.room.token:
+            return
+        seen = (event.room.name, event.room.is_one_to_one)
+        if self._rooms_seen.get(event.room.token) == seen:
+            return  # written already by this process; a rename writes again
+        await self._store.record_room(
+            event.room.token, name=event.room.name, one_to_one=event.room.is_one_to_one
+        )
+        self._rooms_seen[event.room.token] = seen
+
+    async def _record(self, event: Event, role: Role) -> None:
+        message = event.message
+        if event.type not in ("Create", "Activity") or message is None or role == "none":
+            return
+        if event.type == "Activity" and not message.files:
+            return
+        await self._history.record_message(
+            event.room.token,
+            actor_id=event.actor.id,
+            actor_name=event.actor.name,
+            text=message.text,
+            message_id=message.id,
+        )
+
+    async def _on_membership(self, event: Event) -> None:
+        joined = event.type == "Join"
+        await self._store.record_room(
+            event.room.token,
+            name=event.room.name,
+            one_to_one=event.room.is_one_to_one,
+            joined=joined,
+        )
+        log.info("room.joined" if joined else "room.left", room=event.room.token)
+        if joined and self.greeting:
+            await self._chat.say(event, self.greeting)
+
+    async def _on_chat(self, event: Event, role: Role, _route: Route) -> None:
+        # With confirmations wired (app.py), their handler takes CHAT: it cancels first.
+        await self._chat.handle(event, role)
+
+    async def _on_room_command(self, event: Event, role: Role, route: Route) -> None:
+        prefix = self.policy.access.command_prefix
+        if route.command in self._extra_room_commands:
+            await self._extra_room_commands[route.command](event, role, route)
+        elif route.command == "forget":
+            count = await self._history.forget(event.room.token)
+            await self._chat.say(event, replies.forgot(count))
+        elif route.command == "mode":
+            mode = route.args.strip().lower()
+            if mode not in ("all", "mention"):
+                await self._chat.say(event, replies.mode_usage(prefix))
+                return
+            await self._store.set_room_mode(event.room.token, mode)
+            await self._chat.say(event, replies.mode_set(mode))
+        else:
+            moderator = event.actor.is_moderator or role == "admin"
+            await self._chat.say(event, replies.room_help(prefix, moderator=moderator))
+
+    async def _on_refused_command(self, event: Event, _role: Role, route: Route) -> None:
+        prefix = self.policy.access.command_prefix
+        await self._chat.say(event, replies.command_refused(prefix + route.command, route.reason))
