@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, new_random, sign
+from bot.talk import webhooks
 
 SECRET = "bench-secret-0123456789abcdefghijklmnopqrstuvwxyz"  # noqa: S105 - loopback only
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,46 +38,21 @@ _ids = itertools.count(1)
 # -- webhooks ----------------------------------------------------------------------------
 
 
-def php_json(value: Any) -> bytes:
-    """Encode like PHP's json_encode, as Talk does: ASCII only, '/' escaped."""
-    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
-    return text.replace("/", "\\/").encode("ascii")
-
-
 def chat_event(text: str, room: str, *, one_to_one: bool = False, sender: str = "alice") -> bytes:
     """A Create webhook body with a message id never used before in this run."""
-    content = json.dumps({"message": text, "parameters": []})
     name = json.dumps([sender, "bob"]) if one_to_one else f"Room {room}"
-    return php_json(
-        {
-            "type": "Create",
-            "actor": {
-                "type": "Person",
-                "id": f"users/{sender}",
-                "name": sender.title(),
-                "talkParticipantType": "3",
-            },
-            "object": {
-                "type": "Note",
-                "id": str(next(_ids)),
-                "name": "message",
-                "content": content,
-                "mediaType": "text/markdown",
-            },
-            "target": {"type": "Collection", "id": room, "name": name},
-        }
+    event = webhooks.create_event(
+        text,
+        actor=webhooks.person(f"users/{sender}", sender.title(), "3"),
+        room=room,
+        room_name=name,
+        message_id=next(_ids),
     )
+    return webhooks.encode_json(event)
 
 
 def signed(body: bytes) -> tuple[bytes, dict[str, str]]:
-    random = new_random()
-    headers = {
-        "Content-Type": "application/json",
-        RANDOM_HEADER: random,
-        SIGNATURE_HEADER: sign(SECRET, random, body),
-        "OCS-APIRequest": "true",
-    }
-    return body, headers
+    return body, webhooks.sign_webhook(SECRET, body)
 
 
 def free_port() -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 import structlog
@@ -15,17 +15,20 @@ from bot.config import Role, Settings, StorageSettings
 from bot.directory import Directory
 from bot.dispatch import Dispatcher
 from bot.errors import ConfigError, TalkError
-from bot.handlers import EventHandler
+from bot.handlers import Router
 from bot.handlers.admin import AdminCommands, AdminDeps, CommandSpec
+from bot.handlers.approvals import Approvals
 from bot.handlers.chat import ChatDeps, ChatHandler
 from bot.handlers.confirm import ConfirmHandler
 from bot.handlers.job_commands import JobCommands, RoomJobs
 from bot.handlers.pending_commands import PendingCommands
+from bot.handlers.room_commands import RoomCommands
+from bot.handlers.router import RouteHandler
 from bot.handlers.tools_command import ToolsCommand
 from bot.handlers.usage_commands import UsageCommands
 from bot.i18n import N_
+from bot.metered import MeteredConfirmations, MeteredLLM, MeteredPoster, MeteredToolbox, count_runs
 from bot.nextcloud import Provisioning
-from bot.observe import MeteredConfirmations, MeteredLLM, MeteredPoster, MeteredToolbox, count_runs
 from bot.quotas import Quotas
 from bot.reloading import reload_everywhere
 from bot.replicas import Coordinator, new_replica
@@ -37,6 +40,7 @@ from bot.store import InboxItem, Store
 from bot.talk.client import TalkClient
 from bot.talk.events import Event, parse_event
 from bot.talk.poster import Poster
+from bot.tools.sources import ServerState
 from bot.tools.talk import RoomDirectory
 from bot.tools.web import HttpFetcher
 from bot.toolset import ToolDeps, build_tools
@@ -97,10 +101,28 @@ async def build_parts(
         timezone=lambda: runtime.settings.chat.timezone,
         groups_of=directory.groups,
     )
+    history = History(store, settings.chat)
+    # The chat reads the toolbox of the moment from the running parts: the schedule tools
+    # in it need the scheduler, whose prompt jobs are the chat's unattended turns.
+    chat = ChatHandler(
+        ChatDeps(
+            llm=llm,
+            toolbox=lambda: runtime.running.toolbox,
+            history=history,
+            poster=poster,
+            clock=clock,
+            metrics=runtime.metrics,
+            chat=settings.chat,
+            llm_settings=settings.llm,
+            limits=settings.limits,
+            quotas=quotas,
+        )
+    )
     delivery = JobDelivery(
         store=store,
         poster=poster,
         role_of=access.role_of,
+        run_turn=chat.run_unattended,
         quotas=quotas,
         learn=directory.ensure_actor,
         language_of=lambda actor: (
@@ -137,28 +159,40 @@ async def build_parts(
         await coordinator.close()
         await store.close()
         raise
-    history = History(store, settings.chat)
-    chat_deps = ChatDeps(
-        llm=llm,
-        toolbox=toolbox,
-        history=history,
-        poster=poster,
-        clock=clock,
-        metrics=runtime.metrics,
-        chat=settings.chat,
-        llm_settings=settings.llm,
-        limits=settings.limits,
-        quotas=quotas,
+    approvals, confirm = build_confirmations(runtime, store, chat, access, history)
+    prefix = command_prefix(runtime)
+    usage = UsageCommands(quotas, role_of=access.role_of, prefix=prefix)
+    jobs = RoomJobs(scheduler, store, prefix=prefix)
+    admin = build_admin(
+        runtime,
+        store=store,
+        access=access,
+        directory=directory,
+        chat=chat,
+        approvals=approvals,
+        scheduler=scheduler,
+        jobs=jobs,
+        usage=usage,
     )
-    chat = ChatHandler(chat_deps)
-    delivery.use_turns(chat.run_unattended)
-    handler = EventHandler(
+    router = Router(
         store=store,
         access=access,
         policy=routing_policy(settings),
         history=history,
         chat=chat,
-        poster=poster,
+        routes=build_routes(
+            runtime,
+            store=store,
+            history=history,
+            poster=poster,
+            chat=chat,
+            confirm=confirm,
+            admin=admin,
+            scheduler=scheduler,
+            jobs=jobs,
+            usage=usage,
+        ),
+        pending=approvals.pending_in_room,
         greeting=settings.chat.greeting,
         directory=directory,
         language=lambda: runtime.settings.chat.language,
@@ -172,10 +206,10 @@ async def build_parts(
 
     dispatcher = Dispatcher(
         store,
-        handler.handle,
+        router.handle_item,
         clock=clock,
-        triage=handler.triage,
-        act=handler.act,
+        triage=router.triage,
+        act=router.act,
         concurrency=max(settings.llm.concurrency * 4, 8),
         on_failure=apologise,
         on_overflow=busy,
@@ -200,7 +234,9 @@ async def build_parts(
         toolbox=toolbox,
         history=history,
         chat=chat,
-        handler=handler,
+        router=router,
+        approvals=approvals,
+        admin=admin,
         dispatcher=dispatcher,
         webhook=webhook,
         scheduler=scheduler,
@@ -215,129 +251,158 @@ async def build_parts(
         lambda: runtime.settings.chat.language,
     )
     store.watch_health(parts.store_notices)
-    admin = wire_admin(runtime, parts)
-    wire_schedules(runtime, parts)
-    wire_usage(runtime, parts, quotas)
-    confirm = wire_confirmations(runtime, parts, chat_deps)
-    wire_admin_extras(runtime, admin, confirm, parts.scheduler)
+    runtime.reload_hooks.append(reconcile_schedules(runtime))
     return parts
 
 
-def wire_admin(runtime: Runtime, parts: Parts) -> AdminCommands:
-    """The admin room's commands, with what they may see and change."""
-    admin = AdminCommands(
-        AdminDeps(
-            store=parts.store,
-            access=parts.access,
-            ring=runtime.ring,
-            say=parts.chat.say,
-            status=lambda: status_facts(runtime),
-            reload=lambda: reload_everywhere(runtime, parts),
-            prefix=lambda: runtime.settings.access.command_prefix,
-            directory=parts.directory,
-        )
-    )
-    tools = ToolsCommand(
-        lambda: parts.toolbox, lambda: parts.mcp.states() if parts.mcp is not None else ()
-    )
-    admin.add("tools", tools.spec())
-    parts.handler.register(RouteKind.ADMIN_COMMAND, admin.handle)
-    parts.admin = admin
-    return admin
-
-
-def wire_admin_extras(
-    runtime: Runtime, admin: AdminCommands, confirm: ConfirmHandler, scheduler: Scheduler
-) -> None:
-    """Admin commands built on the confirmations and the scheduler."""
-
-    def settings() -> Settings:  # read at call time: !reload swaps the settings
-        return runtime.settings
-
-    extras = {
-        **PendingCommands(
-            confirm,
-            prefix=lambda: settings().access.command_prefix,
-            timezone=lambda: settings().chat.timezone,
-        ).specs(),
-        **JobCommands(
-            scheduler,
-            prefix=lambda: settings().access.command_prefix,
-            admin_room=lambda: settings().access.admin_room,
-            timezone=lambda: settings().chat.timezone,
-        ).specs(),
-    }
-    for name, spec in extras.items():
-        admin.add(name, spec)
-
-
-def wire_confirmations(runtime: Runtime, parts: Parts, chat_deps: ChatDeps) -> ConfirmHandler:
-    """Pending actions: the prompt when a turn pauses, the answers, and their lookup."""
+def build_confirmations(
+    runtime: Runtime, store: Store, chat: ChatHandler, access: Access, history: History
+) -> tuple[Approvals, ConfirmHandler]:
+    """Pending actions: the approvals (asking, running, resuming) and the answers' handler."""
     confirmations = MeteredConfirmations(
-        parts.store, runtime.clock, runtime.settings.confirm, metrics=runtime.metrics
+        store, runtime.clock, runtime.settings.confirm, metrics=runtime.metrics
+    )
+    prefix = command_prefix(runtime)
+    approvals = Approvals(
+        confirmations=confirmations,
+        chat=chat,
+        toolbox=lambda: runtime.running.toolbox,
+        access=access,
+        history=history,
+        timezone=lambda: runtime.settings.chat.timezone,
+        command_prefix=prefix,
     )
     confirm = ConfirmHandler(
-        confirmations=confirmations,
-        chat=parts.chat,
-        toolbox=lambda: parts.toolbox,
-        access=parts.access,
-        history=parts.history,
-        command_prefix=lambda: runtime.settings.access.command_prefix,
+        confirmations=confirmations, approvals=approvals, chat=chat, command_prefix=prefix
     )
-    chat_deps.on_confirmation = confirm.on_confirmation
-    handler = parts.handler
-    handler.set_pending_lookup(confirm.lookup)
-    handler.register(RouteKind.CONFIRM, confirm.on_answer)
-    handler.register(RouteKind.DENY, confirm.on_answer)
-    handler.register(RouteKind.NOT_REQUESTER, confirm.on_not_requester)
-    handler.register(RouteKind.REACTION, confirm.on_reaction)
-    handler.register(RouteKind.CHAT, confirm.on_chat)  # a requester's new message cancels
 
     async def reconfigure(new: Settings) -> None:
         confirmations.reconfigure(new.confirm)
 
     runtime.reload_hooks.append(reconfigure)
-    parts.confirm = confirm
-    return confirm
+    return approvals, confirm
 
 
-def wire_usage(runtime: Runtime, parts: Parts, quotas: Quotas) -> None:
-    """``!usage``: one's own tokens in any room; anyone's, or the day's, for admins."""
-    usage = UsageCommands(
-        quotas,
-        role_of=parts.access.role_of,
-        prefix=lambda: runtime.settings.access.command_prefix,
+def build_admin(
+    runtime: Runtime,
+    *,
+    store: Store,
+    access: Access,
+    directory: Directory,
+    chat: ChatHandler,
+    approvals: Approvals,
+    scheduler: Scheduler,
+    jobs: RoomJobs,
+    usage: UsageCommands,
+) -> AdminCommands:
+    """The admin room's commands, with what they may see and change."""
+
+    def settings() -> Settings:  # read at call time: !reload swaps the settings
+        return runtime.settings
+
+    prefix = command_prefix(runtime)
+    admin = AdminCommands(
+        AdminDeps(
+            store=store,
+            access=access,
+            ring=runtime.ring,
+            say=chat.say,
+            status=lambda: status_facts(runtime),
+            reload=lambda: reload_everywhere(runtime, runtime.running),
+            prefix=prefix,
+            directory=directory,
+        )
     )
 
-    async def own_usage(event: Event, role: Role, route: Route) -> None:
-        await parts.chat.say(event, await usage.in_room(event, role, route.args))
+    def mcp_states() -> Sequence[ServerState]:
+        mcp = runtime.running.mcp
+        return mcp.states() if mcp is not None else ()
 
-    parts.handler.register_room_command("usage", own_usage)
-    if parts.admin is not None:
-        for name, spec in usage.specs().items():
-            parts.admin.add(name, spec)
+    extras = {
+        "tools": ToolsCommand(lambda: runtime.running.toolbox, mcp_states).spec(),
+        **PendingCommands(approvals, prefix=prefix).specs(),
+        **JobCommands(
+            scheduler,
+            prefix=prefix,
+            admin_room=lambda: settings().access.admin_room,
+            timezone=lambda: settings().chat.timezone,
+        ).specs(),
+        "jobs": CommandSpec(
+            "jobs [remove ID]", N_("every scheduled job, or remove one"), jobs.in_admin_room
+        ),
+        **usage.specs(),
+    }
+    for name, spec in extras.items():
+        admin.add(name, spec)
+    return admin
 
 
-def wire_schedules(runtime: Runtime, parts: Parts) -> None:
-    """``!jobs [remove ID]``: own jobs in any room, the room's jobs for its moderators,
-    every job for admins in the admin room."""
-    jobs = RoomJobs(
-        parts.scheduler, parts.store, prefix=lambda: runtime.settings.access.command_prefix
-    )
+def build_routes(
+    runtime: Runtime,
+    *,
+    store: Store,
+    history: History,
+    poster: Poster,
+    chat: ChatHandler,
+    confirm: ConfirmHandler,
+    admin: AdminCommands,
+    scheduler: Scheduler,
+    jobs: RoomJobs,
+    usage: UsageCommands,
+) -> dict[RouteKind, RouteHandler]:
+    """The route table, built once: the handler of each route kind. The router keeps the
+    room registry and the history itself; IGNORE and REMEMBER need nothing more."""
 
     async def room_jobs(event: Event, role: Role, route: Route) -> None:
-        await parts.chat.say(event, await jobs.in_room(event, role, route.args))
+        await chat.say(event, await jobs.in_room(event, role, route.args))
 
-    async def member_left(event: Event, _role: Role, route: Route) -> None:
-        paused = await parts.scheduler.pause_for_departure(route.args, event.room.token)
+    async def own_usage(event: Event, role: Role, route: Route) -> None:
+        await chat.say(event, await usage.in_room(event, role, route.args))
+
+    room_commands = RoomCommands(
+        store=store,
+        history=history,
+        say=chat.say,
+        prefix=command_prefix(runtime),
+        commands={"jobs": room_jobs, "usage": own_usage},
+    )
+    return {
+        RouteKind.CHAT: confirm.on_chat,  # a requester's new message cancels what waits
+        RouteKind.CONFIRM: confirm.on_answer,
+        RouteKind.DENY: confirm.on_answer,
+        RouteKind.NOT_REQUESTER: confirm.on_not_requester,
+        RouteKind.REACTION: confirm.on_reaction,
+        RouteKind.ADMIN_COMMAND: admin.on_command,
+        RouteKind.ROOM_COMMAND: room_commands.on_command,
+        RouteKind.REFUSE_COMMAND: room_commands.on_refused,
+        RouteKind.MEMBER_LEFT: member_left_handler(runtime, scheduler, poster),
+    }
+
+
+def member_left_handler(runtime: Runtime, scheduler: Scheduler, poster: Poster) -> RouteHandler:
+    """A person left a room: their jobs there pause, and the room is told."""
+
+    async def on_member_left(event: Event, _role: Role, route: Route) -> None:
+        paused = await scheduler.pause_for_departure(route.args, event.room.token)
         if not paused:
             return
         prefix = runtime.settings.access.command_prefix
         note = replies.jobs_paused_for_departure(route.args, paused, prefix)
         try:  # not as a reply: Talk refuses replies to system messages
-            await parts.poster.send_message(event.room.token, note)
+            await poster.send_message(event.room.token, note)
         except TalkError as exc:
             log.warning("schedule.departure_note_failed", error=type(exc).__name__)
+
+    return on_member_left
+
+
+def command_prefix(runtime: Runtime) -> Callable[[], str]:
+    """``[access] command_prefix``, read at call time: !reload swaps the settings."""
+    return lambda: runtime.settings.access.command_prefix
+
+
+def reconcile_schedules(runtime: Runtime) -> Callable[[Settings], Awaitable[None]]:
+    """After a reload: the config's jobs as the new settings declare them."""
 
     async def reconcile(new: Settings) -> None:
         try:
@@ -345,13 +410,4 @@ def wire_schedules(runtime: Runtime, parts: Parts) -> None:
         except ConfigError as exc:
             log.warning("schedule.reload_refused", reason=exc.one_line())
 
-    parts.handler.register_room_command("jobs", room_jobs)
-    parts.handler.register(RouteKind.MEMBER_LEFT, member_left)
-    if parts.admin is not None:
-        parts.admin.add(
-            "jobs",
-            CommandSpec(
-                "jobs [remove ID]", N_("every scheduled job, or remove one"), jobs.in_admin_room
-            ),
-        )
-    runtime.reload_hooks.append(reconcile)
+    return reconcile

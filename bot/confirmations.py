@@ -4,7 +4,7 @@ A pending action is exactly one tool call with its canonical arguments, waiting 
 human. Only code decides what was confirmed (never the model): the requester's answer in
 that room, written after the request, before the expiry. Every state change is a
 compare-and-set in the store, so a call runs at most once however many yeses arrive
-(A05-A10). Executing the call and resuming the turn belong to ``handlers/confirm.py``.
+(A05-A10). Executing the call and resuming the turn belong to ``handlers/approvals.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from enum import StrEnum
 import structlog
 
 from bot.clock import Clock
-from bot.config import ConfirmSettings, Role
+from bot.config import Approver, ConfirmSettings, Role
 from bot.errors import StoreError
 from bot.store import NewPendingAction, PendingAction, Store
 from bot.talk.events import message_key
@@ -34,13 +34,16 @@ INTERRUPTED = "interrupted: the bot stopped while this action ran; it was not ru
 
 
 @dataclass(frozen=True)
-class CallToConfirm:
-    """A dangerous call the loop paused on (agent.loop.PendingCall, without the import)."""
+class PendingCall:
+    """A call waiting for a human: exactly this tool with exactly these canonical arguments.
+
+    The agent loop pauses on these (``NeedsConfirmation.calls``, kept in ``TurnState``
+    under these field names); ``request`` parks each as a pending action."""
 
     call_id: str
-    tool: str
+    tool_name: str
     args_json: str
-    approver: str
+    approver: Approver
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ class Confirmations:
     # -- asking ----------------------------------------------------------------------
 
     async def request(
-        self, requester: Requester, calls: Sequence[CallToConfirm], state_json: str
+        self, requester: Requester, calls: Sequence[PendingCall], state_json: str
     ) -> list[PendingAction]:
         """Park each call of one paused turn as its own pending action, with its own code."""
         turn_id = uuid.uuid4().hex
@@ -127,7 +130,7 @@ class Confirmations:
                     room=requester.room,
                     requester=requester.actor_id,
                     requester_name=requester.name,
-                    tool=call.tool,
+                    tool=call.tool_name,
                     args_json=call.args_json,
                     args_hash=args_hash(call.args_json),
                     approver=call.approver,

@@ -34,6 +34,7 @@ from bot.store import InboxItem
 from bot.talk.client import TalkClient
 from bot.talk.events import parse_event
 from bot.talk.poster import Poster
+from bot.talk.webhooks import create_event, encode_json, person
 
 log = structlog.get_logger(__name__)
 
@@ -73,35 +74,6 @@ def actor_id(user: str) -> str:
 def default_room_token(actor: str) -> str:
     """A stable room per console user, so each keeps their own history."""
     return "console" + hashlib.sha256(actor.encode()).hexdigest()[:12]
-
-
-def php_json(value: Any) -> bytes:
-    """Encode as PHP's json_encode does for Talk's webhooks: ASCII only, '/' escaped."""
-    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
-    return text.replace("/", "\\/").encode("ascii")
-
-
-def create_event(text: str, *, actor: str, room: ConsoleRoom, message_id: int) -> bytes:
-    """The body of the Create webhook Talk would send for ``text``."""
-    return php_json(
-        {
-            "type": "Create",
-            "actor": {
-                "type": "Person",
-                "id": actor,
-                "name": actor.split("/", 1)[-1],
-                "talkParticipantType": room.participant_type,
-            },
-            "object": {
-                "type": "Note",
-                "id": str(message_id),
-                "name": "message",
-                "content": json.dumps({"message": text, "parameters": []}),
-                "mediaType": "text/markdown",
-            },
-            "target": {"type": "Collection", "id": room.token, "name": room.name},
-        }
-    )
 
 
 class TerminalPoster:
@@ -158,8 +130,19 @@ class ConsoleSession:
         # Fresh ids per run: an id the store has seen in this room would be dropped as a repeat.
         self._ids = itertools.count(int(self._clock.now() * 1000))
 
+    def _event(self, text: str) -> dict[str, Any]:
+        """The Create webhook Talk would send for ``text``."""
+        name = self.actor.split("/", 1)[-1]
+        return create_event(
+            text,
+            actor=person(self.actor, name, self.room.participant_type),
+            room=self.room.token,
+            room_name=self.room.name,
+            message_id=next(self._ids),
+        )
+
     async def send(self, text: str) -> None:
-        body = create_event(text, actor=self.actor, room=self.room, message_id=next(self._ids))
+        body = encode_json(self._event(text))
         event = parse_event(body)
         store, dispatcher = self._parts.store, self._parts.dispatcher
         item_id = await store.accept_event(

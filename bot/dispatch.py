@@ -3,11 +3,10 @@
 Each room has two lanes (H02, #14.2). Every event enters the room's intake, which triages
 it in arrival order without waiting for any turn: what needs no turn (ignored messages,
 file shares kept as context, Join/Leave) is handled there at once. The rest waits for the
-room's turns, first in first out per person and people served in rotation, so a flooding
-person slows only themselves. Only chat turns count against the room's places; when they
-are full, a newcomer takes the newest place of whoever holds the most (a fair share, not a
-fixed per-person cap: one person alone in a note-to-self room may still use them all). An
-answer to a prompt or a command is never dropped for anyone else's traffic.
+room's turns in its queue (bot/queues.py: first in first out per person, people served in
+rotation, so a flooding person slows only themselves; only chat turns count against the
+room's places, fairly shared). An answer to a prompt or a command is never dropped for
+anyone else's traffic.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from functools import partial
 
 import structlog
@@ -23,6 +21,7 @@ import structlog
 from bot.clock import Clock
 from bot.crashpoints import crash_point
 from bot.errors import StoreError
+from bot.queues import RoomQueue, Waiting
 from bot.replicas import Coordinator
 from bot.routing import Lane, Triage
 from bot.store import InboxItem, Store
@@ -40,63 +39,6 @@ BUSY_NOTICE_INTERVAL_S = 60.0
 ROOM_QUEUE_CAP = 20
 # Events finished lately, remembered so a sweep's read from just before is not run again.
 FINISHED_MEMORY = 4096
-
-
-@dataclass(frozen=True)
-class _Waiting:
-    item: InboxItem
-    sender: str  # "" when nobody is known (no triage, or it failed): takes no one's place
-    chat: bool  # a chat turn: counts against the room's places
-
-
-class _Turns:
-    """One room's waiting events: first in first out per person, people in rotation."""
-
-    def __init__(self) -> None:
-        self._people: dict[str, collections.deque[_Waiting]] = {}
-        self.chats = 0
-
-    def __bool__(self) -> bool:
-        return bool(self._people)
-
-    def __len__(self) -> int:
-        return sum(len(queue) for queue in self._people.values())
-
-    def waiting(self, sender: str, *, chat: bool) -> int:
-        return sum(w.chat is chat for w in self._people.get(sender, ()))
-
-    def push(self, waiting: _Waiting) -> None:
-        self._people.setdefault(waiting.sender, collections.deque()).append(waiting)
-        self.chats += waiting.chat
-
-    def biggest(self) -> tuple[str, int]:
-        """The person with the most chat turns waiting, and how many."""
-        held = {sender: self.waiting(sender, chat=True) for sender in self._people}
-        sender = max(held, key=held.__getitem__, default="")
-        return sender, held.get(sender, 0)
-
-    def drop_newest(self, sender: str) -> _Waiting:
-        """Take back the newest chat turn ``sender`` has waiting."""
-        queue = self._people[sender]
-        newest = next(w for w in reversed(queue) if w.chat)
-        queue.remove(newest)
-        if not queue:
-            del self._people[sender]
-        self.chats -= 1
-        return newest
-
-    def pop(self) -> _Waiting:
-        sender = next(iter(self._people))
-        queue = self._people.pop(sender)
-        waiting = queue.popleft()
-        if queue:
-            self._people[sender] = queue  # to the back of the rotation
-        self.chats -= waiting.chat
-        return waiting
-
-    def clear(self) -> None:
-        self._people.clear()
-        self.chats = 0
 
 
 class Dispatcher:
@@ -127,7 +69,7 @@ class Dispatcher:
         self._on_failure = on_failure
         self._on_overflow = on_overflow
         self._intake: dict[str, collections.deque[tuple[InboxItem, bool]]] = {}
-        self._turns: dict[str, _Turns] = {}
+        self._turns: dict[str, RoomQueue] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._busy_noticed: dict[str, float] = {}
         self._dropped: dict[str, int] = {}
@@ -300,33 +242,21 @@ class Dispatcher:
     def _admit(self, item: InboxItem, triaged: Triage | None, *, resumed: bool) -> None:
         """Into the room's turns, unless its caps are reached (a resumed event always)."""
         chat = triaged is None or triaged.lane is Lane.CHAT
-        waiting = _Waiting(item, triaged.sender if triaged else "", chat)
+        waiting = Waiting(item, triaged.sender if triaged else "", chat)
         turns = self._turns.get(item.room)
         if turns is None:
-            turns = _Turns()  # kept only if the event is
-        if not resumed and not self._place(turns, waiting):
-            self._overflow(item)
-            return
+            turns = RoomQueue()  # kept only if the event is
+        if not resumed:
+            admitted, displaced = turns.place(waiting, self._cap)
+            if displaced is not None:
+                self._overflow(displaced.item)
+            if not admitted:
+                self._overflow(item)
+                return
         self._turns[item.room] = turns
         turns.push(waiting)
         self._peak_queue = max(self._peak_queue, turns.chats)
         self._start_worker(f"turns:{item.room}", partial(self._serve, item.room))
-
-    def _place(self, turns: _Turns, waiting: _Waiting) -> bool:
-        """Whether the event may wait; a full room makes room for someone with fewer."""
-        if not waiting.chat:
-            # Answers and commands are never crowded out; this bounds only memory, and
-            # only ever drops what this one person already has waiting in this room.
-            return turns.waiting(waiting.sender, chat=False) < self._cap
-        if turns.chats < self._cap:
-            return True
-        holder, held = turns.biggest()
-        mine = turns.waiting(waiting.sender, chat=True)
-        if not waiting.sender or held - 1 <= mine:
-            return False  # a swap would be no fairer
-        # The newest of the biggest holder's turns goes; its sender gets the busy notice.
-        self._overflow(turns.drop_newest(holder).item)
-        return True
 
     async def _serve(self, room: str) -> None:
         turns = self._turns[room]

@@ -25,7 +25,9 @@ from bot.talk.poster import Poster
 log = structlog.get_logger(__name__)
 
 STOP_DEADLINE_S = 60.0
-HOUSEKEEPING_INTERVAL_S = 6 * 3600  # below systemd's TimeoutStopSec (90 s by default)
+# Retention counts days (store/inbox.py), so a few purges a day suffice; the first runs at
+# start, and a stop cancels the wait (close_parts), so the interval never delays one.
+HOUSEKEEPING_INTERVAL_S = 6 * 3600
 # /readyz waits this long for the store to answer a query before calling it unresponsive.
 READYZ_STORE_TIMEOUT_S = 1.0
 
@@ -83,8 +85,8 @@ async def start_parts(runtime: Runtime, parts: Parts, *, schedules: bool = True)
     runtime.parts = parts
     runtime.started_at = runtime.clock.now()
     runtime.redactor.add_secrets(runtime.settings.secret_values())
-    if parts.confirm is not None:  # before the inbox resumes: never re-run (A10)
-        await parts.confirm.recover_interrupted(await parts.coordinator.alive())
+    # Before the inbox resumes: never re-run (A10).
+    await parts.approvals.recover_interrupted(await parts.coordinator.alive())
     await parts.coordinator.start(replica_duties(runtime, parts))
     use_mcp_servers(runtime, parts, runtime.settings)  # connect in the background
     await parts.dispatcher.start()
@@ -107,8 +109,7 @@ def replica_duties(runtime: Runtime, parts: Parts) -> Duties:
             log.info("config.reload_requested", outcome=await reload_settings(runtime))
 
     async def recover(alive: list[str]) -> None:
-        if parts.confirm is not None:
-            await parts.confirm.recover_interrupted(alive)
+        await parts.approvals.recover_interrupted(alive)
         await parts.scheduler.interrupt_runs(alive)
 
     return Duties(sweep=parts.dispatcher.sweep, reload=reload, recover=recover)

@@ -11,7 +11,7 @@ import aiohttp
 import structlog
 
 from bot.clock import SystemClock
-from bot.config import NextcloudSettings, Settings, StorageSettings, config_warnings
+from bot.config import NextcloudSettings, Role, Settings, StorageSettings, config_warnings
 from bot.errors import ConfigError, NextcloudError
 from bot.logs import LogRing
 from bot.nextcloud import Provisioning
@@ -59,6 +59,11 @@ def log_warnings(warnings: Sequence[tuple[str, str]]) -> None:
         log.warning("config.warning", field=name, reason=reason)
 
 
+async def _no_turn(_room: str, _requester: str, _role: Role, _prompt: str, _tz: str) -> str:
+    """The dry run's scheduler never fires a job."""
+    raise RuntimeError("the dry run of the tools runs no scheduled turn")
+
+
 async def _dry_run_tools(settings: Settings) -> None:
     """build_tools as the daemon calls it, on stand-ins that reach nobody: [tools] modules
     are imported and their make_tools run, so a broken one is found before anything starts."""
@@ -67,7 +72,9 @@ async def _dry_run_tools(settings: Settings) -> None:
     session = aiohttp.ClientSession(trust_env=False)
     fetcher = HttpFetcher(settings.tools.http_fetch)
     talk = TalkClient(session, settings.nextcloud.url, "", clock=clock)  # never called
-    delivery = JobDelivery(store=store, poster=talk, role_of=lambda _actor: "none")
+    delivery = JobDelivery(
+        store=store, poster=talk, role_of=lambda _actor: "none", run_turn=_no_turn
+    )
     deps = ToolDeps(
         scheduler=Scheduler(store, clock, delivery, default_timezone=settings.chat.timezone),
         rooms=RoomDirectory(store),

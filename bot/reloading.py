@@ -9,7 +9,7 @@ import structlog
 from bot.config import Settings
 from bot.errors import ConfigError
 from bot.i18n import _
-from bot.observe import MeteredLLM, MeteredToolbox
+from bot.metered import MeteredLLM, MeteredToolbox
 from bot.preflight import log_warnings, validate_deployment
 from bot.runtime import Parts, Runtime, routing_policy
 from bot.tools import Tool, Toolbox
@@ -45,17 +45,15 @@ async def reload_settings(runtime: Runtime) -> str:
     parts.access.reconfigure(new.access)
     parts.directory.refresh_all()  # groups may have been remapped: ask Nextcloud again
     parts.history.reconfigure(new.chat)
-    parts.handler.policy = routing_policy(new)
-    parts.handler.greeting = new.chat.greeting
+    parts.router.policy = routing_policy(new)
+    parts.router.greeting = new.chat.greeting
     parts.own_tools = own_tools
     if new.llm != old.llm:
         old_llm, parts.llm = parts.llm, MeteredLLM(new.llm, runtime.metrics)
         await old_llm.aclose()
     runtime.settings = new
     parts.toolbox = assemble_toolbox(runtime, parts)
-    parts.chat.reconfigure(
-        new.chat, new.llm, llm=parts.llm, toolbox=parts.toolbox, limits=new.limits
-    )
+    parts.chat.reconfigure(new.chat, new.llm, llm=parts.llm, limits=new.limits)
     if parts.mcp is not None:  # servers removed stop, added ones start
         await parts.mcp.reconfigure(new.mcp.servers)
     else:
@@ -118,8 +116,7 @@ def use_mcp_servers(runtime: Runtime, parts: Parts, settings: Settings) -> None:
     def tools_changed() -> None:
         if runtime.parts is not parts:
             return  # stopping
-        parts.toolbox = assemble_toolbox(runtime, parts)
-        parts.chat.use_toolbox(parts.toolbox)
+        parts.toolbox = assemble_toolbox(runtime, parts)  # the next turn offers these
 
     parts.mcp = McpTools(runtime.clock, tools_changed)
     parts.mcp.start(settings.mcp.servers)

@@ -20,10 +20,10 @@ from bot.config import Settings
 from bot.directory import Directory
 from bot.dispatch import Dispatcher
 from bot.errors import TalkError
-from bot.handlers import EventHandler
+from bot.handlers import Router
 from bot.handlers.admin import AdminCommands
+from bot.handlers.approvals import Approvals
 from bot.handlers.chat import ChatHandler
-from bot.handlers.confirm import ConfirmHandler
 from bot.logs import LogRing, Redactor
 from bot.metrics import Metrics
 from bot.replicas import Coordinator
@@ -92,7 +92,9 @@ class Parts:
     toolbox: Toolbox
     history: History
     chat: ChatHandler
-    handler: EventHandler
+    router: Router
+    approvals: Approvals
+    admin: AdminCommands
     dispatcher: Dispatcher
     webhook: WebhookReceiver
     scheduler: Scheduler
@@ -103,9 +105,7 @@ class Parts:
     # and the MCP servers' tools of the moment.
     own_tools: tuple[Tool[Any], ...] = ()
     mcp: McpTools | None = None
-    admin: AdminCommands | None = None
     housekeeping: asyncio.Task[None] | None = None
-    confirm: ConfirmHandler | None = None
     store_notices: StoreNotices | None = None
 
 

@@ -15,13 +15,15 @@ from bot.scheduler import Scheduler
 from bot.talk.poster import Poster
 from bot.tools import Tool
 from bot.tools.clock import make_clock_tools
-from bot.tools.files import FileArea, make_file_tools
+from bot.tools.filearea import FileArea
+from bot.tools.files import make_file_tools
 from bot.tools.ops import make_ops_tools
 from bot.tools.plugins import ToolDeps as PluginDeps
 from bot.tools.plugins import load_plugin_tools
 from bot.tools.schedule import make_schedule_tools
 from bot.tools.talk import RoomDirectory, make_talk_tools
-from bot.tools.web import HttpFetcher, make_fetch_tools, make_search_tools
+from bot.tools.web import HttpFetcher, make_fetch_tools
+from bot.tools.web_search import make_search_tools
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from bot.config import Settings, settings_from_mapping
 from bot.lifecycle import build_app
 from bot.logs import LogRing, Redactor
 from bot.runtime import Runtime, new_runtime
-from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, new_random, sign
+from bot.talk import webhooks
 from bot.tools import Tool
 from bot.tools.netguard import AddressPolicy
 from tests.fakes.llm_server import FakeLLM
@@ -36,21 +36,17 @@ ADMIN_ROOM = "adminroom1"
 _ids = itertools.count(100)
 
 
-def php_json(value: Any) -> bytes:
-    """Encode like PHP's json_encode: ASCII only, '/' escaped, no spaces."""
-    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
-    return text.replace("/", "\\/").encode("ascii")
+# Talk's encoding under the name the tests use for it.
+php_json = webhooks.encode_json
 
 
-def actor(uid: str, name: str | None = None, participant_type: str | None = "3") -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "type": "Person",
-        "id": uid if "/" in uid else f"users/{uid}",
-        "name": name if name is not None else uid.rsplit("/", maxsplit=1)[-1].title(),
-    }
-    if participant_type is not None:
-        data["talkParticipantType"] = participant_type
-    return data
+def actor(uid: str, name: str | None = None, participant_type: str | None = "3") -> dict[str, str]:
+    actor_id = uid if "/" in uid else f"users/{uid}"
+    return webhooks.person(
+        actor_id,
+        name if name is not None else uid.rsplit("/", maxsplit=1)[-1].title(),
+        participant_type,
+    )
 
 
 def create_event(
@@ -64,21 +60,15 @@ def create_event(
     reply_to: dict[str, Any] | None = None,
     parameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "type": "Note",
-        "id": str(message_id if message_id is not None else next(_ids)),
-        "name": "message",
-        "content": json.dumps({"message": text, "parameters": parameters or []}),
-        "mediaType": "text/markdown",
-    }
-    if reply_to is not None:
-        obj["inReplyTo"] = reply_to
-    return {
-        "type": "Create",
-        "actor": actor(sender, participant_type=participant_type),
-        "object": obj,
-        "target": {"type": "Collection", "id": room, "name": room_name},
-    }
+    return webhooks.create_event(
+        text,
+        actor=actor(sender, participant_type=participant_type),
+        room=room,
+        room_name=room_name,
+        message_id=message_id if message_id is not None else next(_ids),
+        parameters=parameters,
+        reply_to=reply_to,
+    )
 
 
 def dm_event(text: str, *, sender: str = "alice", other: str = "bob", **kw: Any) -> dict[str, Any]:
@@ -95,13 +85,7 @@ def join_event(room: str = GROUP, name: str = "Project room") -> dict[str, Any]:
 
 
 def signed_headers(body: bytes, secret: str = SECRET, random: str | None = None) -> dict[str, str]:
-    random = random or new_random()
-    return {
-        "Content-Type": "application/json",
-        RANDOM_HEADER: random,
-        SIGNATURE_HEADER: sign(secret, random, body),
-        "OCS-APIRequest": "true",
-    }
+    return webhooks.sign_webhook(secret, body, random)
 
 
 def free_port() -> int:

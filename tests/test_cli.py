@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bot.cli import EXIT_CONFIG, main, probe_models
+from bot.cli import EXIT_CONFIG, main
+from bot.commands.check import probe_models
 from bot.config import PLACEHOLDER_SECRET, LLMSettings, ScheduleSettings, load_settings
 from tests.fakes.llm_server import FakeLLM, closed_port_url
 from tests.fakes.talk_server import FakeTalk

@@ -14,8 +14,8 @@ from bot.confirmations import (
     CODE_ALPHABET,
     CODE_LENGTH,
     INTERRUPTED,
-    CallToConfirm,
     Confirmations,
+    PendingCall,
     Requester,
     Verdict,
     args_hash,
@@ -26,8 +26,8 @@ from bot.store import PendingAction, Store
 TTL = 600
 ROOM = "grouproom1"
 ALICE = Requester(actor_id="users/alice", name="Alice", room=ROOM, message_id="100")
-WRITE = CallToConfirm("call_1", "file_write", '{"content":"hi","path":"a.txt"}', "requester")
-RESTART = CallToConfirm("call_2", "bot_restart", "{}", "either")
+WRITE = PendingCall("call_1", "file_write", '{"content":"hi","path":"a.txt"}', "requester")
+RESTART = PendingCall("call_2", "bot_restart", "{}", "either")
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def confirmations(store: Store, clock: ManualClock) -> Confirmations:
     return Confirmations(store, clock, ConfirmSettings(ttl_s=TTL))
 
 
-async def _one(confirmations: Confirmations, call: CallToConfirm = WRITE) -> PendingAction:
+async def _one(confirmations: Confirmations, call: PendingCall = WRITE) -> PendingAction:
     (action,) = await confirmations.request(ALICE, [call], '{"v":1}')
     return action
 
@@ -251,7 +251,7 @@ async def test_every_step_is_audited_by_hash_never_by_args(
 async def test_approver_policy(confirmations: Confirmations) -> None:
     write = await _one(confirmations)
     either = await _one(confirmations, RESTART)
-    admin_only = await _one(confirmations, CallToConfirm("call_3", "x", "{}", "admin"))
+    admin_only = await _one(confirmations, PendingCall("call_3", "x", "{}", "admin"))
     assert confirmations.requester_may_approve(write, "user")
     assert not confirmations.requester_may_approve(admin_only, "user")
     assert confirmations.requester_may_approve(admin_only, "admin")

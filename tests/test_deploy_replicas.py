@@ -40,7 +40,7 @@ from bot.clock import SystemClock
 from bot.config import ServerSettings, StorageSettings, settings_from_mapping
 from bot.replicas import BEATS_PER_LEASE, REVISION_CHECK_S, SWEEP_S
 from bot.store import Store
-from bot.store.migrations import MIGRATIONS
+from bot.store.steps import MIGRATIONS
 from tests.harness import free_port
 from tests.pgserver import PostgresServer
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,10 @@ from tests.harness import create_event, php_json
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: ManualClock) -> Store:
-    return Store.open(tmp_path / "db.sqlite3", clock)
+async def store(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Store]:
+    opened = Store.open(tmp_path / "db.sqlite3", clock)
+    yield opened
+    await opened.close()
 
 
 async def add(store: Store, room: str, n: int) -> InboxItem:

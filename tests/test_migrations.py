@@ -20,7 +20,8 @@ from structlog.testing import capture_logs
 from bot.clock import ManualClock
 from bot.errors import StoreError
 from bot.store import HistoryEntry, JobRecord, RunRecord, Store
-from bot.store.migrations import MIGRATIONS, Migration, migrate
+from bot.store.migrations import migrate
+from bot.store.steps import MIGRATIONS, Migration
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import dm_event, php_json

@@ -27,6 +27,7 @@ from bot.errors import ConfigError
 from bot.scheduler import (
     TIMER_JOB_DEFAULTS,
     JobDelivery,
+    RunTurn,
     ScheduledJob,
     ScheduleError,
     Scheduler,
@@ -89,14 +90,26 @@ async def started(
 
 
 async def test_r10_timer_job_defaults_are_explicit(store: Store, clock: ManualClock) -> None:
+    """APScheduler's own defaults (misfire_grace_time=1, coalesce=True) drop late wake-ups:
+    a wake-up the timer arms carries the explicit ones (read through APScheduler's Job)."""
     scheduler = Scheduler(store, clock, Deliveries())
-    # APScheduler's own defaults (misfire_grace_time=1, coalesce=True) drop late wake-ups.
-    assert scheduler.timer.job_defaults == {
-        "misfire_grace_time": None,
-        "coalesce": True,
-        "max_instances": 1,
-    }
-    assert scheduler.timer.job_defaults == TIMER_JOB_DEFAULTS
+
+    async def wake(_job_id: str) -> None:
+        return None
+
+    scheduler.timer.start()
+    try:
+        scheduler.timer.arm("nightly", clock.now() + 3600, wake)
+        job = scheduler.timer.aps.get_job("nightly")
+        armed = {
+            "misfire_grace_time": job.misfire_grace_time,
+            "coalesce": job.coalesce,
+            "max_instances": job.max_instances,
+        }
+    finally:
+        scheduler.timer.stop()
+    assert armed == {"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
+    assert armed == TIMER_JOB_DEFAULTS
 
 
 # -- triggers --------------------------------------------------------------------------
@@ -574,9 +587,16 @@ class Posted:
         return [reference_id]
 
 
-async def delivery_for(store: Store, access: Access) -> tuple[JobDelivery, Posted]:
+async def no_turn(_room: str, _who: str, _role: object, _prompt: str, _tz: str) -> str:
+    raise AssertionError("no prompt job runs a turn in this test")
+
+
+async def delivery_for(
+    store: Store, access: Access, run_turn: RunTurn = no_turn
+) -> tuple[JobDelivery, Posted]:
     posted = Posted()
-    return JobDelivery(store=store, poster=posted, role_of=access.role_of), posted
+    delivery = JobDelivery(store=store, poster=posted, role_of=access.role_of, run_turn=run_turn)
+    return delivery, posted
 
 
 async def test_a16_job_of_a_creator_who_lost_the_role_is_skipped_and_logged(
@@ -662,14 +682,13 @@ async def test_i05_a_users_prompt_job_outside_the_room_it_was_made_in_is_skipped
     store: Store, clock: ManualClock
 ) -> None:
     access = Access(AccessSettings(admins=("root",)))
-    delivery, posted = await delivery_for(store, access)
     turns: list[str] = []
 
     async def run_turn(room: str, _who: str, _role: object, prompt: str, _tz: str) -> str:
         turns.append(room)
         return f"answer to {prompt}"
 
-    delivery.use_turns(run_turn)
+    delivery, posted = await delivery_for(store, access, run_turn)
     moved = chat_job(message=None, prompt="digest", origin_room="elsewhere1")
     refusal = await delivery.refusal(moved)
     assert refusal is not None

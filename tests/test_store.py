@@ -133,7 +133,7 @@ async def test_r12_a_second_process_on_the_same_store_is_refused(
     with pytest.raises(StoreError, match="in use by another talkbot"):
         Store.open(tmp_path / "db.sqlite3", clock)
     await first.close()
-    Store.open(tmp_path / "db.sqlite3", clock)  # free again once closed
+    await Store.open(tmp_path / "db.sqlite3", clock).close()  # free again once closed
 
 
 async def test_rooms_membership_and_mode(store: Store) -> None:
@@ -226,6 +226,7 @@ async def test_webhooks_accepted_together_share_a_commit_and_still_dedupe(
     await store.close()
     reopened = Store.open(tmp_path / "db.sqlite3", clock)  # committed, not just queued
     assert len(await reopened.open_events()) == 5
+    await reopened.close()
 
 
 # -- H04: a locked or full store -----------------------------------------------------

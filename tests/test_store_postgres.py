@@ -18,8 +18,9 @@ from bot.clock import ManualClock
 from bot.errors import StoreError, StoreUnavailableError, StoreVersionError
 from bot.store import JobRecord, NewPendingAction, ReplicaRecord, Store
 from bot.store.inbox import INTAKE_BUDGET_S
-from bot.store.migrations import MIGRATIONS, POSTGRES_BASELINE, Migration
 from bot.store.postgres import PostgresDriver, describe
+from bot.store.postgres_baseline import POSTGRES_BASELINE
+from bot.store.steps import MIGRATIONS, Migration
 from tests.pgserver import PostgresServer
 
 

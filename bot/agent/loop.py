@@ -12,7 +12,8 @@ import structlog
 from bot import replies
 from bot.agent import prompts
 from bot.agent.llm import LLM, Completion, LLMCallError, ToolCallRequest, Usage
-from bot.config import Approver, LimitsSettings
+from bot.config import LimitsSettings
+from bot.confirmations import PendingCall
 from bot.errors import LLMError, ToolError
 from bot.i18n import _
 from bot.tools import Tool, Toolbox, ToolContext, canonical_json, parse_arguments
@@ -46,16 +47,6 @@ class Reply:
     private: bool = field(default=False, compare=False)
     # Tokens of the model requests this run of the turn made (every outcome has them).
     usage: Usage = field(default=Usage(), compare=False)
-
-
-@dataclass(frozen=True)
-class PendingCall:
-    """A call waiting for a human: exactly this tool with exactly these canonical arguments."""
-
-    call_id: str
-    tool_name: str
-    args_json: str
-    approver: Approver
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ MCP_SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,23}$")
 
 class McpServerSettings(Frozen):
     """One ``[[mcp.servers]]``: a Model Context Protocol server whose tools talkbot offers
-    as ``<name>__<tool>``, under its roles and confirmation rules (bot/tools/mcp.py)."""
+    as ``<name>__<tool>``, under its roles and confirmation rules (bot/tools/mcp/)."""
 
     name: str
     # stdio: talkbot starts the process (its environment: PATH, HOME, SHELL, TERM and env).

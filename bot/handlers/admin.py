@@ -93,7 +93,7 @@ class AdminCommands:
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self._commands))
 
-    async def handle(self, event: Event, _role: Role, route: Route) -> None:
+    async def on_command(self, event: Event, _role: Role, route: Route) -> None:
         spec = self._commands.get(route.command)
         if spec is None:
             answer = self._unknown(route.command)

@@ -1,4 +1,5 @@
-"""A chat turn: build the prompt, run the agent loop, and answer in the room."""
+"""A chat turn: build the prompt, run the agent loop, return its outcome; and answer in the
+room (the route that took the turn settles the outcome, ``approvals.settle``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ import structlog
 from bot import replies
 from bot.agent.history import History
 from bot.agent.llm import LLM
-from bot.agent.loop import GaveUp, NeedsConfirmation, Reply, TurnState, resume_turn, run_turn
+from bot.agent.loop import (
+    GaveUp,
+    NeedsConfirmation,
+    Reply,
+    TurnOutcome,
+    TurnState,
+    resume_turn,
+    run_turn,
+)
 from bot.agent.prompts import system_prompt
 from bot.clock import Clock
 from bot.config import ChatSettings, LimitsSettings, LLMSettings, Role
@@ -40,24 +49,19 @@ SCHEDULED_TURN_NOTE = (
     "Actions that need a confirmation are not available."
 )
 
-TurnResult = Reply | NeedsConfirmation | GaveUp
-
-
-# Called with the paused turn; posts the prompt and stores the pending actions.
-OnConfirmation = Callable[[Event, ToolContext, NeedsConfirmation], Awaitable[None]]
-
 
 @dataclass
 class ChatDeps:
     llm: LLM
-    toolbox: Toolbox
+    # The current toolbox, read as a turn starts: !reload and the MCP servers replace it,
+    # and a running turn keeps the one it started with.
+    toolbox: Callable[[], Toolbox]
     history: History
     poster: Poster
     clock: Clock
     metrics: Metrics
     chat: ChatSettings
     llm_settings: LLMSettings
-    on_confirmation: OnConfirmation | None = None
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     # Daily token quotas and the usage record; None: neither (unit tests of the chat).
     quotas: Quotas | None = None
@@ -75,19 +79,12 @@ class ChatHandler:
         llm_settings: LLMSettings,
         *,
         llm: LLM | None = None,
-        toolbox: Toolbox | None = None,
         limits: LimitsSettings | None = None,
     ) -> None:
         self._deps.chat = chat
         self._deps.llm_settings = llm_settings
         self._deps.limits = limits or self._deps.limits
         self._deps.llm = llm or self._deps.llm
-        self._deps.toolbox = toolbox or self._deps.toolbox
-
-    def use_toolbox(self, toolbox: Toolbox) -> None:
-        """The tools changed (an MCP server came, went or changed its list): the next
-        turn offers these; a turn running keeps the toolbox it started with."""
-        self._deps.toolbox = toolbox
 
     def context_for(self, event: Event, role: Role, *, tainted: bool = False) -> ToolContext:
         """``tainted``: the turn's input already holds content the requester did not write."""
@@ -102,8 +99,11 @@ class ChatHandler:
             timezone=self._deps.chat.timezone,
         )
 
-    async def handle(self, event: Event, role: Role, *, note: str | None = None) -> None:
-        """One turn for one message; ``note`` tells the model something first (a cancel)."""
+    async def take_turn(
+        self, event: Event, role: Role, *, note: str | None = None
+    ) -> TurnOutcome | None:
+        """One turn for one message, counted; ``note`` tells the model something first (a
+        cancel). None: a daily quota stopped it before the model, and the person was told."""
         deps = self._deps
         recalled = await deps.history.recall(event.room.token, requester=event.actor.id)
         ctx = self.context_for(event, role, tainted=recalled.untrusted)
@@ -114,47 +114,41 @@ class ChatHandler:
         started = time.monotonic()
         async with self._room_lock(event.room.token):
             if await self._over_quota(event, ctx):
-                return
+                return None
             async with self._working(event), self._model_slots:
                 result = await run_turn(
                     deps.llm,
-                    deps.toolbox,
+                    deps.toolbox(),
                     ctx,
                     messages,
                     max_rounds=deps.llm_settings.max_rounds,
                     limits=deps.limits,
                 )
             deps.metrics.turn_seconds.observe(time.monotonic() - started)
-            await self.finish(event, ctx, result)
+            await self._account(ctx, result)
+        return result
 
     async def resume(
         self, event: Event, ctx: ToolContext, state: TurnState, results: dict[str, str]
-    ) -> None:
-        """Continue a turn paused for confirmation (the confirm handler), then answer."""
+    ) -> TurnOutcome:
+        """Continue a turn paused for confirmation (``approvals``), counted; its outcome."""
         deps = self._deps
         async with self._room_lock(event.room.token):
             async with self._working(event), self._model_slots:
                 result = await resume_turn(
                     deps.llm,
-                    deps.toolbox,
+                    deps.toolbox(),
                     ctx,
                     state,
                     results,
                     max_rounds=deps.llm_settings.max_rounds,
                     limits=deps.limits,
                 )
-            await self.finish(event, ctx, result)
+            await self._account(ctx, result)
+        return result
 
-    async def finish(self, event: Event, ctx: ToolContext, result: TurnResult) -> None:
-        """Answer in the room with what the loop produced (also after a confirmation)."""
-        deps = self._deps
-        await self._account(ctx, result)
-        if isinstance(result, NeedsConfirmation):
-            if deps.on_confirmation is None:
-                await self.say(event, replies.apology())
-                return
-            await deps.on_confirmation(event, ctx, result)
-            return
+    async def answer(self, event: Event, result: Reply | GaveUp) -> None:
+        """Answer in the room with what the turn produced, and remember a reply."""
         text = result.text if isinstance(result, Reply) else _gave_up_text(result)
         crash_point("before_reply")
         await self.say(event, text)
@@ -218,7 +212,7 @@ class ChatHandler:
         async with self._room_lock(room), self._model_slots:
             result = await run_turn(
                 deps.llm,
-                deps.toolbox,
+                deps.toolbox(),
                 ctx,
                 messages,
                 max_rounds=deps.llm_settings.max_rounds,
@@ -247,7 +241,7 @@ class ChatHandler:
         )
         return True
 
-    async def _account(self, ctx: ToolContext, result: TurnResult) -> None:
+    async def _account(self, ctx: ToolContext, result: TurnOutcome) -> None:
         """Count the run and its tokens (metrics), and add them to today's usage. A turn
         paused for a confirmation is one turn in the usage, counted when it ends; its
         tokens count as they are spent (up to the pause, then the resumed run's)."""

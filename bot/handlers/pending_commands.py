@@ -5,24 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bot.handlers.admin import CommandSpec
-from bot.handlers.confirm import ConfirmHandler
+from bot.handlers.approvals import Approvals
 from bot.i18n import N_, _
 from bot.talk.events import Event
 
 
 class PendingCommands:
-    """``!pending``, ``!approve``, ``!cancel`` and ``!restart``, built on the confirmations."""
+    """``!pending``, ``!approve``, ``!cancel`` and ``!restart``, built on the approvals."""
 
     def __init__(
         self,
-        confirm: ConfirmHandler,
+        approvals: Approvals,
         *,
         prefix: Callable[[], str],
-        timezone: Callable[[], str],
     ) -> None:
-        self._confirm = confirm
+        self._approvals = approvals
         self._prefix = prefix
-        self._timezone = timezone
 
     def specs(self) -> dict[str, CommandSpec]:
         return {
@@ -46,14 +44,14 @@ class PendingCommands:
 
     async def _restart(self, event: Event, _args: str) -> str:
         """Asks for a yes like any dangerous tool (its prompt is the answer), then stops."""
-        await self._confirm.request_command(event, "admin", "bot_restart")
+        await self._approvals.ask_for_command(event, "bot_restart")
         return ""
 
     async def _pending(self, _event: Event, args: str) -> str:
         code = args.strip()
         if code:
-            return await self._confirm.details(code, self._timezone())
-        return await self._confirm.listing(self._timezone())
+            return await self._approvals.details(code)
+        return await self._approvals.listing()
 
     async def _approve(self, event: Event, args: str) -> str:
         code = args.strip()
@@ -61,7 +59,7 @@ class PendingCommands:
             return _("Usage: `{prefix}approve CODE` (see `{prefix}pending`)").format(
                 prefix=self._prefix()
             )
-        return await self._confirm.approve_by_admin(code, event.actor.id)
+        return await self._approvals.approve_by_admin(code, event.actor.id)
 
     async def _cancel(self, event: Event, args: str) -> str:
         code = args.strip()
@@ -69,4 +67,4 @@ class PendingCommands:
             return _("Usage: `{prefix}cancel CODE` (see `{prefix}pending`)").format(
                 prefix=self._prefix()
             )
-        return await self._confirm.cancel_by_admin(code, event.actor.id)
+        return await self._approvals.cancel_by_admin(code, event.actor.id)

@@ -1,13 +1,16 @@
-"""The router: parse an inbox event, classify it, then hand it to the admin, confirm or
-chat handler (the dispatcher calls its ``triage``, ``act`` and ``handle``)."""
+"""The router: parse an inbox event, classify it, then hand it to the handler its route
+kind maps to (the dispatcher calls its ``triage``, ``act`` and ``handle_item``).
+
+The route table is built once, by the composition root (``app.py``), and given to the
+constructor; the router itself only keeps the room registry and the room's history."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
-from bot import i18n, replies
+from bot import i18n
 from bot.access import Access
 from bot.agent.history import History
 from bot.config import Role
@@ -16,17 +19,17 @@ from bot.handlers.chat import ChatHandler
 from bot.routing import PendingRef, Route, RouteKind, RoutingPolicy, Triage, classify
 from bot.store import InboxItem, Store
 from bot.talk.events import Event, parse_event
-from bot.talk.poster import Poster
 
 log = structlog.get_logger(__name__)
 
-# A handler for one route kind: (event, role, route) -> None.
+# A handler for one route kind: (event, role, route) -> None; named ``on_<route>``.
 RouteHandler = Callable[[Event, Role, Route], Awaitable[None]]
+# The confirmations waiting in a room, for routing to recognise answers to them.
 PendingLookup = Callable[[str], Awaitable[tuple[PendingRef, ...]]]
 
 
-class EventHandler:
-    """The dispatcher's ``triage``, ``act`` and ``handle``: parse, route, act."""
+class Router:
+    """The dispatcher's ``triage``, ``act`` and ``handle_item``: parse, route, act."""
 
     def __init__(
         self,
@@ -36,7 +39,8 @@ class EventHandler:
         policy: RoutingPolicy,
         history: History,
         chat: ChatHandler,
-        poster: Poster,
+        routes: Mapping[RouteKind, RouteHandler],
+        pending: PendingLookup,
         greeting: str = "",
         directory: Directory | None = None,
         language: Callable[[], str] = lambda: i18n.DEFAULT,
@@ -48,26 +52,10 @@ class EventHandler:
         self.policy = policy
         self._history = history
         self._chat = chat
-        self._poster = poster
+        self._routes = dict(routes)
+        self._pending = pending
         self.greeting = greeting
-        self._routes: dict[RouteKind, RouteHandler] = {
-            RouteKind.CHAT: self._on_chat,
-            RouteKind.ROOM_COMMAND: self._on_room_command,
-            RouteKind.REFUSE_COMMAND: self._on_refused_command,
-        }
-        self._pending_lookup: PendingLookup | None = None
         self._rooms_seen: dict[str, tuple[str, bool]] = {}
-        self._extra_room_commands: dict[str, RouteHandler] = {}
-
-    def register(self, kind: RouteKind, handler: RouteHandler) -> None:
-        """Wire a handler for a route kind (app.py, for admin and confirmations)."""
-        self._routes[kind] = handler
-
-    def register_room_command(self, name: str, handler: RouteHandler) -> None:
-        self._extra_room_commands[name] = handler
-
-    def set_pending_lookup(self, lookup: PendingLookup) -> None:
-        self._pending_lookup = lookup
 
     async def triage(self, item: InboxItem) -> Triage:
         """Classify without acting (parse, role, the room's mode, its waiting prompts): no
@@ -77,7 +65,7 @@ class EventHandler:
             await self._directory.ensure_actor(event.actor.id)
         role = self._access.role_of(event.actor.id)
         room = await self._store.get_room(event.room.token)
-        pending = await self._pending_lookup(event.room.token) if self._pending_lookup else ()
+        pending = await self._pending(event.room.token)
         route = classify(
             event,
             role=role,
@@ -87,7 +75,7 @@ class EventHandler:
         )
         return Triage(event, role, route)
 
-    async def handle(self, item: InboxItem) -> None:
+    async def handle_item(self, item: InboxItem) -> None:
         """An event whose turn came: routed by the room as it is now, not as it arrived
         (a yes queued as an answer may find its action cancelled or expired)."""
         await self.act(await self.triage(item))
@@ -151,29 +139,3 @@ class EventHandler:
         log.info("room.joined" if joined else "room.left", room=event.room.token)
         if joined and self.greeting:
             await self._chat.say(event, self.greeting)
-
-    async def _on_chat(self, event: Event, role: Role, _route: Route) -> None:
-        # With confirmations wired (app.py), their handler takes CHAT: it cancels first.
-        await self._chat.handle(event, role)
-
-    async def _on_room_command(self, event: Event, role: Role, route: Route) -> None:
-        prefix = self.policy.access.command_prefix
-        if route.command in self._extra_room_commands:
-            await self._extra_room_commands[route.command](event, role, route)
-        elif route.command == "forget":
-            count = await self._history.forget(event.room.token)
-            await self._chat.say(event, replies.forgot(count))
-        elif route.command == "mode":
-            mode = route.args.strip().lower()
-            if mode not in ("all", "mention"):
-                await self._chat.say(event, replies.mode_usage(prefix))
-                return
-            await self._store.set_room_mode(event.room.token, mode)
-            await self._chat.say(event, replies.mode_set(mode))
-        else:
-            moderator = event.actor.is_moderator or role == "admin"
-            await self._chat.say(event, replies.room_help(prefix, moderator=moderator))
-
-    async def _on_refused_command(self, event: Event, _role: Role, route: Route) -> None:
-        prefix = self.policy.access.command_prefix
-        await self._chat.say(event, replies.command_refused(prefix + route.command, route.reason))

@@ -32,6 +32,7 @@ class JobDelivery:
         store: Store,
         poster: Poster,
         role_of: RoleOf,
+        run_turn: RunTurn,
         learn: Learn = _nothing_to_learn,
         language_of: Callable[[str], str | None] = lambda _actor: None,
         quotas: Quotas | None = None,
@@ -42,10 +43,6 @@ class JobDelivery:
         self._quotas = quotas
         self._learn = learn
         self._language_of = language_of
-        self._run_turn: RunTurn | None = None
-
-    def use_turns(self, run_turn: RunTurn) -> None:
-        """Wire the agent (built after the toolbox that holds the schedule tools)."""
         self._run_turn = run_turn
 
     async def __call__(self, job: ScheduledJob, fire_time: int) -> Skipped | None:
@@ -60,8 +57,6 @@ class JobDelivery:
         if refusal is not None:
             return Skipped(refusal)
         if job.prompt is not None:
-            if self._run_turn is None:
-                return Skipped("agent turns are not available")
             if (over_quota := await self._over_quota(job, fire_time)) is not None:
                 return over_quota
             text = await self._run_turn(

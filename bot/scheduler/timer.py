@@ -40,11 +40,6 @@ class Timer:
             job_defaults=dict(TIMER_JOB_DEFAULTS),
         )
 
-    @property
-    def job_defaults(self) -> dict[str, Any]:
-        """What the timer's jobs get unless told otherwise (R10 asserts these)."""
-        return dict(self.aps._job_defaults)  # no public getter in APScheduler
-
     def start(self) -> None:
         if not self.aps.running:
             self.aps.start()

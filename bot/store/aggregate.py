@@ -7,7 +7,7 @@ from bot.store.engine import Engine
 
 
 class Aggregate:
-    """Base of the store's parts; ``Store`` (bot/store/__init__.py) sets these."""
+    """Base of the store's parts; ``Store`` (bot/store/facade.py) sets these."""
 
     _engine: Engine
     _clock: Clock

@@ -37,13 +37,9 @@ from psycopg.rows import DictRow, dict_row
 from bot.config import strip_credentials
 from bot.errors import StoreError, StoreVersionError
 from bot.store.engine import Conflict, Cursor, Dialect, Row, Tx, Work
-from bot.store.migrations import (
-    MIGRATIONS,
-    POSTGRES_BASELINE,
-    POSTGRES_SCHEMA_AT_BASELINE,
-    Migration,
-    Upgrade,
-)
+from bot.store.migrations import Upgrade
+from bot.store.postgres_baseline import POSTGRES_BASELINE, POSTGRES_SCHEMA_AT_BASELINE
+from bot.store.steps import MIGRATIONS, Migration
 
 T = TypeVar("T")
 

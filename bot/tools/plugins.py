@@ -40,7 +40,7 @@ from pydantic import BaseModel
 from bot.clock import Clock
 from bot.errors import ConfigError
 from bot.tools import KINDS, ROLE_ORDER, TOOL_NAME, Tool
-from bot.tools.files import FileArea
+from bot.tools.filearea import FileArea
 from bot.tools.web import HttpFetcher
 
 log = structlog.get_logger(__name__)

@@ -1,5 +1,5 @@
 """Where tools come from besides talkbot itself: the state of each MCP server, as
-``!tools``, ``!status`` and ``/readyz`` show it (bot/tools/mcp.py fills it; this module
+``!tools``, ``!status`` and ``/readyz`` show it (bot/tools/mcp/ fills it; this module
 does not import the MCP SDK, so what shows it needs none)."""
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pytest
@@ -17,7 +18,6 @@ from bot.agent.llm import LLM, Usage
 from bot.agent.loop import (
     GaveUp,
     NeedsConfirmation,
-    PendingCall,
     Reply,
     TurnOutcome,
     TurnState,
@@ -25,10 +25,12 @@ from bot.agent.loop import (
     run_turn,
 )
 from bot.config import LimitsSettings, LLMSettings, Role
+from bot.confirmations import PendingCall
 from bot.errors import ToolError
 from bot.tools import Tool, Toolbox, ToolContext, roles_from
 from bot.tools.clock import make_clock_tools
 from tests.fakes.llm_server import FakeLLM, RecordedRequest
+from tests.tools import context
 
 NOW = datetime(2026, 5, 4, 8, 15, tzinfo=UTC).timestamp()
 START = [
@@ -99,8 +101,7 @@ def toolbox(spy: Spy) -> Toolbox:
     )
 
 
-def ctx(role: Role = "user", **extra: Any) -> ToolContext:
-    return ToolContext("users/alice", role, "room1", now=lambda: NOW, **extra)
+ctx = partial(context.ctx, now=NOW)
 
 
 async def turn(llm: LLM, toolbox: Toolbox, context: ToolContext, rounds: int = 8) -> TurnOutcome:

@@ -488,7 +488,7 @@ async def test_admin_approver_policy_needs_an_admin(
         texts = await bot.say(said("yes", REQUEST_ID + 1))
         assert f"approve {code}" in texts[0]
         assert runs == []
-        confirm = bot.runtime.running.confirm
+        confirm = bot.runtime.running.approvals
         assert confirm is not None
         assert code in await confirm.listing()
         llm.reply("Written with the admin's approval.")

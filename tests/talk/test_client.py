@@ -22,14 +22,9 @@ from bot.errors import (
     TalkRejectedError,
     TalkUnavailableError,
 )
-from bot.talk.client import (
-    AUTH_REFUSAL_MEMORY_S,
-    MESSAGE_TIMEOUT_S,
-    RetryPolicy,
-    TalkClient,
-    split_message,
-)
+from bot.talk.client import AUTH_REFUSAL_MEMORY_S, MESSAGE_TIMEOUT_S, RetryPolicy, TalkClient
 from bot.talk.signature import BOT_RANDOM_HEADER, BOT_SIGNATURE_HEADER, new_random, sign
+from bot.talk.splitting import split_message
 from tests.fakes.talk_server import FakeTalk
 
 SECRET = "fake-bot-secret-0123456789-abcdefghijklmnopqrstuvwxyz"

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
 
 from bot.config import Role
 from bot.errors import ToolError
-from bot.tools import Toolbox, ToolContext
+from bot.tools import Toolbox
 from bot.tools.clock import CurrentTimeArgs, current_time, make_clock_tools
+from tests.tools import context
 
 # 2026-03-29 00:30 UTC: the night Europe/Berlin springs forward to summer time.
 NOW = datetime(2026, 3, 29, 0, 30, tzinfo=UTC).timestamp()
 
 
-def ctx(role: Role = "user", timezone: str = "UTC") -> ToolContext:
-    return ToolContext("users/alice", role, "room1", now=lambda: NOW, timezone=timezone)
+ctx = partial(context.ctx, now=NOW)
 
 
 @pytest.mark.parametrize(

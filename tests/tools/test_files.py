@@ -8,6 +8,7 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ import pytest
 
 from bot.config import FilesToolSettings
 from bot.errors import ToolError
-from bot.tools import Toolbox, ToolContext
-from bot.tools.files import FileArea, ListArgs, ReadArgs, WriteArgs, make_file_tools
+from bot.tools import Toolbox
+from bot.tools.filearea import FileArea
+from bot.tools.files import ListArgs, ReadArgs, WriteArgs, make_file_tools
+from tests.tools import context
 
 SECRET = "outside secret, never to be read or changed"
 
@@ -51,8 +54,7 @@ def layout(tmp_path: Path) -> Layout:
     return Layout(root, outside, secret, area)
 
 
-def admin() -> ToolContext:
-    return ToolContext("users/root", "admin", "adminroom1", now=lambda: 0.0)
+admin = partial(context.ctx, "admin", uid="root", room="adminroom1")
 
 
 def refusal(call: Any, *args: Any) -> str:
@@ -321,7 +323,7 @@ async def test_a01_file_tools_are_neither_offered_nor_run_for_non_admins(
     layout: Layout, box: Toolbox, role: Any
 ) -> None:
     assert box.specs_for(role) == []
-    ctx = ToolContext("users/bob", role, "room1", now=lambda: 0.0)
+    ctx = context.ctx(role, uid="bob")
     for name, args in (
         ("file_list", ListArgs()),
         ("file_read", ReadArgs(path="readme.txt")),

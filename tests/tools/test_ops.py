@@ -5,15 +5,16 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 import structlog
 
-from bot.config import Role
 from bot.logs import LogRing, Redactor, configure_logging
-from bot.tools import Toolbox, ToolContext
+from bot.tools import Toolbox
 from bot.tools.ops import RESTARTING, LogsArgs, RestartArgs, make_ops_tools, newest_lines
+from tests.tools import context
 
 ADMIN_ROOM = "adminroom1"
 BOT_SECRET = "canary-bot-secret-0123456789abcdefghijklmnop"
@@ -58,8 +59,7 @@ def box(ring: LogRing, restarts: Restarts) -> Toolbox:
     return Toolbox(make_ops_tools(ring, restarts, admin_room=lambda: ADMIN_ROOM))
 
 
-def ctx(role: Role = "admin", room: str = ADMIN_ROOM, *, unattended: bool = False) -> ToolContext:
-    return ToolContext("users/root", role, room, now=lambda: 0.0, unattended=unattended)
+ctx = partial(context.ctx, role="admin", uid="root", room=ADMIN_ROOM)
 
 
 def log_some_secrets() -> None:
@@ -134,8 +134,8 @@ async def test_a01_ops_tools_are_neither_offered_nor_run_for_non_admins(
     box: Toolbox, restarts: Restarts, role: Any
 ) -> None:
     assert box.specs_for(role) == []
-    logs = await box.execute("bot_logs", LogsArgs(), ctx(role))
-    restart = await box.execute("bot_restart", RestartArgs(), ctx(role), confirmed=True)
+    logs = await box.execute("bot_logs", LogsArgs(), ctx(role=role))
+    restart = await box.execute("bot_restart", RestartArgs(), ctx(role=role), confirmed=True)
     assert not logs.ok
     assert not restart.ok
     assert restarts.count == 0

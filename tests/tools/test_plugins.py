@@ -13,15 +13,16 @@ import aiohttp
 import pytest
 
 from bot.clock import ManualClock
-from bot.config import FilesToolSettings, HttpFetchSettings, Role, ToolsSettings
+from bot.config import FilesToolSettings, HttpFetchSettings, ToolsSettings
 from bot.errors import ConfigError
-from bot.tools import Toolbox, ToolContext
-from bot.tools.files import FileArea
+from bot.tools import Toolbox
+from bot.tools.filearea import FileArea
 from bot.tools.plugins import ToolDeps, load_plugin_tools
 from bot.tools.web import HttpFetcher
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import dm_event, running_daemon
+from tests.tools.context import ctx
 
 _numbers = itertools.count()
 
@@ -75,10 +76,6 @@ async def deps(tmp_path: Path) -> AsyncIterator[ToolDeps]:
             timezone="Europe/Berlin",
         )
     await fetcher.aclose()
-
-
-def ctx(role: Role = "user") -> ToolContext:
-    return ToolContext("users/alice", role, "room1", now=lambda: 0.0)
 
 
 async def test_module_tools_run_with_their_deps(

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from bot.store import Store
 from bot.tools import Toolbox, ToolContext, ToolResult
 from bot.tools.schedule import make_schedule_tools
 from bot.tools.talk import RoomDirectory
+from tests.tools import context
 
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC).timestamp()  # Monday 09:00 in Berlin
 LIMITS = LimitsSettings(jobs_per_person=3, jobs_per_room=4)
@@ -63,17 +65,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     await store.close()
 
 
-def ctx(
-    uid: str = "alice", role: Role = "user", room: str = HERE, *, unattended: bool = False
-) -> ToolContext:
-    return ToolContext(
-        f"users/{uid}",
-        role,
-        room,
-        now=lambda: T0,
-        timezone="Europe/Berlin",
-        unattended=unattended,
-    )
+ctx = partial(context.ctx, room=HERE, now=T0, timezone="Europe/Berlin")
 
 
 async def test_user_schedules_a_reminder_in_the_own_room(setup: Setup) -> None:
@@ -111,14 +103,14 @@ async def test_admin_schedules_into_any_known_room_but_not_unknown_ones(setup: S
     known = await setup.call(
         "schedule_add",
         {"every": "1d", "message": "Hi team", "room": OTHER},
-        ctx("root", "admin"),
+        ctx("admin", uid="root"),
         confirmed=True,
     )
     assert known.ok
     unknown = await setup.call(
         "schedule_add",
         {"every": "1d", "message": "Hi", "room": "elsewhere1"},
-        ctx("root", "admin"),
+        ctx("admin", uid="root"),
         confirmed=True,
     )
     assert not unknown.ok
@@ -157,10 +149,10 @@ async def test_i07_a_person_has_the_configured_job_limit_admins_too(
 ) -> None:
     for index in range(LIMITS.jobs_per_person):
         args = {"every": "1h", "prompt": f"digest #{index}"}
-        result = await setup.call("schedule_add", args, ctx(uid, role))
+        result = await setup.call("schedule_add", args, ctx(role, uid=uid))
         assert result.ok, result.text
     result = await setup.call(
-        "schedule_add", {"every": "1h", "message": "one more"}, ctx(uid, role)
+        "schedule_add", {"every": "1h", "message": "one more"}, ctx(role, uid=uid)
     )
     assert not result.ok
     assert "[limits] jobs_per_person = 3" in result.text
@@ -174,15 +166,19 @@ async def test_i07_a_room_has_the_configured_job_limit_and_config_jobs_do_not_co
     for uid in ("alice", "bob"):
         for index in range(2):
             args = {"every": "1h", "message": f"{uid} #{index}"}
-            assert (await setup.call("schedule_add", args, ctx(uid))).ok
-    full = await setup.call("schedule_add", {"every": "1h", "message": "one more"}, ctx("carol"))
+            assert (await setup.call("schedule_add", args, ctx(uid=uid))).ok
+    full = await setup.call(
+        "schedule_add", {"every": "1h", "message": "one more"}, ctx(uid="carol")
+    )
     assert not full.ok
     assert f"room {HERE} already has 4 scheduled jobs" in full.text
     assert "[limits] jobs_per_room = 4" in full.text
     # The config's stand-up in the other room does not count: three of root's fit there.
     for index in range(3):
         args = {"every": "1h", "message": f"#{index}"}
-        assert (await setup.call("schedule_add", args, ctx("root", "admin", OTHER))).ok, index
+        assert (await setup.call("schedule_add", args, ctx("admin", uid="root", room=OTHER))).ok, (
+            index
+        )
 
 
 async def test_i05_a_chat_job_records_the_room_it_was_made_in(setup: Setup) -> None:
@@ -202,31 +198,31 @@ async def test_scheduled_runs_cannot_schedule_more(setup: Setup) -> None:
 async def test_a_user_cannot_list_or_remove_another_users_job(setup: Setup) -> None:
     await setup.call("schedule_add", {"every": "1h", "message": "Alice's secret"}, ctx())
     [job] = await setup.scheduler.jobs("users/alice")
-    listed = await setup.call("schedule_list", {}, ctx("bob"))
+    listed = await setup.call("schedule_list", {}, ctx(uid="bob"))
     assert job.id not in listed.text
     assert "Alice's" not in listed.text
-    removed = await setup.call("schedule_remove", {"id": job.id}, ctx("bob"))
+    removed = await setup.call("schedule_remove", {"id": job.id}, ctx(uid="bob"))
     assert not removed.ok
     assert "no job" in removed.text
     assert await setup.scheduler.get(job.id) is not None
-    own = await setup.call("schedule_list", {}, ctx("alice"))
+    own = await setup.call("schedule_list", {}, ctx(uid="alice"))
     assert job.id in own.text
     assert "standup" not in own.text  # the config's job is not Alice's
-    assert (await setup.call("schedule_remove", {"id": job.id}, ctx("alice"))).ok
+    assert (await setup.call("schedule_remove", {"id": job.id}, ctx(uid="alice"))).ok
     assert await setup.scheduler.get(job.id) is None
 
 
 async def test_admin_lists_and_removes_every_job_but_config_ones(setup: Setup) -> None:
     await setup.call("schedule_add", {"every": "1h", "message": "water"}, ctx())
     [job] = await setup.scheduler.jobs("users/alice")
-    listed = await setup.call("schedule_list", {}, ctx("root", "admin"))
+    listed = await setup.call("schedule_list", {}, ctx("admin", uid="root"))
     assert job.id in listed.text
     assert "standup" in listed.text
     assert "by users/alice" in listed.text
-    config = await setup.call("schedule_remove", {"id": "standup"}, ctx("root", "admin"))
+    config = await setup.call("schedule_remove", {"id": "standup"}, ctx("admin", uid="root"))
     assert not config.ok
     assert "config file" in config.text
-    assert (await setup.call("schedule_remove", {"id": job.id}, ctx("root", "admin"))).ok
+    assert (await setup.call("schedule_remove", {"id": job.id}, ctx("admin", uid="root"))).ok
 
 
 async def test_guests_get_no_schedule_tools(setup: Setup) -> None:

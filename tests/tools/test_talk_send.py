@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -14,10 +15,11 @@ from bot.clock import ManualClock
 from bot.config import Role
 from bot.store import Store
 from bot.talk.client import RetryPolicy, TalkClient
-from bot.tools import Toolbox, ToolContext
+from bot.tools import Toolbox
 from bot.tools.talk import RoomDirectory, TalkSendArgs, make_talk_tools
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import SECRET
+from tests.tools import context
 
 HERE = "hereroom1"
 JOINED = "teamroom1"
@@ -39,8 +41,7 @@ async def toolbox(tmp_path: Path, talk: FakeTalk) -> AsyncIterator[Toolbox]:
     await store.close()
 
 
-def ctx(role: Role, *, tainted: bool = False) -> ToolContext:
-    return ToolContext("users/alice", role, HERE, now=lambda: 0.0, tainted=tainted)
+ctx = partial(context.ctx, room=HERE)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from functools import partial
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from bot.tools import (
     canonical_json,
     roles_from,
 )
+from tests.tools import context
 
 
 class NoteArgs(BaseModel):
@@ -56,10 +58,7 @@ class Spy:
         )
 
 
-def ctx(role: Role = "user", **extra: Any) -> ToolContext:
-    return ToolContext(
-        requester="users/alice", role=role, room="room1", now=lambda: 1_780_000_000.0, **extra
-    )
+ctx = partial(context.ctx, now=1_780_000_000.0)
 
 
 def toolbox(spy: Spy, settings: ToolsSettings | None = None) -> Toolbox:

@@ -27,17 +27,12 @@ from yarl import URL
 
 from bot.config import HttpFetchSettings, WebSearchSettings
 from bot.errors import ToolError
-from bot.tools import Tool, Toolbox, ToolContext
+from bot.tools import Tool, Toolbox
 from bot.tools.htmltext import ConversionError, ConvertLimits, HtmlConverter
 from bot.tools.netguard import AddressRefusedError, IPAddress, PublicInternet
-from bot.tools.web import (
-    FetchArgs,
-    HttpFetcher,
-    SearchArgs,
-    convert_limits,
-    make_fetch_tools,
-    make_search_tools,
-)
+from bot.tools.web import FetchArgs, HttpFetcher, convert_limits, make_fetch_tools
+from bot.tools.web_search import SearchArgs, make_search_tools
+from tests.tools.context import ctx
 from tests.tools.test_netguard import FakeResolver
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
@@ -249,10 +244,6 @@ async def fetcher_for(dials: Dials) -> AsyncIterator[FetcherFactory]:
 @pytest.fixture
 def loopback(pages: PageServer, fetcher_for: FetcherFactory) -> HttpFetcher:
     return fetcher_for(LoopbackOnly(frozenset({pages.port})))
-
-
-def ctx(role: Any = "user") -> ToolContext:
-    return ToolContext("users/alice", role, "room1", now=lambda: 0.0)
 
 
 # -- what comes back ------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The ``talkbot`` commands, one module each; bot/cli.py parses the command line."""
