@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
@@ -73,23 +74,47 @@ def open_store(storage: StorageSettings, clock: Clock, *, replica: str = "") -> 
 async def build_parts(
     runtime: Runtime, *, poster_factory: Callable[[TalkClient], Poster] | None = None
 ) -> Parts:
+    """Every part, built and wired. Each resource registers its own teardown as it is
+    opened (``Parts.resources``): when building fails half-way (a broken [tools] module,
+    the store refusing a query), exactly what was opened is closed again."""
+    async with contextlib.AsyncExitStack() as resources:
+        parts = await _build_parts(runtime, resources, poster_factory)
+        parts.resources = resources.pop_all()
+        return parts
+
+
+async def _build_parts(
+    runtime: Runtime,
+    resources: contextlib.AsyncExitStack,
+    poster_factory: Callable[[TalkClient], Poster] | None,
+) -> Parts:
     settings, clock = runtime.settings, runtime.clock
     check_schedules(settings.schedules, settings.chat.timezone)
     me = new_replica(clock, __version__)
     store = open_store(settings.storage, clock, replica=me.id)
+    resources.push_async_callback(store.close)
     shared = settings.storage.backend == "postgres"
     # With replicas, heartbeats and leases go over a connection of their own: queued
     # behind a burst of webhooks on the main one, a late heartbeat would let a lease
     # lapse while this replica still serves the room.
     leases = open_store(settings.storage, clock, replica=me.id) if shared else store
     coordinator = Coordinator(leases, clock, me, shared=shared, lease_s=settings.storage.lease_s)
+    resources.push_async_callback(coordinator.close)  # the leases' own connection
     session = aiohttp.ClientSession(trust_env=False)
+    resources.push_async_callback(session.close)
     secret = settings.nextcloud.bot_secret.get_secret_value()
     talk = TalkClient(session, settings.nextcloud.url, secret, clock=clock)
     inner: Poster = poster_factory(talk) if poster_factory else talk
     poster: Poster = MeteredPoster(inner, runtime.metrics)
     llm = MeteredLLM(settings.llm, runtime.metrics)
+    built: list[Parts] = []
+
+    async def close_llm() -> None:  # !reload swaps the client: the one in use closes
+        await (built[0].llm if built else llm).aclose()
+
+    resources.push_async_callback(close_llm)
     directory = build_directory(settings, session, clock)
+    resources.push_async_callback(directory.aclose)
     access = Access(
         settings.access, stored_roles(await store.role_overrides()), groups_of=directory.groups
     )
@@ -139,26 +164,12 @@ async def build_parts(
     rooms = RoomDirectory(
         store, lambda: config_rooms(runtime.settings.access.admin_room, runtime.settings.schedules)
     )
-    tool_deps = ToolDeps(
-        scheduler=scheduler,
-        rooms=rooms,
-        poster=poster,
-        session=session,
-        fetcher=HttpFetcher(settings.tools.http_fetch, policy=runtime.fetch_policy),
-        ring=runtime.ring,
-        clock=clock,
-        restart=lambda: runtime.request_stop(EXIT_RESTART),
-        admin_room=lambda: runtime.settings.access.admin_room,
+    tool_deps = open_tool_deps(
+        runtime, resources, scheduler=scheduler, rooms=rooms, poster=poster, session=session
     )
-    try:
-        own_tools = (*build_tools(settings, tool_deps), *runtime.extra_tools)
-        toolbox = MeteredToolbox(own_tools, settings.tools, metrics=runtime.metrics)
-    except ConfigError:  # a broken [tools] module: one line at start, nothing left open
-        await llm.aclose()
-        await session.close()
-        await coordinator.close()
-        await store.close()
-        raise
+    # A broken [tools] module raises ConfigError here: what was opened closes again.
+    own_tools = (*build_tools(settings, tool_deps), *runtime.extra_tools)
+    toolbox = MeteredToolbox(own_tools, settings.tools, metrics=runtime.metrics)
     approvals, confirm = build_confirmations(runtime, store, chat, access, history)
     prefix = command_prefix(runtime)
     usage = UsageCommands(quotas, role_of=access.role_of, prefix=prefix)
@@ -224,6 +235,7 @@ async def build_parts(
         clock=clock,
         room_enabled=talk.room_enabled,
     )
+    store_notices = open_store_notices(runtime, resources, store, poster)
     parts = Parts(
         store=store,
         session=session,
@@ -244,15 +256,50 @@ async def build_parts(
         coordinator=coordinator,
         directory=directory,
         own_tools=own_tools,
+        store_notices=store_notices,
     )
-    parts.store_notices = StoreNotices(
+    built.append(parts)
+    runtime.reload_hooks.append(reconcile_schedules(runtime))
+    return parts
+
+
+def open_tool_deps(
+    runtime: Runtime,
+    resources: contextlib.AsyncExitStack,
+    *,
+    scheduler: Scheduler,
+    rooms: RoomDirectory,
+    poster: Poster,
+    session: aiohttp.ClientSession,
+) -> ToolDeps:
+    """What the built-in tools use; the fetcher's converter processes close with it."""
+    fetcher = HttpFetcher(runtime.settings.tools.http_fetch, policy=runtime.fetch_policy)
+    resources.push_async_callback(fetcher.aclose)
+    return ToolDeps(
+        scheduler=scheduler,
+        rooms=rooms,
+        poster=poster,
+        session=session,
+        fetcher=fetcher,
+        ring=runtime.ring,
+        clock=runtime.clock,
+        restart=lambda: runtime.request_stop(EXIT_RESTART),
+        admin_room=lambda: runtime.settings.access.admin_room,
+    )
+
+
+def open_store_notices(
+    runtime: Runtime, resources: contextlib.AsyncExitStack, store: Store, poster: Poster
+) -> StoreNotices:
+    """The admin room is told when the store stops and starts saving (H04)."""
+    notices = StoreNotices(
         poster,
         lambda: runtime.settings.access.admin_room,
         lambda: runtime.settings.chat.language,
     )
-    store.watch_health(parts.store_notices)
-    runtime.reload_hooks.append(reconcile_schedules(runtime))
-    return parts
+    store.watch_health(notices)
+    resources.push_async_callback(notices.aclose)  # its tasks, after the drain
+    return notices
 
 
 def build_confirmations(
@@ -301,18 +348,6 @@ def build_admin(
         return runtime.settings
 
     prefix = command_prefix(runtime)
-    admin = AdminCommands(
-        AdminDeps(
-            store=store,
-            access=access,
-            ring=runtime.ring,
-            say=chat.say,
-            status=lambda: status_facts(runtime),
-            reload=lambda: reload_everywhere(runtime, runtime.running),
-            prefix=prefix,
-            directory=directory,
-        )
-    )
 
     def mcp_states() -> Sequence[ServerState]:
         mcp = runtime.running.mcp
@@ -332,9 +367,17 @@ def build_admin(
         ),
         **usage.specs(),
     }
-    for name, spec in extras.items():
-        admin.add(name, spec)
-    return admin
+    deps = AdminDeps(
+        store=store,
+        access=access,
+        ring=runtime.ring,
+        say=chat.say,
+        status=lambda: status_facts(runtime),
+        reload=lambda: reload_everywhere(runtime, runtime.running),
+        prefix=prefix,
+        directory=directory,
+    )
+    return AdminCommands(deps, extras)
 
 
 def build_routes(

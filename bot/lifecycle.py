@@ -61,20 +61,15 @@ async def close_parts(parts: Parts) -> None:
         parts.housekeeping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await parts.housekeeping
+    # First the work stops, in this order...
     await parts.tool_deps.fetcher.stop_converting()  # a hostile page never holds the stop (H01)
     await parts.scheduler.stop()
     await parts.dispatcher.stop(STOP_DEADLINE_S)
     await parts.coordinator.stop()
-    await parts.coordinator.close()
-    if parts.store_notices is not None:  # after the drain: a notice it causes is still owned
-        await parts.store_notices.aclose()
     if parts.mcp is not None:
         await parts.mcp.aclose()
-    await parts.llm.aclose()
-    await parts.directory.aclose()
-    await parts.session.close()
-    await parts.tool_deps.fetcher.aclose()
-    await parts.store.close()
+    # ...then every resource closes, the last opened first (build_parts registered them).
+    await parts.resources.aclose()
 
 
 async def start_parts(runtime: Runtime, parts: Parts, *, schedules: bool = True) -> None:

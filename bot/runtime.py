@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -101,12 +102,15 @@ class Parts:
     tool_deps: ToolDeps
     coordinator: Coordinator
     directory: Directory
+    store_notices: StoreNotices
     # The configured tools (built-in, [tools] modules, a test's own); the toolbox is these
     # and the MCP servers' tools of the moment.
     own_tools: tuple[Tool[Any], ...] = ()
     mcp: McpTools | None = None
     housekeeping: asyncio.Task[None] | None = None
-    store_notices: StoreNotices | None = None
+    # Each resource's teardown, registered as it was opened (build_parts); close_parts
+    # stops the work first, then closes these in reverse order.
+    resources: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
 
 class StoreNotices:

@@ -11,12 +11,16 @@ import math
 import time
 from pathlib import Path
 
+import pytest
+
 from bot import replies
 from bot.clock import ManualClock
 from bot.dispatch import BUSY_NOTICE_INTERVAL_S
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import Daemon, create_event, running_daemon
+
+pytestmark = pytest.mark.timing  # races a wall-clock deadline: run alone (scripts/check)
 
 FLOOD_ROOM = "floodroom1"
 QUIET_ROOM = "quietroom1"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bot import replies
 from bot.clock import ManualClock
 from tests.fakes.llm_server import FakeLLM
@@ -13,6 +15,8 @@ from tests.fakes.talk_server import FakeTalk
 from tests.handlers.test_confirm import Run, ask_for_write, danger_tool, said
 from tests.harness import GROUP, Daemon, create_event, running_daemon
 from tests.test_backpressure import inbox_rows
+
+pytestmark = pytest.mark.timing  # races a wall-clock deadline: run alone (scripts/check)
 
 SLOW_TURN_S = 2.0  # long enough for every webhook below to arrive while it runs
 ROOM_CAP = 20

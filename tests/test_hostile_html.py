@@ -43,6 +43,8 @@ from tests.harness import (
 from tests.test_process import serve, write_toml
 from tests.test_tools_e2e import LoopbackOnly
 
+pytestmark = pytest.mark.timing  # races a wall-clock deadline: run alone (scripts/check)
+
 HOSTILE = "<html><body>" + "<ul><li>x" * 15_000 + "</body></html>"
 NOTES = "the quarterly notes\n"
 PROMPT_S = 5.0  # alice's answer, while the hostile conversions fail or run

@@ -13,11 +13,14 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from bot import replies
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import Daemon, create_event, php_json, running_daemon, signed_headers
+
+pytestmark = pytest.mark.timing  # races a wall-clock deadline: run alone (scripts/check)
 
 GENEROUS_ACK_S = 2.5
 # Longer than any ack may take: an ack that waited for the model would fail the bound.

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import Daemon, dm_event
+
+pytestmark = pytest.mark.timing  # races a wall-clock deadline: run alone (scripts/check)
 
 # What the throttle holds at most is 25 s; the real Nextcloud 31 stored the message after it.
 THROTTLE_S = 26.0

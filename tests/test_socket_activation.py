@@ -31,6 +31,8 @@ from tests.fakes.talk_server import FakeTalk
 from tests.harness import base_config, create_event, free_port, php_json, signed_headers
 from tests.test_process import write_toml
 
+pytestmark = pytest.mark.timing  # races a wall-clock deadline: run alone (scripts/check)
+
 REPO = Path(__file__).resolve().parents[1]
 TALK_TIMEOUT_S = 5.0  # Talk gives a webhook this long and never retries it
 PATIENCE_S = 20.0  # what the tests wait for before calling a process stuck

@@ -65,7 +65,9 @@ class AdminDeps:
 class AdminCommands:
     """The admin room's commands; routing already checked the room and the role."""
 
-    def __init__(self, deps: AdminDeps) -> None:
+    def __init__(self, deps: AdminDeps, more: Mapping[str, CommandSpec] | None = None) -> None:
+        """``more``: the command groups other features bring (jobs, pending actions,
+        usage, tools), given by the composition root."""
         self._deps = deps
         self._commands: dict[str, CommandSpec] = {
             "help": CommandSpec(
@@ -84,10 +86,8 @@ class AdminCommands:
             ),
             "reload": CommandSpec("reload", N_("re-read the config file"), self._reload),
             "rooms": CommandSpec("rooms", N_("rooms the bot is in"), self._rooms),
+            **(more or {}),
         }
-
-    def add(self, name: str, spec: CommandSpec) -> None:
-        self._commands[name] = spec
 
     @property
     def names(self) -> tuple[str, ...]:

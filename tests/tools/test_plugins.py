@@ -15,6 +15,7 @@ import pytest
 from bot.clock import ManualClock
 from bot.config import FilesToolSettings, HttpFetchSettings, ToolsSettings
 from bot.errors import ConfigError
+from bot.store import Store
 from bot.tools import Toolbox
 from bot.tools.filearea import FileArea
 from bot.tools.plugins import ToolDeps, load_plugin_tools
@@ -193,6 +194,9 @@ async def test_the_daemon_refuses_to_start_with_a_broken_module(
     assert caught.value.one_line() == (
         "invalid config: tools.modules: talkbot_no_such_module: module not found (is it installed?)"
     )
+    # What was opened before the module failed closed again: the store's lock is free.
+    store = Store.open(tmp_path / "talkbot.sqlite3", ManualClock())
+    await store.close()
 
 
 async def test_a_module_tool_is_offered_and_run_by_the_daemon(

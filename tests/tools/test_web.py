@@ -325,6 +325,7 @@ async def test_s07_a_gzip_bomb_is_cut_after_decoding(
     assert len(page.text) == 1_000_000  # of 32 MiB the compressed body expands to
 
 
+@pytest.mark.timing
 async def test_s07_a_slow_drip_hits_the_timeout(
     pages: PageServer, fetcher_for: FetcherFactory
 ) -> None:
@@ -379,6 +380,7 @@ async def test_h01_nesting_within_the_cap_converts_as_before() -> None:
     assert str(outcome) == "the page is too complex to convert (nesting deeper than 1)"
 
 
+@pytest.mark.timing
 async def test_h01_a_slow_conversion_is_killed_at_the_time_limit_and_the_next_one_works() -> None:
     slow = converter(max_depth=1_000_000, timeout_s=1.0)
     outcome, took = await timed(slow.convert(DEEP))
@@ -389,6 +391,7 @@ async def test_h01_a_slow_conversion_is_killed_at_the_time_limit_and_the_next_on
     assert "# Hello" in (await slow.convert(PAGE))[0]
 
 
+@pytest.mark.timing
 async def test_h01_the_memory_limit_stops_a_conversion_that_balloons() -> None:
     quotes = "<blockquote>x" * 30_000  # each line carries every level's "> ": about 900 MB
     outcome, took = await timed(converter(max_depth=1_000_000, memory_mb=128).convert(quotes))
