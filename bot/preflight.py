@@ -21,7 +21,7 @@ from bot.talk.client import TalkClient
 from bot.tools.files import FILE_TOOLS, root_problem, root_refusal
 from bot.tools.talk import RoomDirectory
 from bot.tools.web import HttpFetcher
-from bot.toolset import ToolDeps, build_tools
+from bot.toolset import BuiltinToolDeps, build_tools
 
 log = structlog.get_logger(__name__)
 
@@ -75,7 +75,7 @@ async def _dry_run_tools(settings: Settings) -> None:
     delivery = JobDelivery(
         store=store, poster=talk, role_of=lambda _actor: "none", run_turn=_no_turn
     )
-    deps = ToolDeps(
+    deps = BuiltinToolDeps(
         scheduler=Scheduler(store, clock, delivery, default_timezone=settings.chat.timezone),
         rooms=RoomDirectory(store),
         poster=talk,

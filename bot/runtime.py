@@ -36,7 +36,7 @@ from bot.talk.events import bot_actor_id
 from bot.talk.poster import Poster
 from bot.tools import Tool, Toolbox
 from bot.tools.netguard import AddressPolicy
-from bot.toolset import ToolDeps
+from bot.toolset import BuiltinToolDeps
 from bot.webhook import WebhookReceiver
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class Parts:
     dispatcher: Dispatcher
     webhook: WebhookReceiver
     scheduler: Scheduler
-    tool_deps: ToolDeps
+    tool_deps: BuiltinToolDeps
     coordinator: Coordinator
     directory: Directory
     store_notices: StoreNotices

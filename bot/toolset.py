@@ -27,7 +27,7 @@ from bot.tools.web_search import make_search_tools
 
 
 @dataclass(frozen=True)
-class ToolDeps:
+class BuiltinToolDeps:
     """What tools need from the running daemon (None of it exists before build_parts)."""
 
     scheduler: Scheduler
@@ -41,7 +41,7 @@ class ToolDeps:
     admin_room: Callable[[], str]
 
 
-def build_tools(settings: Settings, deps: ToolDeps | None = None) -> list[Tool[Any]]:
+def build_tools(settings: Settings, deps: BuiltinToolDeps | None = None) -> list[Tool[Any]]:
     """Built-in tools, then [tools] modules; ConfigError when a module is broken."""
     tools: list[Tool[Any]] = [*make_clock_tools(), *make_file_tools(settings.tools.files)]
     if deps is not None:
