@@ -15,9 +15,11 @@ import time
 from dataclasses import dataclass
 
 from bench import rig
+from bot.handlers.chat import TURNS_BEFORE_LEARNING
 from tests.fakes.talk_server import FakeTalk
 
 GOAL_RATIO = 1.25
+WARM_UP_TURNS = TURNS_BEFORE_LEARNING
 
 
 async def post_all(url: str, rooms: list[str]) -> list[int]:
@@ -44,9 +46,11 @@ class Result:
 
 
 async def warm_up(bot: rig.Process, talk: FakeTalk, model: rig.ToolRoundModel) -> None:
-    """One turn first: a long-running daemon has its model client set up already."""
-    await post_all(bot.webhook_url, ["warmup01"])
-    await talk.wait_for_messages(1, timeout=60)
+    """A few turns first: a long-running daemon has its model client set up already and
+    knows the model's usual pace (the 👀 shows only on turns slower than usual)."""
+    rooms = [f"warmup{i:02d}" for i in range(WARM_UP_TURNS)]
+    await post_all(bot.webhook_url, rooms)
+    await talk.wait_for_messages(len(rooms), timeout=60)
     await rig.wait_drained(bot)
     talk.messages.clear()
     talk.requests.clear()
@@ -96,7 +100,10 @@ async def run(args: argparse.Namespace) -> None:
     )
     print(f"model requests {model.requests}, at most {model.max_in_flight} at once")
     print(result.timeline)
-    print(f"Talk API calls: {len(talk.requests)} (answers plus the 👀 reaction on turns >2 s)")
+    print(
+        f"Talk API calls: {len(talk.requests)} (answers, plus the 👀 added and taken back on "
+        "turns slower than usual)"
+    )
     print(
         f"daemon CPU: {result.cpu_s:.2f} s in total, {1000 * result.cpu_s / args.rooms:.1f} ms "
         "per turn (model time excluded: the model is another process)"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,7 +43,14 @@ from bot.tools import Toolbox, ToolContext
 log = structlog.get_logger(__name__)
 
 WORKING_REACTION = "👀"
+# The 👀 shows when a turn runs longer than usual: past WORKING_FACTOR times the median of the
+# last TURNS_REMEMBERED turns, never sooner than WORKING_AFTER_S, never later than
+# WORKING_MAX_S. At a model's usual pace most turns then cost one Talk call, not three.
 WORKING_AFTER_S = 2.0
+WORKING_FACTOR = 1.5
+WORKING_MAX_S = 30.0
+TURNS_REMEMBERED = 50
+TURNS_BEFORE_LEARNING = 5
 # Said to the model before a scheduled prompt (run_unattended).
 SCHEDULED_TURN_NOTE = (
     "This is a scheduled task its creator set up earlier; nobody is waiting in the chat. "
@@ -72,6 +81,7 @@ class ChatHandler:
         self._deps = deps
         self._model_slots = asyncio.Semaphore(deps.llm_settings.concurrency)
         self._room_locks: dict[str, asyncio.Lock] = {}
+        self._turn_seconds: deque[float] = deque(maxlen=TURNS_REMEMBERED)
 
     def reconfigure(
         self,
@@ -280,18 +290,30 @@ class ChatHandler:
             yield
             return
         reacted = asyncio.Event()
-        task = asyncio.create_task(self._react_later(event.room.token, message.id, reacted))
+        after = self.working_after()
+        task = asyncio.create_task(self._react_later(event.room.token, message.id, reacted, after))
+        started = time.monotonic()
         try:
             yield
         finally:
+            self._turn_seconds.append(time.monotonic() - started)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             if reacted.is_set():
                 await self._quietly(self._deps.poster.unreact, event.room.token, message.id)
 
-    async def _react_later(self, token: str, message_id: str, reacted: asyncio.Event) -> None:
-        await asyncio.sleep(WORKING_AFTER_S)
+    def working_after(self) -> float:
+        """How long a turn runs before the 👀 shows: longer than the usual turn."""
+        if len(self._turn_seconds) < TURNS_BEFORE_LEARNING:
+            return WORKING_AFTER_S
+        usual = statistics.median(self._turn_seconds)
+        return min(WORKING_MAX_S, max(WORKING_AFTER_S, usual * WORKING_FACTOR))
+
+    async def _react_later(
+        self, token: str, message_id: str, reacted: asyncio.Event, after: float
+    ) -> None:
+        await asyncio.sleep(after)
         if await self._quietly(self._deps.poster.react, token, message_id):
             reacted.set()
 

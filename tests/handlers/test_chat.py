@@ -6,7 +6,10 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from bot.clock import ManualClock
+from bot.handlers import chat as chat_module
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import (
@@ -329,3 +332,25 @@ async def test_h06_history_stays_bounded_where_the_bot_never_answers(
     assert talk.messages == []
     assert len(kept) <= 5 * 4 + 16
     assert kept[-1].content.endswith("chatter 119")
+
+
+@pytest.mark.timing
+async def test_the_working_reaction_shows_only_when_a_turn_runs_longer_than_usual(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Turns of the model's usual pace get no 👀 once the usual is known; a turn that
+    runs much longer does. Each 👀 costs Talk two calls (add, remove)."""
+    monkeypatch.setattr(chat_module, "WORKING_AFTER_S", 0.05)
+    daemon.llm.echo = True
+    daemon.llm.latency_s = 0.15
+    for number in range(chat_module.TURNS_BEFORE_LEARNING):
+        await daemon.say(dm_event(f"warm up {number}"))  # no usual yet: 👀 after 0.05 s
+    learned = len(daemon.talk.reaction_log)
+    assert learned == 2 * chat_module.TURNS_BEFORE_LEARNING
+    for number in range(3):
+        await daemon.say(dm_event(f"as usual {number}"))
+    assert len(daemon.talk.reaction_log) == learned  # the usual pace: no 👀
+    daemon.llm.latency_s = 0.6
+    await daemon.say(dm_event("think hard"))
+    changes = [(c.action, c.reaction) for c in daemon.talk.reaction_log[learned:]]
+    assert changes == [("add", "👀"), ("remove", "👀")]
