@@ -1,6 +1,6 @@
 """Ingest: signed webhooks/s and ack latency of `talkbot serve` against a bare aiohttp app.
 
-    .venv/bin/python -m bench.ingest [--seconds 5] [--connections 32]
+    .venv/bin/python -m bench.ingest [--seconds 5] [--connections 32] [--synchronous full|normal]
 
 Both servers are subprocesses on 127.0.0.1 and get the same load from the same client
 (an aiohttp client in this process). The bare app only checks the signature and answers
@@ -146,7 +146,12 @@ async def run(args: argparse.Namespace) -> None:
             rig.spawn(argv, url, tmp / "baseline.log", "/readyz") as base,
             FakeTalk(rig.SECRET) as talk,
             FakeLLM() as llm,
-            rig.talkbot(tmp, talk_url=talk.url, llm_url=llm.base_url) as bot,
+            rig.talkbot(
+                tmp,
+                talk_url=talk.url,
+                llm_url=llm.base_url,
+                extra={"storage": {"synchronous": args.synchronous}},
+            ) as bot,
         ):
             llm.latency_s = 3600.0  # stalled: no turn ever gets an answer
             cpu_before = {p.pid: rig.cpu_seconds(p.pid) for p in (base, bot)}
@@ -197,6 +202,12 @@ def main() -> None:
     parser.add_argument("--addressed-every", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3, help="runs per server, interleaved")
     parser.add_argument("--steady-rate", type=float, default=100.0, help="webhooks/s, paced")
+    parser.add_argument(
+        "--synchronous",
+        choices=["full", "normal"],
+        default="full",
+        help="talkbot's [storage] synchronous (full: a commit survives a power loss)",
+    )
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_baseline:

@@ -62,7 +62,7 @@ def open_store(storage: StorageSettings, clock: Clock, *, replica: str = "") -> 
     if storage.backend == "postgres":
         password = storage.password.get_secret_value() or None
         return Store.open_postgres(storage.url, password, clock, replica=replica)
-    return Store.open(storage.path, clock, replica=replica)
+    return Store.open(storage.path, clock, replica=replica, synchronous=storage.synchronous)
 
 
 async def build_parts(

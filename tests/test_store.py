@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from bot.clock import ManualClock
+from bot.config import StorageSettings
 from bot.errors import StoreError, StoreUnavailableError
 from bot.store import PURGE_CHUNK, HistoryEntry, Store, TokenCount
+from bot.store.sqlite import SqliteDriver
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -227,6 +229,25 @@ async def test_webhooks_accepted_together_share_a_commit_and_still_dedupe(
     reopened = Store.open(tmp_path / "db.sqlite3", clock)  # committed, not just queued
     assert len(await reopened.open_events()) == 5
     await reopened.close()
+
+
+@pytest.mark.parametrize("level", ["full", "normal"])
+def test_r09_the_configured_durability_is_what_sqlite_runs_with(tmp_path: Path, level: str) -> None:
+    """[storage] synchronous reaches the connection ("full", the default, syncs each
+    commit: an acknowledged webhook survives a power loss)."""
+    settings = StorageSettings(path=tmp_path / "db.sqlite3", synchronous=level)
+    driver, _upgrade = SqliteDriver.open(
+        settings.path, ManualClock(), synchronous=settings.synchronous
+    )
+    try:
+        assert driver.synchronous() == level
+    finally:
+        driver.close()
+    default, _upgrade = SqliteDriver.open(tmp_path / "other.sqlite3", ManualClock())
+    try:
+        assert default.synchronous() == StorageSettings().synchronous == "full"
+    finally:
+        default.close()
 
 
 # -- H04: a locked or full store -----------------------------------------------------

@@ -21,6 +21,9 @@ class StorageSettings(Frozen):
     password: SecretStr = SecretStr("")
     # Replicas: a dead one's rooms wait this long before another takes them up.
     lease_s: float = Field(default=15.0, ge=3.0, le=600.0)
+    # SQLite: "full" syncs each (group) commit, so an acknowledged webhook survives a power
+    # loss; "normal" survives a crash of the process only. PostgreSQL: its own settings.
+    synchronous: Literal["full", "normal"] = "full"
 
     @field_validator("url")
     @classmethod

@@ -19,7 +19,7 @@ from bot.store.records import StoreHealth
 from bot.store.replicas import Replicas
 from bot.store.roles import Roles
 from bot.store.rooms import Rooms
-from bot.store.sqlite import SqliteDriver
+from bot.store.sqlite import SqliteDriver, Synchronous
 from bot.store.usage import Usage
 
 log = structlog.get_logger(__name__)
@@ -38,10 +38,12 @@ class Store(Inbox, Rooms, History, Roles, Audit, Pending, Jobs, Replicas, Usage)
         self._replica = replica
 
     @classmethod
-    def open(cls, path: Path, clock: Clock, *, replica: str = "") -> Store:
+    def open(
+        cls, path: Path, clock: Clock, *, replica: str = "", synchronous: Synchronous = "full"
+    ) -> Store:
         """Open (or create) the SQLite store at ``path``, upgrading its schema; it takes an
         exclusive lock (one process per file). Synchronous: it runs once at start."""
-        driver, upgrade = SqliteDriver.open(path, clock)
+        driver, upgrade = SqliteDriver.open(path, clock, synchronous=synchronous)
         _log_upgrade(upgrade)
         return cls(Engine(driver, clock), clock, replica)
 

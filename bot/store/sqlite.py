@@ -1,6 +1,8 @@
 """The embedded backend: one SQLite file, one talkbot process.
 
-WAL with ``synchronous=NORMAL``: a commit survives a crash of the process. A lock file
+WAL with ``synchronous=FULL`` by default: a commit, once acknowledged, survives a power
+loss, since the WAL is synced at each (group) commit; ``[storage] synchronous = "normal"``
+survives a crash of the process only, and saves the sync (bench/README.md). A lock file
 beside the store keeps a second daemon away (R12); several replicas need PostgreSQL
 (bot/store/postgres.py). Waits for another connection's lock are short (BUSY_TIMEOUT_MS)
 and on the store's worker thread; a locked or full file is "not now" (H04).
@@ -14,7 +16,7 @@ import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from bot.clock import Clock
 from bot.errors import StoreError
@@ -24,6 +26,8 @@ from bot.store.migrations import Upgrade, migrate
 T = TypeVar("T")
 
 # H04: how long one attempt waits for another connection's lock, on the worker thread.
+Synchronous = Literal["full", "normal"]
+_SYNCHRONOUS: dict[str, str] = {"full": "FULL", "normal": "NORMAL"}  # PRAGMA values, fixed
 BUSY_TIMEOUT_MS = 200
 # The probe writes (and deletes in the same commit) a row that fills the free pages and
 # needs this many more, so it grows the file like a long message would: a full disk (or
@@ -47,14 +51,16 @@ class SqliteDriver:
         self._lock_fd = lock_fd
 
     @classmethod
-    def open(cls, path: Path, clock: Clock) -> tuple[SqliteDriver, Upgrade]:
+    def open(
+        cls, path: Path, clock: Clock, *, synchronous: Synchronous = "full"
+    ) -> tuple[SqliteDriver, Upgrade]:
         """Lock, open (or create) and upgrade the store; synchronous, once at start."""
         lock_fd = None if str(path) == ":memory:" else _lock(path)
         db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA synchronous={_SYNCHRONOUS[synchronous]}")
             db.execute("PRAGMA busy_timeout=5000")  # at start only: nothing waits on us yet
             upgrade = migrate(db, path, clock)
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -72,6 +78,12 @@ class SqliteDriver:
     @property
     def location(self) -> str:
         return str(self._path)
+
+    def synchronous(self) -> Synchronous | str:
+        """What SQLite itself says of the connection's durability ("full", "normal")."""
+        row = self._db.execute("PRAGMA synchronous").fetchone()  # a dict (_dict_row)
+        level = int(row["synchronous"])
+        return {2: "full", 1: "normal"}.get(level, str(level))
 
     def transaction(self, work: Work[T]) -> T:
         self._db.execute("BEGIN IMMEDIATE")

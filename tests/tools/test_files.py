@@ -164,6 +164,9 @@ def _flip_links(layout: Layout, flips: int, started: threading.Event) -> None:
     root = layout.root
     (root / "real").mkdir()
     (root / "box").mkdir()
+    # "sub" is a link before the writer starts: else its first write could make it a real
+    # folder, which no link can replace (the test's own race, not the file area's).
+    (root / "sub").symlink_to(root / "real")
     started.set()
     for flip in range(flips):
         spare = root / "spare-link"
