@@ -211,6 +211,28 @@ async def test_m04_a_server_that_crashes_mid_call_gives_a_readable_error_and_is_
         assert "Thursday 10:00" in tool_result(llm)
 
 
+async def test_m04_a_servers_error_answer_is_a_readable_error_and_no_reconnect(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM
+) -> None:
+    """A JSON-RPC error for one call (invalid params) is the server answering, not the
+    server gone: the model reads it, and the connection stays as it is."""
+    async with daemon_with(tmp_path, talk, llm, stdio_server(tmp_path)) as bot:
+        llm.call("notes__open_note", {"title": "holidays"})
+        llm.reply("There is no such note.")
+        assert await bot.say(say("bob", "talkbot, open my holidays note")) == [
+            "There is no such note."
+        ]
+        assert "no note titled holidays" in tool_result(llm)
+        mcp = bot.runtime.running.mcp
+        assert mcp is not None
+        [state] = mcp.states()
+        assert (state.state, state.restarts) == ("ready", 0)
+        llm.call("notes__open_note", {"title": "groceries"})
+        llm.reply("milk")
+        await bot.say(say("bob", "talkbot, and groceries?"))
+        assert tool_result(llm).endswith("milk, eggs")
+
+
 @pytest.mark.parametrize(
     ("injected", "confirm", "asked_for"),
     [
@@ -282,7 +304,7 @@ async def test_m08_a_failing_server_never_holds_the_daemon_and_is_reported(
         llm.reply("hello")
         assert await bot.say(say("bob", "talkbot, hi")) == ["hello"]
         [tools] = await bot.say(say("root", "!tools", ADMIN_ROOM))
-        assert "- `notes` (stdio): ready, 7 tools" in tools
+        assert "- `notes` (stdio): ready, 8 tools" in tools
         assert "- `broken` (stdio): not connected since" in tools
         assert "- user: " in tools
         assert "`notes__search_notes`" in tools.split("- user: ")[1].split("\n")[0]
@@ -447,6 +469,6 @@ async def test_m08_check_connects_to_each_server_and_says_what_it_offers(
         )
     code, out, err = await run_cli("check", "--config", str(config))
     assert code == 0  # reported, like an unreachable model: a server may come up later
-    assert "mcp server notes: connected, 7 tools offered (2 ask first)" in out
+    assert "mcp server notes: connected, 8 tools offered (2 ask first)" in out
     assert "mcp server broken: cannot connect: " in out
     assert SECRET not in out + err

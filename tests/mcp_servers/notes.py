@@ -7,6 +7,7 @@ Tools and their annotations, as a real notes server would declare them:
   file ``$NOTES_LOG`` so a test can count what ran, with which arguments;
 - ``shared_note()``: read-only; a note another member wrote, with an instruction in it;
 - ``web_lookup(query)``: unannotated (so: writing and open-world);
+- ``open_note(title)``: an unknown title is answered with a JSON-RPC error, not a crash;
 - ``crash()``: the process dies mid-call;
 - ``grow()``: adds the tool ``extra`` and tells the client its tool list changed;
 - ``whoami()``: whether the secret the test configured reached the server (never its value).
@@ -19,7 +20,8 @@ import os
 import sys
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import ToolAnnotations
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS, ToolAnnotations
 
 NOTES = {"groceries": "milk, eggs", "meeting": "Thursday 10:00 with the board"}
 # What the shared note tells the model to do ($INJECTED_CALL replaces the default).
@@ -61,6 +63,13 @@ def build_server() -> MCPServer:  # noqa: C901 - one place declares every tool
         with open(os.environ["NOTES_LOG"], "a", encoding="utf-8") as log:
             log.write(json.dumps({"lookup": query}) + "\n")
         return f"results for {query}"
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    def open_note(title: str) -> str:
+        """One note by its title; an unknown title is a protocol error (invalid params)."""
+        if title not in NOTES:
+            raise MCPError(code=INVALID_PARAMS, message=f"no note titled {title}")
+        return NOTES[title]
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     def crash() -> str:

@@ -176,6 +176,10 @@ class McpServer:
                     f"the MCP server {self.name!r} did not answer within "
                     f"{self.settings.timeout_s:g} s"
                 ) from None
+            if exc.code != mcp_types.CONNECTION_CLOSED:  # the server answered: an error
+                raise ToolError(
+                    f"the MCP server {self.name!r} refused the call: {exc.error.message[:500]}"
+                ) from None
             self.connection_lost(_reason(exc))
             raise ToolError(
                 f"the MCP server {self.name!r} stopped during the call ({exc.error.message[:200]});"
