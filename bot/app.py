@@ -25,9 +25,8 @@ from bot.quotas import Quotas
 from bot.replicas import Coordinator, new_replica
 from bot.runtime import EXIT_RESTART, Parts, Runtime, StoreNotices, routing_policy
 from bot.scheduler import JobDelivery, Scheduler, check_schedules, config_rooms
-from bot.store import InboxItem, Store
+from bot.store import Store
 from bot.talk.client import TalkClient
-from bot.talk.events import parse_event
 from bot.talk.poster import Poster
 from bot.tools.talk import RoomDirectory
 from bot.tools.web import HttpFetcher
@@ -38,6 +37,7 @@ from bot.wiring import (
     build_confirmations,
     build_routes,
     command_prefix,
+    dispatcher_notice,
     reconcile_schedules,
 )
 
@@ -203,12 +203,6 @@ async def _build_parts(
         language=lambda: runtime.settings.chat.language,
     )
 
-    async def apologise(item: InboxItem) -> None:
-        await chat.say(parse_event(item.body), replies.apology())
-
-    async def busy(item: InboxItem) -> None:
-        await chat.say(parse_event(item.body), replies.busy())
-
     dispatcher = Dispatcher(
         store,
         router.handle_item,
@@ -216,8 +210,8 @@ async def _build_parts(
         triage=router.triage,
         act=router.act,
         concurrency=max(settings.llm.concurrency * 4, 8),
-        on_failure=apologise,
-        on_overflow=busy,
+        on_failure=dispatcher_notice(router, chat, replies.apology),
+        on_overflow=dispatcher_notice(router, chat, replies.busy),
         coordinator=coordinator,
     )
     webhook = WebhookReceiver(

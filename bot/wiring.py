@@ -20,7 +20,7 @@ from bot.handlers.confirm import ConfirmHandler
 from bot.handlers.job_commands import JobCommands, RoomJobs
 from bot.handlers.pending_commands import PendingCommands
 from bot.handlers.room_commands import RoomCommands
-from bot.handlers.router import RouteHandler
+from bot.handlers.router import RouteHandler, Router
 from bot.handlers.tools_command import ToolsCommand
 from bot.handlers.usage_commands import UsageCommands
 from bot.i18n import N_
@@ -30,8 +30,8 @@ from bot.routing import Route, RouteKind
 from bot.runtime import Runtime
 from bot.scheduler import Scheduler
 from bot.status import status_facts
-from bot.store import Store
-from bot.talk.events import Event
+from bot.store import InboxItem, Store
+from bot.talk.events import Event, parse_event
 from bot.talk.poster import Poster
 from bot.tools.sources import ServerState
 
@@ -173,6 +173,20 @@ def member_left_handler(runtime: Runtime, scheduler: Scheduler, poster: Poster) 
             log.warning("schedule.departure_note_failed", error=type(exc).__name__)
 
     return on_member_left
+
+
+def dispatcher_notice(
+    router: Router, chat: ChatHandler, text: Callable[[], str]
+) -> Callable[[InboxItem], Awaitable[None]]:
+    """A notice the dispatcher sends on its own (the apology, busy), in the person's
+    language like everything the router hands on."""
+
+    async def notify(item: InboxItem) -> None:
+        event = parse_event(item.body)
+        router.speak_to(event.actor.id)
+        await chat.say(event, text())
+
+    return notify
 
 
 def command_prefix(runtime: Runtime) -> Callable[[], str]:

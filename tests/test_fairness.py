@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import replies
+from bot import i18n, replies
 from bot.clock import ManualClock
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
@@ -143,3 +143,26 @@ async def test_h02_a_message_after_mode_all_is_judged_under_the_new_mode(
         assert await daemon.post(said("what is 2+2?", 902, sender="carol")) == 200
         await daemon.idle()
     assert answers_to(talk, 902) == ["four"]
+
+
+async def test_n06_the_busy_notice_speaks_the_chat_language(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM
+) -> None:
+    """The notices the dispatcher sends on its own (busy, apology) are in the person's
+    language like every other text: here [chat] language, as Nextcloud says nothing."""
+    with i18n.language("de"):
+        german = replies.busy()
+    assert german != replies.busy()
+    extra = {"chat": {"language": "de"}}
+    async with running_daemon(tmp_path, talk, llm, extra, clock=ManualClock()) as daemon:
+        llm.hang(SLOW_TURN_S)
+        llm.echo = True
+        mallory = [1000 + n for n in range(30)]
+        assert await daemon.post(said("talkbot question 0", mallory[0], sender="mallory")) == 200
+        await wait_until_asked(daemon, 1)
+        for n, message_id in enumerate(mallory[1:], start=1):
+            await daemon.post(said(f"talkbot question {n}", message_id, sender="mallory"))
+        await daemon.idle()
+    texts = [m.message for m in talk.messages]
+    assert german in texts
+    assert replies.busy() not in texts
