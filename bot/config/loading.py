@@ -146,14 +146,25 @@ def _read_secret_files(data: dict[str, Any], read: list[Path]) -> list[tuple[str
             file_key = f"{field}_file"
             if file_key not in table:
                 continue
-            path = Path(str(table.pop(file_key))).expanduser()
-            read.append(path)
-            try:
-                table[field] = path.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-                problems.append((f"{section}.{file_key}", f"cannot read {path}: {reason}"))
+            text = _secret_from(table.pop(file_key), f"{section}.{file_key}", read, problems)
+            if text is not None:
+                table[field] = text
     return problems
+
+
+def _secret_from(
+    raw: object, where: str, read: list[Path], problems: list[tuple[str, str]]
+) -> str | None:
+    """A secret file's text, stripped; None, and a problem naming ``where``, if unreadable.
+    ``read`` collects the paths (the file tools may never reach them)."""
+    path = Path(str(raw)).expanduser()
+    read.append(path)
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        problems.append((where, f"cannot read {path}: {reason}"))
+        return None
 
 
 def _read_mcp_secret_files(data: dict[str, Any], read: list[Path]) -> list[tuple[str, str]]:
@@ -179,13 +190,9 @@ def _read_mcp_secret_files(data: dict[str, Any], read: list[Path]) -> list[tuple
             if not isinstance(values, dict):
                 continue  # the model names the bad table
             for name, raw in files.items():
-                path = Path(str(raw)).expanduser()
-                read.append(path)
-                try:
-                    values[name] = path.read_text(encoding="utf-8").strip()
-                except (OSError, UnicodeDecodeError) as exc:
-                    reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-                    problems.append((f"{where}.{name}", f"cannot read {path}: {reason}"))
+                text = _secret_from(raw, f"{where}.{name}", read, problems)
+                if text is not None:
+                    values[name] = text
     return problems
 
 
