@@ -10,10 +10,12 @@ import contextlib
 import json
 import shutil
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from hashlib import sha256
 from pathlib import Path
 
+import psycopg
 import pytest
 from structlog.testing import capture_logs
 
@@ -21,6 +23,7 @@ from bot.clock import ManualClock
 from bot.errors import StoreError
 from bot.store import HistoryEntry, JobRecord, RunRecord, Store
 from bot.store.migrations import migrate
+from bot.store.postgres import PostgresDriver
 from bot.store.steps import MIGRATIONS, Migration
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
@@ -178,8 +181,10 @@ async def test_webhooks_seen_before_the_upgrade_are_still_dropped_as_replays(
         )
 
     assert await accept(RANDOM_OF["join"], None) is None  # a Join: known by its random only
-    assert await accept(RANDOM_OF["finished"], "Create:dmroom01:99") is None
-    assert await accept(RANDOM_OF["open"], "Create:dmroom01:98") is None
+    # A replayed request is the same random with the same body, so the same key (step 10:
+    # one key per webhook; another body under an old random cannot be signed).
+    assert await accept(RANDOM_OF["finished"], "Create:dmroom01:41") is None
+    assert await accept(RANDOM_OF["open"], "Create:dmroom01:42") is None
     assert await accept("d4" * 32, "Create:dmroom01:41") is None  # same message, new random
     new = await accept("d4" * 32, "Create:dmroom01:43")
     assert new is not None
@@ -385,3 +390,88 @@ async def test_u01_the_daemon_upgrades_the_first_store_and_answers_webhooks(
     [migrated] = [e for e in events if e["event"] == "store.migrated"]
     assert (migrated["from_version"], migrated["to_version"]) == (1, LATEST)
     assert [str(path) for path in backups(tmp_path)] == [migrated["backup"]]
+
+
+# -- step 10: one dedupe key per webhook ---------------------------------------------------
+
+# Rows as a version-9 store has them: a message (its key and its random), a Join (its
+# random only), a random left by step 3 ('seen'), a row from before randoms were kept.
+V9_INBOX = [
+    ("dm", "Create:dm:41", "b2" * 32, "Create", "done"),
+    ("dm", None, "a1" * 32, "Join", "done"),
+    ("", None, "c3" * 32, "seen", "done"),
+    ("dm", None, None, "Leave", "done"),
+    ("dm", "Create:dm:42", "d4" * 32, "Create", "pending"),
+]
+
+
+def _fill_v9_inbox(execute: Callable[[str, tuple[object, ...]], object]) -> None:
+    for room, key, random, kind, status in V9_INBOX:
+        execute(
+            "INSERT INTO inbox (room, dedupe_key, random, kind, body, received_at, status)"
+            " VALUES (%s, %s, %s, %s, '{}', 1.0, %s)",
+            (room, key, random, kind, status),
+        )
+
+
+async def _replays_after_step_10(store: Store) -> None:
+    async def accept(random: str, key: str | None) -> int | None:
+        return await store.accept_event(
+            room="dm", kind="Create", body=b"{}", random=random, dedupe_key=key
+        )
+
+    assert await accept("b2" * 32, "Create:dm:41") is None  # the same request again
+    assert await accept("ee" * 32, "Create:dm:41") is None  # the same message, new random
+    assert await accept("a1" * 32, None) is None  # a Join: by its random
+    assert await accept("c3" * 32, None) is None  # a random from before step 3
+    keyless = await accept("ff" * 32, None)  # a new keyless event
+    assert keyless is not None
+    assert await accept("ff" * 32, None) is None  # ... once
+    message = await accept("ee" * 32, "Create:dm:43")  # a new message
+    assert message is not None
+    assert [item.id for item in await store.open_events()] == [5, keyless, message]
+
+
+async def test_u02_step_10_keeps_every_dedupe_of_a_sqlite_store(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    path = tmp_path / "talkbot.sqlite3"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        migrate(db, path, clock, MIGRATIONS[:9])
+        _fill_v9_inbox(lambda sql, params: db.execute(sql.replace("%s", "?"), params))
+    store = Store.open(path, clock)
+    try:
+        await _replays_after_step_10(store)
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        keys = [row[0] for row in db.execute("SELECT dedupe_key FROM inbox ORDER BY id LIMIT 5")]
+    assert keys == [
+        "Create:dm:41",
+        "random:" + "a1" * 32,
+        "random:" + "c3" * 32,
+        "row:4",
+        "Create:dm:42",
+    ]
+
+
+async def test_u02_step_10_keeps_every_dedupe_of_a_postgres_store(
+    postgres_url: str, clock: ManualClock
+) -> None:
+    PostgresDriver.open(postgres_url, None, MIGRATIONS[:9])[0].close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        _fill_v9_inbox(conn.execute)
+    store = Store.open_postgres(postgres_url, None, clock)
+    try:
+        await _replays_after_step_10(store)
+    finally:
+        await store.close()
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute("SELECT dedupe_key FROM inbox ORDER BY id LIMIT 5").fetchall()
+    assert [row[0] for row in rows] == [
+        "Create:dm:41",
+        "random:" + "a1" * 32,
+        "random:" + "c3" * 32,
+        "row:4",
+        "Create:dm:42",
+    ]

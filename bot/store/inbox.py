@@ -20,12 +20,15 @@ PURGE_CHUNK = 500
 # A message at or below its room's replay floor was accepted before and purged since:
 # the row is not inserted, so the webhook is a repeat (H03).
 INSERT_EVENT = (
-    "INSERT INTO inbox (room, dedupe_key, random, kind, body, received_at)"
-    " SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
+    "INSERT INTO inbox (room, dedupe_key, kind, body, received_at)"
+    " SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS"
     " (SELECT 1 FROM replay_floor WHERE room = ? AND message_id >= ?)"
     " ON CONFLICT DO NOTHING RETURNING id"
 )
 _ITEM = "SELECT id, room, kind, body, received_at, attempts FROM inbox"
+# The open events, in the words of the partial index inbox_open (step 10), so that both
+# SQLite and PostgreSQL read that index: it holds only them.
+OPEN = "status IN ('pending', 'running')"
 # Kinds whose dedupe key ends in the Talk id of the message itself (not a reacted one).
 _FLOORED_KINDS = ("Create", "Activity")
 _RAISE_FLOOR = {
@@ -34,6 +37,13 @@ _RAISE_FLOOR = {
     "postgres": "INSERT INTO replay_floor (room, message_id) VALUES (?, ?) ON CONFLICT (room)"
     " DO UPDATE SET message_id = greatest(replay_floor.message_id, excluded.message_id)",
 }
+
+
+def event_row(
+    *, room: str, kind: str, body: bytes, random: str, dedupe_key: str | None, now: float
+) -> tuple[str, str, str, str, float]:
+    """The values of INSERT_EVENT's row (room, key, kind, body, received_at)."""
+    return (room, dedupe_key or f"random:{random}", kind, body.decode("utf-8"), now)
 
 
 class Inbox(Aggregate):
@@ -47,14 +57,26 @@ class Inbox(Aggregate):
         dedupe_key: str | None,
         message_id: int | None = None,
     ) -> int | None:
-        """Store a verified webhook; None when its random or its key was seen before.
+        """Store a verified webhook; None when its key was seen before.
 
+        The key is the event's ``dedupe_key`` (a replayed request has the same body, so
+        the same key), or ``random:<random>`` for an event only its random tells apart.
         Returns once the row is committed (W04, W05). Webhooks arriving together are
         committed together: one transaction per event-loop tick, not one per webhook.
         StoreUnavailableError when the store cannot commit within INTAKE_BUDGET_S (H04).
         """
-        row = (room, dedupe_key, random, kind, body.decode("utf-8"), self._clock.now())
-        params = (*row, room, message_id)
+        params = (
+            *event_row(
+                room=room,
+                kind=kind,
+                body=body,
+                random=random,
+                dedupe_key=dedupe_key,
+                now=self._clock.now(),
+            ),
+            room,
+            message_id,
+        )
 
         def insert(tx: Tx) -> int | None:
             found = tx.execute(INSERT_EVENT, params).fetchall()
@@ -64,16 +86,14 @@ class Inbox(Aggregate):
 
     async def open_events(self) -> list[InboxItem]:
         """Everything accepted and not finished, oldest first (resumed after a restart)."""
-        rows = await self._engine.read(
-            f"{_ITEM} WHERE status IN ('pending', 'running') ORDER BY id"
-        )
+        # "+id": without it SQLite walks the whole table in id order instead of the index
+        # (its planner has no figures on how few rows are open); PostgreSQL reads it alike.
+        rows = await self._engine.read(f"{_ITEM} WHERE {OPEN} ORDER BY +id")
         return [_item(row) for row in rows]
 
     async def open_events_in(self, room: str) -> list[InboxItem]:
         """One room's accepted events not finished, oldest first (a replica taking it up)."""
-        rows = await self._engine.read(
-            f"{_ITEM} WHERE status IN ('pending', 'running') AND room = ? ORDER BY id", (room,)
-        )
+        rows = await self._engine.read(f"{_ITEM} WHERE {OPEN} AND room = ? ORDER BY id", (room,))
         return [_item(row) for row in rows]
 
     async def get_event(self, event_id: int) -> InboxItem | None:
@@ -106,9 +126,9 @@ class Inbox(Aggregate):
 
     async def inbox_backlog(self, *, waiting_only: bool = False) -> int:
         """Accepted events not finished; ``waiting_only``: those not started yet."""
-        statuses = "('pending')" if waiting_only else "('pending', 'running')"
+        waiting = " AND status = 'pending'" if waiting_only else ""
         row = await self._engine.read_one(
-            f"SELECT count(*) AS n FROM inbox WHERE status IN {statuses}"  # noqa: S608 - two fixed fragments
+            f"SELECT count(*) AS n FROM inbox WHERE {OPEN}{waiting}"  # noqa: S608 - fixed fragments
         )
         return 0 if row is None else int(row["n"])
 
@@ -133,7 +153,7 @@ class Inbox(Aggregate):
     ) -> None:
         """Housekeeping: finished events lose their body, and much later their row.
 
-        The row (its room + message id and its random) is what makes a replay a no-op,
+        The row (its dedupe key: room + message id, or the random) is what makes a replay a no-op,
         so it outlives the body by far (W05); before it goes, its room's replay floor
         keeps doing that (H03).
         """

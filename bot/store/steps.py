@@ -308,6 +308,47 @@ CREATE TABLE token_usage (
     "CREATE INDEX token_usage_room ON token_usage (day, room)",
 )
 
+# 10: fewer pages per webhook (#19). The inbox had two UNIQUE keys, the dedupe key and the
+# random; every insert updated both indexes. Now one: ``dedupe_key`` is the event's own key
+# where it has one (a replayed request carries the same body, so the same key) and
+# ``random:<random>`` where only the random can tell (Join, Leave, ...). Rows stored before
+# with neither get ``row:<id>``, which no webhook can produce. ``inbox_open`` becomes a
+# partial index of the open events only (a few rows, not every event ever received).
+# SQLite drops no UNIQUE constraint in place: the table is rebuilt as in step 3.
+_ONE_DEDUPE_KEY = (
+    "DROP INDEX inbox_open",
+    "ALTER TABLE inbox RENAME TO inbox_before_v10",
+    """
+CREATE TABLE inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    room TEXT NOT NULL,
+    dedupe_key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    finished_at REAL,
+    error TEXT
+)""",
+    "INSERT INTO sqlite_sequence (name, seq)"
+    " SELECT 'inbox', seq FROM sqlite_sequence WHERE name = 'inbox_before_v10'",
+    "INSERT INTO inbox (id, room, dedupe_key, kind, body, received_at, status, attempts,"
+    " finished_at, error) SELECT id, room,"
+    " coalesce(dedupe_key, 'random:' || random, 'row:' || id), kind, body, received_at,"
+    " status, attempts, finished_at, error FROM inbox_before_v10 ORDER BY id",
+    "DROP TABLE inbox_before_v10",
+    "CREATE INDEX inbox_open ON inbox (room, id) WHERE status IN ('pending', 'running')",
+)
+_ONE_DEDUPE_KEY_POSTGRES = (
+    "UPDATE inbox SET dedupe_key = coalesce('random:' || random, 'row:' || id)"
+    " WHERE dedupe_key IS NULL",
+    "ALTER TABLE inbox ALTER COLUMN dedupe_key SET NOT NULL",
+    "ALTER TABLE inbox DROP COLUMN random",
+    "DROP INDEX inbox_open",
+    "CREATE INDEX inbox_open ON inbox (room, id) WHERE status IN ('pending', 'running')",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("the first store: inbox, rooms, history, roles, audit", _FIRST_STORE),
     Migration("pending actions, jobs and job runs", _CONFIRMATIONS_AND_JOBS),
@@ -318,4 +359,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("replays stay dropped after the inbox purge", _REPLAY_FLOOR),
     Migration("replicas, room leases, revisions, runners", _REPLICAS, _REPLICAS_POSTGRES),
     Migration("tokens per day, person and room", _TOKEN_USAGE, _TOKEN_USAGE_POSTGRES),
+    Migration(
+        "one dedupe key per webhook, an index of open events",
+        _ONE_DEDUPE_KEY,
+        _ONE_DEDUPE_KEY_POSTGRES,
+    ),
 )
