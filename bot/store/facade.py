@@ -83,6 +83,13 @@ class Store(Inbox, Rooms, History, Roles, Audit, Pending, Jobs, Replicas, Usage)
             raise TypeError("only the SQLite store can simulate a full disk")
         await self._engine.on_worker(lambda: driver.limit_growth(pages))
 
+    async def checkpoints_for_tests(self) -> tuple[int, int, int]:
+        """Test hook (SQLite): checkpointer passes, WAL restarts, autocheckpoint setting."""
+        driver = self._engine.driver
+        if not isinstance(driver, SqliteDriver):
+            raise TypeError("only the SQLite store has a checkpointer")
+        return await self._engine.on_worker(driver.checkpoints)
+
 
 def _log_upgrade(upgrade: Upgrade) -> None:
     if 0 < upgrade.from_version < upgrade.to_version:  # not for a new store
