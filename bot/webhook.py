@@ -25,6 +25,7 @@ REQUEST_TIMEOUT = 408
 STORE_UNAVAILABLE = 503  # the store cannot commit: refused, never a 500 (H04)
 # Join and Leave name the bot itself as actor; they update the room registry.
 MEMBERSHIP_EVENTS = frozenset({"Join", "Leave"})
+MAX_COUNTED_PAIRS = 256
 
 
 class BodyTooLargeError(Exception):
@@ -54,13 +55,24 @@ class WebhookReceiver:
         self._clock = clock
         self._sources = [ipaddress.ip_network(n, strict=False) for n in settings.allowed_sources]
         self.last_webhook_at: float | None = None
+        # The counter's child per (type, status): labels() looks it up under a lock each
+        # time, a cost on every webhook (#19); the handful of pairs is kept here.
+        self._counted: dict[tuple[str, int], Callable[[], None]] = {}
 
     async def handle(self, request: web.Request) -> web.Response:
         status, kind = await self._receive(request)
-        self._metrics.webhooks.labels(type=kind, status=str(status)).inc()
+        self._count(kind, status)
         if status == REQUEST_TIMEOUT:
             return await _answer_and_close(request, status)
         return web.Response(status=status)
+
+    def _count(self, kind: str, status: int) -> None:
+        count = self._counted.get((kind, status))
+        if count is None:
+            count = self._metrics.webhooks.labels(type=kind, status=str(status)).inc
+            if len(self._counted) < MAX_COUNTED_PAIRS:  # kinds come from signed bodies
+                self._counted[kind, status] = count
+        count()
 
     async def _receive(self, request: web.Request) -> tuple[int, str]:
         admitted = await self._admit(request)
@@ -93,8 +105,8 @@ class WebhookReceiver:
             )
             return STORE_UNAVAILABLE, event.type
         crash_point("after_accept")
-        if item_id is None:
-            log.info("webhook.duplicate", room=event.room.token, type=event.type)
+        if item_id is None:  # a replay, or one delivery reaching us twice: nothing to do
+            log.debug("webhook.duplicate", room=event.room.token, type=event.type)
         else:
             self._dispatcher.submit(
                 InboxItem(
@@ -143,6 +155,8 @@ class WebhookReceiver:
         if request.content_length is not None:
             if request.content_length > limit:
                 raise BodyTooLargeError
+            if request.content.is_eof():  # all of it arrived with the headers: no wait
+                return await request.read()
             async with asyncio.timeout(self._settings.body_timeout_s):
                 return await request.read()  # framed by Content-Length, under the limit
         chunks: list[bytes] = []
