@@ -25,12 +25,14 @@ from bot.queues import RoomQueue, Waiting
 from bot.replicas import Coordinator
 from bot.routing import Lane, Triage
 from bot.store import InboxItem, Store
+from bot.talk.events import Event
 
 log = structlog.get_logger(__name__)
 
 Handle = Callable[[InboxItem], Awaitable[None]]
 Notify = Callable[[InboxItem], Awaitable[None]]
-Triager = Callable[[InboxItem], Awaitable[Triage]]
+# The event as parsed on arrival, if it was: triage need not parse its body again.
+Triager = Callable[[InboxItem, Event | None], Awaitable[Triage]]
 Act = Callable[[Triage], Awaitable[None]]
 
 # An event whose handling was cut off this many times (crash loops) is given up.
@@ -68,7 +70,7 @@ class Dispatcher:
         self._cap = room_queue_cap
         self._on_failure = on_failure
         self._on_overflow = on_overflow
-        self._intake: dict[str, collections.deque[tuple[InboxItem, bool]]] = {}
+        self._intake: dict[str, collections.deque[tuple[InboxItem, bool, Event | None]]] = {}
         self._turns: dict[str, RoomQueue] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._busy_noticed: dict[str, float] = {}
@@ -126,12 +128,13 @@ class Dispatcher:
         # accepted message silently; the sender gets the apology.
         self._fire(self._notify(self._on_failure, item))
 
-    def submit(self, item: InboxItem) -> None:
+    def submit(self, item: InboxItem, parsed: Event | None = None) -> None:
+        """A webhook just stored; ``parsed``: its event, as the webhook read it."""
         if not self._accepting:
             # Stored already; the next start resumes it.
             return
         if self._coordinator is None or not self._coordinator.shared:
-            self._take_in(item, resumed=False)
+            self._take_in(item, resumed=False, parsed=parsed)
             return
         # With replicas, earlier events of the room may have come through another one:
         # take up the room's open events in the order they were stored, this one with them.
@@ -191,12 +194,12 @@ class Dispatcher:
             log.warning("dispatch.cancelled_on_stop", turns=len(pending))
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _take_in(self, item: InboxItem, *, resumed: bool) -> None:
+    def _take_in(self, item: InboxItem, *, resumed: bool, parsed: Event | None = None) -> None:
         """Into the room's intake: triaged in arrival order, never behind a turn."""
         if item.id in self._known or item.id in self._finished:
             return  # the webhook and a sweep both brought it
         self._known.add(item.id)
-        self._intake.setdefault(item.room, collections.deque()).append((item, resumed))
+        self._intake.setdefault(item.room, collections.deque()).append((item, resumed, parsed))
         self._start_worker(f"intake:{item.room}", partial(self._drain_intake, item.room))
 
     def _start_worker(self, key: str, work: Callable[[], Coroutine[None, None, None]]) -> None:
@@ -218,8 +221,8 @@ class Dispatcher:
                 self._let_go(room)  # another replica holds the room: it takes them up
                 return
             while intake and self._accepting:
-                item, resumed = intake.popleft()
-                triaged = await self._triaged(item)
+                item, resumed, parsed = intake.popleft()
+                triaged = await self._triaged(item, parsed)
                 if triaged is not None and triaged.lane is Lane.NOW and self._act is not None:
                     await self._run(item, partial(self._act, triaged), turn=False)
                 else:
@@ -229,11 +232,11 @@ class Dispatcher:
             if not intake:
                 self._intake.pop(room, None)
 
-    async def _triaged(self, item: InboxItem) -> Triage | None:
+    async def _triaged(self, item: InboxItem, parsed: Event | None) -> Triage | None:
         if self._triage is None:
             return None
         try:
-            return await self._triage(item)
+            return await self._triage(item, parsed)
         except Exception:
             # Waits as a chat turn; its handling fails the same way and apologises.
             log.exception("dispatch.triage_failed", event_id=item.id, room=item.room)
@@ -277,7 +280,7 @@ class Dispatcher:
 
     def _let_go(self, room: str) -> None:
         """Forget a room's queued events (still open in the store) for another replica."""
-        waiting = [item for item, _ in self._intake.get(room, ())]
+        waiting = [item for item, _, _ in self._intake.get(room, ())]
         turns = self._turns.get(room)
         while turns:
             waiting.append(turns.pop().item)
@@ -313,8 +316,11 @@ class Dispatcher:
     async def _run_once(
         self, item: InboxItem, call: Callable[[], Awaitable[None]], *, turn: bool
     ) -> None:
-        await self._store.start_event(item.id)
         if turn:
+            # Counted, so an event that kills the process every time it runs is given up
+            # after MAX_ATTEMPTS (R09). An event of the NOW lane (store writes only) is
+            # not: it saves a write per event (#19); cut off, it is simply done again.
+            await self._store.start_event(item.id)
             crash_point("turn_started")
         structlog.contextvars.bind_contextvars(room=item.room, event_id=item.id)
         try:

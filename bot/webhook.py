@@ -116,7 +116,8 @@ class WebhookReceiver:
                     body=body,
                     received_at=self.last_webhook_at,
                     attempts=0,
-                )
+                ),
+                event,
             )
         return 200, event.type
 

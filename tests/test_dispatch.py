@@ -12,7 +12,7 @@ from bot.clock import ManualClock
 from bot.dispatch import MAX_ATTEMPTS, Dispatcher
 from bot.routing import Route, RouteKind, Triage
 from bot.store import InboxItem, Store
-from bot.talk.events import parse_event
+from bot.talk.events import Event, parse_event
 from tests.harness import create_event, php_json
 
 
@@ -212,8 +212,8 @@ async def said(store: Store, sender: str, text: str, n: int) -> InboxItem:
     return InboxItem(id=event_id, room="r", kind="Create", body=body, received_at=0, attempts=0)
 
 
-async def triage(item: InboxItem) -> Triage:
-    event = parse_event(item.body)
+async def triage(item: InboxItem, parsed: Event | None = None) -> Triage:
+    event = parse_event(item.body) if parsed is None else parsed
     text = event.message.text if event.message else ""
     return Triage(event, "user", Route(KINDS.get(text.split()[0], RouteKind.CHAT)))
 

@@ -19,6 +19,7 @@ from bot.clock import ManualClock
 from bot.config import StorageSettings
 from bot.errors import StoreError, StoreUnavailableError
 from bot.store import PURGE_CHUNK, HistoryEntry, Store, TokenCount
+from bot.store import engine as engine_module
 from bot.store.sqlite import SqliteDriver
 
 
@@ -355,3 +356,26 @@ async def test_h04_a_full_disk_fails_writes_until_space_returns(
     assert [e.content for e in await store.recent_history("r1", 5)] == ["z" * 20000]
     assert [item.id for item in await store.open_events()] == [event_id]
     await store.close()
+
+
+async def test_reads_of_one_tick_share_a_trip_and_fail_alone(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads asked for together run together on the store's thread (#19); one that fails
+    fails its own caller only."""
+    trips: list[int] = []
+    run_reads = engine_module._run_reads
+
+    def counted(driver: object, queries: list[object]) -> list[object]:
+        trips.append(len(queries))
+        return run_reads(driver, queries)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine_module, "_run_reads", counted)
+    engine = store._engine
+    good = [engine.read("SELECT ? AS n", (n,)) for n in range(20)]
+    bad = engine.read("SELECT * FROM no_such_table")
+    results = await asyncio.gather(*good, bad, return_exceptions=True)
+    assert trips == [21]
+    assert [rows[0]["n"] for rows in results[:20]] == list(range(20))  # type: ignore[index]
+    assert isinstance(results[20], StoreError)
+    assert "cannot read the store" in str(results[20])

@@ -57,10 +57,11 @@ class Router:
         self.greeting = greeting
         self._rooms_seen: dict[str, tuple[str, bool]] = {}
 
-    async def triage(self, item: InboxItem) -> Triage:
+    async def triage(self, item: InboxItem, parsed: Event | None = None) -> Triage:
         """Classify without acting (parse, role, the room's mode, its waiting prompts): no
-        model, no Talk call. The dispatcher asks it as an event arrives (H02)."""
-        event = parse_event(item.body)
+        model, no Talk call. The dispatcher asks it as an event arrives (H02); ``parsed``
+        is the event as the webhook read it from the same body, when it did."""
+        event = parse_event(item.body) if parsed is None else parsed
         if self._directory is not None:  # the person's groups, waited for a moment at most
             await self._directory.ensure_actor(event.actor.id)
         role = self._access.role_of(event.actor.id)

@@ -3,9 +3,10 @@
 Both backends (bot/store/sqlite.py, bot/store/postgres.py) are a ``Driver``: a blocking
 connection and what its errors mean. The engine runs every call of it on one worker
 thread, so the event loop only ever awaits (H04); the writes queued in one loop tick
-share one transaction. A write that meets a store that cannot commit now (locked, full,
-down, connection lost) waits on the loop and is tried again; only the probe declares the
-store healthy again.
+share one transaction, and the reads asked for in one tick share one trip to the thread
+(each trip costs both threads a wake-up; #19). A write that meets a store that cannot
+commit now (locked, full, down, connection lost) waits on the loop and is tried again;
+only the probe declares the store healthy again.
 
 The aggregates (inbox, rooms, ...) write their SQL against ``Tx``: ``?`` placeholders
 and rows as dicts, whatever the backend; where the dialects differ they pick by
@@ -123,6 +124,15 @@ class _Write:
     deadline: float | None  # loop time after which it is refused; None: waits for the store
 
 
+@dataclass
+class _Read:
+    """One read waiting for its trip to the worker."""
+
+    sql: str
+    params: tuple[Any, ...]
+    done: asyncio.Future[Any]
+
+
 @dataclass(frozen=True)
 class _Failed:
     """The outcome of one write of a batch that failed on its own (the rest commits)."""
@@ -147,6 +157,7 @@ class Engine:
         self._clock = clock
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="talkbot-store")
         self._batch: list[_Write] = []
+        self._reads: list[_Read] = []
         self._flusher: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
         self._health = StoreHealth(ok=True, since=clock.now())
@@ -184,12 +195,34 @@ class Engine:
         return await asyncio.get_running_loop().run_in_executor(self._worker, call)
 
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        try:
-            return await self.on_worker(partial(self._driver.read, sql, tuple(params)))
-        except Exception as exc:
+        """Rows of one query, run on the worker with the other reads of this loop tick."""
+        loop = asyncio.get_running_loop()
+        entry = _Read(sql, tuple(params), loop.create_future())
+        self._reads.append(entry)
+        if len(self._reads) == 1:
+            loop.call_soon(self._hand_over_reads)
+        outcome = await entry.done
+        if isinstance(outcome, _Failed):
+            exc = outcome.error
             if not self._driver.is_error(exc):
-                raise
+                raise exc
             raise StoreError(f"cannot read the store: {exc}") from exc
+        return cast("list[Row]", outcome)
+
+    def _hand_over_reads(self) -> None:
+        reads, self._reads = self._reads, []
+        if self._closed:
+            for entry in reads:
+                if not entry.done.done():
+                    entry.done.set_exception(StoreUnavailableError("the store is closed"))
+            return
+        queries = [(entry.sql, entry.params) for entry in reads if not entry.done.done()]
+        if not queries:
+            return
+        trip = asyncio.get_running_loop().run_in_executor(
+            self._worker, _run_reads, self._driver, queries
+        )
+        trip.add_done_callback(partial(_resolve_reads, [e for e in reads if not e.done.done()]))
 
     async def read_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self.read(sql, params)
@@ -354,6 +387,29 @@ def _run_all(
             # A bug in one write fails that write, not its batch.
             raise _WorkFailed(index, exc) from exc
     return results
+
+
+def _run_reads(driver: Driver, queries: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+    """On the worker: each query's rows, or a _Failed with what it raised (on its own)."""
+    outcomes: list[Any] = []
+    for sql, params in queries:
+        try:
+            outcomes.append(driver.read(sql, params))
+        except Exception as exc:  # handed to that read's caller
+            outcomes.append(_Failed(exc))
+    return outcomes
+
+
+def _resolve_reads(reads: Sequence[_Read], trip: asyncio.Future[list[Any]]) -> None:
+    if trip.cancelled():
+        outcomes: list[Any] = [_Failed(StoreUnavailableError("the store is closed"))] * len(reads)
+    elif (error := trip.exception()) is not None:
+        outcomes = [_Failed(error)] * len(reads)
+    else:
+        outcomes = trip.result()
+    for entry, outcome in zip(reads, outcomes, strict=True):
+        if not entry.done.done():
+            entry.done.set_result(outcome)
 
 
 def _ignore_outcome(done: asyncio.Future[Any]) -> None:
