@@ -1,32 +1,59 @@
-"""The OpenAI-compatible chat client: one bounded call in, a Completion or a typed LLMError out."""
+"""The OpenAI-compatible chat client: one bounded call in, a Completion or a typed LLMError out.
+
+A chat completion is one aiohttp POST, retried as the openai SDK retries it (the SDK is
+not a runtime dependency any more: it is the reference tests/agent/test_llm_conformance.py
+compares this client against).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import json
+import math
 import time
+import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeGuard
+from random import random
+from typing import Any, Literal, TypeGuard
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import aiohttp
 import structlog
+from yarl import URL
 
 from bot.config import LLMSettings, strip_credentials
 from bot.errors import LLMError
 
-if TYPE_CHECKING:  # the SDK is imported when a client is made: 0.3 s no CLI command needs
-    import openai
-
 log = structlog.get_logger(__name__)
 
 LLMErrorKind = Literal["unavailable", "timeout", "rate_limited", "bad_response", "auth"]
-MAX_RETRIES = 2  # the SDK retries 408/409/429/5xx and connection errors, honouring Retry-After
 MIN_REDACTED_SECRET = 8  # shorter "keys" would mangle ordinary text
 REDACTED = "[redacted]"
 # Without a usage in the answer, tokens are estimated at this many characters per token
 # (of the request as sent and of the answer): about right for English text and JSON.
 CHARS_PER_TOKEN = 4
+
+# The retry policy of openai-python (3.57), which this client had until it became one
+# aiohttp POST: openai/_constants.py (DEFAULT_MAX_RETRIES, INITIAL_RETRY_DELAY,
+# MAX_RETRY_DELAY, MAX_RETRY_AFTER_DELAY) and openai/_base_client.py
+# (AsyncAPIClient.request's loop, _should_retry, _calculate_retry_timeout,
+# _parse_retry_after_header). Retried: connection errors, and HTTP 408, 409, 429 and
+# >= 500, unless the server says otherwise (x-should-retry) or asks for more than
+# MAX_RETRY_AFTER_DELAY; the wait is the server's Retry-After when it is positive and at
+# most MAX_RETRY_AFTER_DELAY, else an exponential backoff with jitter.
+MAX_RETRIES = 2
+INITIAL_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+MAX_RETRY_AFTER_DELAY = 2 * 60
+RETRIED_STATUSES = frozenset({408, 409, 429})  # and every status >= 500
+_INFINITY_LITERALS = ("inf", "+inf", "infinity", "+infinity")
+# The connection pool as the SDK's aiohttp transport had it (DEFAULT_CONNECTION_LIMITS):
+# [llm] concurrency (at most 256) bounds the requests in flight, not the pool.
+MAX_CONNECTIONS = 1000
+KEEPALIVE_S = 5.0
 
 
 class LLMCallError(LLMError):
@@ -75,7 +102,7 @@ class Completion:
 
 
 def endpoint_url(settings: LLMSettings) -> str:
-    """The SDK base URL: Open WebUI serves chat completions under /api."""
+    """The API base URL: Open WebUI serves chat completions under /api."""
     return f"{settings.base_url}/api" if settings.flavor == "openwebui" else settings.base_url
 
 
@@ -90,6 +117,17 @@ def split_basic_auth(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(netloc=host)), f"Basic {token}"
 
 
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (http_proxy, https_proxy, all_proxy,
+    no_proxy), as the SDK's httpx client (trust_env) used it; None for none."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.netloc):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
 class LLM:
     """One chat-completions endpoint. ``timeout_s`` bounds each call, retries included."""
 
@@ -98,23 +136,30 @@ class LLM:
         self._max_tokens = settings.max_tokens
         self._timeout_s = settings.timeout_s
         self._secret = settings.api_key.get_secret_value()
+        # The key as it would appear inside a JSON string of the request.
+        self._secret_in_json = json.dumps(self._secret, ensure_ascii=False)[1:-1]
         self._where = strip_credentials(endpoint_url(settings))  # for errors: never a key
         url, basic = split_basic_auth(endpoint_url(settings))
-        import openai  # noqa: PLC0415 - see TYPE_CHECKING above
-
-        self._client = openai.AsyncOpenAI(
-            base_url=url,
-            api_key=self._secret or "not-needed",
-            timeout=settings.timeout_s,
-            max_retries=MAX_RETRIES,
-            http_client=openai.DefaultAioHttpClient(timeout=settings.timeout_s),
-            # A password in the URL would make aiohttp refuse every request (it will not
-            # send credentials from the URL next to the SDK's Authorization header).
-            default_headers={"Authorization": basic} if basic else None,
-        )
+        # A user:password@ in the URL is sent as Basic auth, never in the URL itself;
+        # else a Bearer token, "not-needed" for servers without keys (as the SDK sent it).
+        self._url = URL(f"{url}/chat/completions")
+        self._headers = {
+            "Authorization": basic or f"Bearer {self._secret or 'not-needed'}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        proxy = env_proxy(str(self._url))
+        self._proxy = URL(proxy).with_user(None) if proxy else None
+        self._proxy_auth = aiohttp.BasicAuth.from_url(URL(proxy)) if proxy else None
+        # Made on the first call, inside the running loop: the composition root may build
+        # this client before there is one.
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     async def aclose(self) -> None:
-        await self._client.close()
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
 
     async def complete(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
@@ -124,10 +169,10 @@ class LLM:
             payload["tools"] = tools
         if self._max_tokens is not None:
             payload["max_tokens"] = self._max_tokens
-        payload = self._without_secret(payload)
         started = time.perf_counter()
         try:
-            body = await self._post(payload)
+            payload, request = self._without_secret(payload)
+            body = await self._post(request)
             completion = parse_completion(body, payload)
         except LLMCallError as exc:
             log.warning("llm.failed", kind=exc.kind, reason=exc.reason, ms=_ms_since(started))
@@ -143,33 +188,71 @@ class LLM:
         )
         return completion
 
-    async def _post(self, payload: dict[str, Any]) -> bytes:
-        import httpx2  # noqa: PLC0415 - loaded with the SDK, which __init__ imported
-        import openai  # noqa: PLC0415
-
+    async def _post(self, request: bytes) -> bytes:
         try:
-            async with asyncio.timeout(self._timeout_s):
-                response = await self._client.post(
-                    "/chat/completions", body=payload, cast_to=httpx2.Response
-                )
-                return await response.aread()
+            async with asyncio.timeout(self._timeout_s):  # retries and their waits included
+                return await self._send(request)
         except TimeoutError:
             raise LLMCallError("timeout", f"no answer within {self._timeout_s:g} s") from None
-        except openai.APIStatusError as exc:
-            raise _status_error(exc.status_code) from None
-        except openai.APIConnectionError as exc:
-            raise _connection_error(exc, self._where) from None
-        except openai.OpenAIError as exc:
-            raise LLMCallError("bad_response", type(exc).__name__) from None
 
-    def _without_secret(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """The API key never goes into a prompt, whatever put it into the messages."""
+    async def _send(self, request: bytes) -> bytes:
+        """The body of a 2xx answer, retried as AsyncAPIClient.request retries."""
+        for retries_taken in range(MAX_RETRIES + 1):
+            retries_left = retries_taken < MAX_RETRIES
+            try:
+                async with self._open().post(
+                    self._url, data=request, proxy=self._proxy, proxy_auth=self._proxy_auth
+                ) as response:
+                    # Read within the attempt, as the SDK did (it does not stream): a
+                    # connection lost in the body is retried like any other.
+                    body = await response.read()
+            except aiohttp.ClientError as exc:
+                if retries_left:
+                    await asyncio.sleep(retry_delay(retries_taken, None))
+                    continue
+                raise _connection_error(exc, self._where) from None
+            status = response.status
+            if 200 <= status < 300:  # noqa: PLR2004 - httpx's is_success
+                return body
+            if retries_left and should_retry(status, response.headers):
+                await asyncio.sleep(retry_delay(retries_taken, response.headers))
+                continue
+            raise _status_error(status)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise LLMCallError("unavailable", "the model client was closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S
+                ),
+                headers=self._headers,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(),  # _post's deadline bounds the whole call
+                trust_env=False,  # the proxy is read once (env_proxy); no ~/.netrc
+            )
+        return self._session
+
+    def _without_secret(self, payload: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """The payload as sent and its JSON: the API key never goes into a prompt,
+        whatever put it into the messages."""
+        text = _dumps(payload)
         secret = self._secret
-        if len(secret) < MIN_REDACTED_SECRET or secret not in json.dumps(payload):
-            return payload
+        if len(secret) < MIN_REDACTED_SECRET or self._secret_in_json not in text:
+            return payload, text.encode()
         log.warning("llm.secret_redacted")
         redacted: dict[str, Any] = _redact(payload, secret)
-        return redacted
+        return redacted, _dumps(redacted).encode()
+
+
+def _dumps(payload: dict[str, Any]) -> str:
+    """JSON as the SDK sent it (openai/_utils/_json.py openapi_dumps)."""
+    try:
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:  # NaN, or something not JSON: a bug upstream
+        raise LLMCallError("bad_response", f"the request is not JSON ({exc})") from None
 
 
 def _redact(value: Any, secret: str) -> Any:
@@ -182,6 +265,57 @@ def _redact(value: Any, secret: str) -> Any:
     return value
 
 
+def retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds the server asks to wait, or None: _parse_retry_after_header.
+
+    retry-after-ms, then retry-after as a number of seconds (floats allowed), then
+    retry-after as an HTTP date. A number too large for a float counts as more than
+    MAX_RETRY_AFTER_DELAY; a written "inf" as infinite (and so ignored)."""
+    if headers is None:
+        return None
+    for header, divisor in (("retry-after-ms", 1000), ("retry-after", 1)):
+        value = headers.get(header)
+        if value is None:
+            continue
+        try:
+            delay = float(value)
+        except ValueError:
+            continue
+        if delay == math.inf and value.strip().lower() not in _INFINITY_LITERALS:
+            return MAX_RETRY_AFTER_DELAY + 1
+        return delay / divisor
+    try:
+        parsed = email.utils.parsedate_tz(headers.get("retry-after"))
+        if parsed is None:
+            return None
+        retry_date = email.utils.mktime_tz(parsed)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+    return float(retry_date - time.time())
+
+
+def should_retry(status: int, headers: Mapping[str, str]) -> bool:
+    """Whether an error answer is worth another attempt: _should_retry."""
+    wait = retry_after(headers)
+    if wait is not None and math.isfinite(wait) and wait > MAX_RETRY_AFTER_DELAY:
+        return False  # the server asks for longer than anyone waits
+    explicit = headers.get("x-should-retry")
+    if explicit == "true":
+        return True
+    if explicit == "false":
+        return False
+    return status in RETRIED_STATUSES or status >= 500  # noqa: PLR2004 - HTTP status class
+
+
+def retry_delay(retries_taken: int, headers: Mapping[str, str] | None) -> float:
+    """Seconds before the next attempt: _calculate_retry_timeout."""
+    wait = retry_after(headers)
+    if wait is not None and math.isfinite(wait) and 0 < wait <= MAX_RETRY_AFTER_DELAY:
+        return wait
+    backoff = min(INITIAL_RETRY_DELAY * pow(2.0, min(retries_taken, 1000)), MAX_RETRY_DELAY)
+    return max(backoff * (1 - 0.25 * random()), 0)  # noqa: S311 - jitter: up to 25 % less
+
+
 def _status_error(status: int) -> LLMCallError:
     if status in (401, 403):
         return LLMCallError("auth", f"the model server refused the credentials (HTTP {status})")
@@ -192,18 +326,9 @@ def _status_error(status: int) -> LLMCallError:
     return LLMCallError("bad_response", f"the model server rejected the request (HTTP {status})")
 
 
-def _connection_error(exc: openai.APIConnectionError, where: str) -> LLMCallError:
-    # The aiohttp transport reports a refused connection as a connect *timeout*;
-    # the OSError underneath tells the two apart.
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
-            return LLMCallError("unavailable", f"cannot connect to the model server at {where}")
-        cause = cause.__cause__ or cause.__context__
-    import openai  # noqa: PLC0415 - loaded already: exc is one of its errors
-
-    if isinstance(exc, openai.APITimeoutError):
-        return LLMCallError("timeout", "the model server did not answer in time")
+def _connection_error(exc: aiohttp.ClientError, where: str) -> LLMCallError:
+    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, unresolvable, TLS refused
+        return LLMCallError("unavailable", f"cannot connect to the model server at {where}")
     return LLMCallError("unavailable", "lost the connection to the model server")
 
 

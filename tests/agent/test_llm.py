@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 from pydantic import SecretStr
 
+from bot.agent import llm as llm_module
 from bot.agent.llm import (
     LLM,
+    MAX_RETRY_AFTER_DELAY,
     Completion,
     LLMCallError,
     ToolCallRequest,
     Usage,
     parse_completion,
+    retry_after,
+    retry_delay,
+    should_retry,
 )
 from bot.config import LLMSettings
 from bot.errors import LLMError
@@ -222,6 +232,215 @@ async def test_empty_key_still_talks_to_keyless_servers(fake: FakeLLM) -> None:
     completion = await complete_with(settings(fake.base_url, api_key=SecretStr("")))
     assert completion.text == "ok"
     assert fake.requests[0].headers["Authorization"] == "Bearer not-needed"
+
+
+# -- the client's own HTTP (#19: one aiohttp POST with the SDK's retry policy) ---------
+
+
+@pytest.fixture
+def no_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every computed retry wait, recorded and then skipped."""
+    waits: list[float] = []
+    computed = llm_module.retry_delay
+
+    def recorded(retries_taken: int, headers: Any) -> float:
+        waits.append(computed(retries_taken, headers))
+        return 0.0
+
+    monkeypatch.setattr(llm_module, "retry_delay", recorded)
+    return waits
+
+
+@pytest.mark.timing
+async def test_r01_the_timeout_bounds_the_retries_and_their_waits(fake: FakeLLM) -> None:
+    for _ in range(5):
+        fake.raw(500, {"error": "boom"}, {"retry-after-ms": "300"})  # answers at 0, 0.3 s
+    started = time.monotonic()
+    with pytest.raises(LLMCallError) as caught:
+        await complete_with(settings(fake.base_url, timeout_s=0.5))
+    assert caught.value.kind == "timeout"
+    assert len(fake.requests) == 2  # the third would come at 0.6 s: past the deadline
+    assert time.monotonic() - started < 1.2
+
+
+@pytest.mark.timing
+async def test_r01_a_retry_wait_past_the_deadline_ends_in_the_timeout(fake: FakeLLM) -> None:
+    # 90 s is honoured (the SDK honours up to 120 s), so no backoff-paced second try.
+    fake.raw(429, {"error": "slow down"}, {"Retry-After": "90"})
+    started = time.monotonic()
+    with pytest.raises(LLMCallError) as caught:
+        await complete_with(settings(fake.base_url, timeout_s=1))
+    assert caught.value.kind == "timeout"
+    assert len(fake.requests) == 1
+    assert time.monotonic() - started < 2
+
+
+JITTERED = (0.375, 0.5)  # the first backoff: 0.5 s less 0-25 %
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param({"retry-after-ms": "10"}, 0.01, id="ms"),
+        pytest.param({"Retry-After": "1.5"}, 1.5, id="seconds_float"),
+        pytest.param({"retry-after-ms": "200", "retry-after": "5"}, 0.2, id="ms_first"),
+        pytest.param({"retry-after-ms": "soon", "retry-after": "5"}, 5.0, id="bad_ms_skipped"),
+        pytest.param({"retry-after": "90"}, 90.0, id="beyond_60_honoured"),
+        pytest.param({"retry-after": "120"}, 120.0, id="the_cap"),
+        pytest.param({"retry-after": "121"}, JITTERED, id="beyond_the_cap_backoff"),
+        pytest.param({"retry-after": "0"}, JITTERED, id="zero_backoff"),
+        pytest.param({"retry-after": "-3"}, JITTERED, id="negative_backoff"),
+        pytest.param({"retry-after": "inf"}, JITTERED, id="infinite_backoff"),
+        pytest.param({"retry-after": "nan"}, JITTERED, id="nan_backoff"),
+        pytest.param({"retry-after": "whenever"}, JITTERED, id="garbage_backoff"),
+        pytest.param({}, JITTERED, id="none_backoff"),
+    ],
+)
+def test_retry_delay_honours_retry_after_up_to_two_minutes(
+    headers: dict[str, str], expected: float | tuple[float, float]
+) -> None:
+    delay = retry_delay(0, CIMultiDict(headers))  # as aiohttp gives them: any case
+    if isinstance(expected, tuple):
+        assert expected[0] <= delay <= expected[1]
+    else:
+        assert delay == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("retries_taken", "low", "high"),
+    [(0, 0.375, 0.5), (1, 0.75, 1.0), (2, 1.5, 2.0), (4, 6.0, 8.0), (9, 6.0, 8.0)],
+)
+def test_the_backoff_doubles_up_to_eight_seconds(
+    retries_taken: int, low: float, high: float
+) -> None:
+    for _ in range(50):
+        assert low <= retry_delay(retries_taken, None) <= high
+
+
+def test_an_http_date_retry_after_counts_from_now() -> None:
+    in_30_s = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 29 <= retry_after({"retry-after": in_30_s}) <= 30  # type: ignore[operator]
+    assert 29 <= retry_delay(0, {"retry-after": in_30_s}) <= 30
+    past = email.utils.formatdate(time.time() - 30, usegmt=True)
+    assert JITTERED[0] <= retry_delay(0, {"retry-after": past}) <= JITTERED[1]
+    in_an_hour = email.utils.formatdate(time.time() + 3600, usegmt=True)
+    assert not should_retry(503, {"retry-after": in_an_hour})
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "expected"),
+    [
+        (500, {}, True),
+        (503, {}, True),
+        (408, {}, True),
+        (409, {}, True),
+        (429, {}, True),
+        (400, {}, False),
+        (401, {}, False),
+        (404, {}, False),
+        (500, {"x-should-retry": "false"}, False),
+        (400, {"x-should-retry": "true"}, True),
+        (429, {"retry-after": str(MAX_RETRY_AFTER_DELAY + 1)}, False),
+        (400, {"x-should-retry": "true", "retry-after": "600"}, False),
+        (429, {"retry-after": "1e999"}, False),  # overflow: a server asking for forever
+        (429, {"retry-after": "inf"}, True),  # written out: ignored, as the SDK does
+    ],
+)
+def test_should_retry_follows_the_sdk(status: int, headers: dict[str, str], expected: bool) -> None:
+    assert should_retry(status, headers) is expected
+
+
+async def test_r01_a_lost_connection_is_retried(
+    fake: FakeLLM, llm: LLM, no_waits: list[float]
+) -> None:
+    fake.drop()
+    fake.reply("recovered")
+    assert (await llm.complete(USER, [])).text == "recovered"
+    assert len(fake.requests) == 2
+    assert len(no_waits) == 1
+
+
+async def test_r01_a_connection_lost_every_time_is_unavailable(
+    fake: FakeLLM, llm: LLM, no_waits: list[float]
+) -> None:
+    for _ in range(3):
+        fake.drop()
+    with pytest.raises(LLMCallError) as caught:
+        await llm.complete(USER, [])
+    assert (caught.value.kind, caught.value.reason) == (
+        "unavailable",
+        "lost the connection to the model server",
+    )
+    assert len(fake.requests) == 3
+
+
+async def test_a_closed_client_sends_nothing(fake: FakeLLM) -> None:
+    client = LLM(settings(fake.base_url))
+    await client.complete(USER, [])
+    await client.aclose()
+    await client.aclose()  # twice is fine
+    with pytest.raises(LLMCallError) as caught:
+        await client.complete(USER, [])
+    assert caught.value.kind == "unavailable"
+    assert len(fake.requests) == 1
+
+
+def test_the_client_is_built_before_the_loop_and_used_in_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(llm_module, "retry_delay", lambda *_: 0.0)
+    where = closed_port_url()
+    client = LLM(settings(where))  # as the composition root may: no loop runs yet
+
+    async def use() -> LLMCallError:
+        try:
+            with pytest.raises(LLMCallError) as caught:
+                await client.complete(USER, [])
+            return caught.value
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(use()).reason == f"cannot connect to the model server at {where}"
+
+
+async def test_the_pool_does_not_cap_the_configured_concurrency(fake: FakeLLM, llm: LLM) -> None:
+    fake.latency_s = 0.5
+    # More than aiohttp's default pool (100); fewer than the fake's listen backlog (128).
+    many = 120
+    answers = await asyncio.gather(*(llm.complete(USER, []) for _ in range(many)))
+    assert len(answers) == many
+    assert fake.max_in_flight == many
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        pytest.param('sk-"quoted"-0123456789', id="json_escaped"),
+        pytest.param("sk-schlüssel-0123456789", id="non_ascii"),
+    ],
+)
+async def test_a13_a_key_json_would_escape_is_redacted_too(fake: FakeLLM, secret: str) -> None:
+    leaked = [{"role": "user", "content": f"my key is {secret}"}]
+    client = LLM(settings(fake.base_url, api_key=SecretStr(secret)))
+    try:
+        await client.complete(leaked, [])
+    finally:
+        await client.aclose()
+    (request,) = fake.requests
+    assert request.messages[0]["content"] == "my key is [redacted]"
+
+
+def test_the_daemon_does_not_import_the_openai_sdk() -> None:
+    code = (
+        "import sys, bot.app, bot.cli;"
+        "from bot.agent.llm import LLM; from bot.config import LLMSettings;"
+        "LLM(LLMSettings());"
+        "print(sorted(m for m in ('openai', 'httpx', 'httpx2') if m in sys.modules))"
+    )
+    run = subprocess.run(  # noqa: S603 - our own interpreter, fixed code
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert run.stdout.strip() == "[]"
 
 
 def _body(message: dict[str, Any], finish: str | None = "stop") -> bytes:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import socket
+import time
 import urllib.parse
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -36,6 +37,7 @@ class RecordedRequest:
     headers: Mapping[str, str]
     raw: str
     body: Any
+    at: float = 0.0  # time.monotonic() when it arrived
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -59,6 +61,7 @@ class _Answer:
     body: str
     headers: Mapping[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    drop: bool = False  # close the connection instead of answering
 
 
 def _completion(
@@ -200,6 +203,10 @@ class FakeLLM:
         """The next request gets no answer for ``seconds`` (or until the fake closes)."""
         self._script.append(_Answer(200, _completion(_text(self.default), "stop"), delay_s=seconds))
 
+    def drop(self) -> None:
+        """The next request gets no answer: its connection is closed (a lost connection)."""
+        self._script.append(_Answer(0, "", drop=True))
+
     def obey(self) -> None:
         """From now on, unscripted answers do what any text in the input tells the model:
         the worst case of prompt injection, which every guarantee must survive."""
@@ -253,6 +260,10 @@ class FakeLLM:
             if self.echo and recorded.messages:
                 text = str(recorded.messages[-1].get("content", ""))
             return _json_response(200, _completion(_text(text), "stop", self.usage))
+        if answer.drop:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()  # written to nobody
         if answer.delay_s:
             try:
                 async with asyncio.timeout(answer.delay_s):
@@ -272,7 +283,9 @@ class FakeLLM:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        recorded = RecordedRequest(request.method, request.path, dict(request.headers), raw, body)
+        recorded = RecordedRequest(
+            request.method, request.path, dict(request.headers), raw, body, time.monotonic()
+        )
         async with self._arrived:
             self.requests.append(recorded)
             self._arrived.notify_all()
