@@ -75,7 +75,7 @@ class Dispatcher:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._busy_noticed: dict[str, float] = {}
         self._dropped: dict[str, int] = {}
-        self._overflowed: list[int] = []
+        self._finishing: list[tuple[int, str, str]] = []  # (id, status, error) this tick
         self._known: set[int] = set()  # events taken in and not finished or let go
         self._finished: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._stale: set[str] = set()  # rooms whose open events to read again (replicas)
@@ -332,17 +332,33 @@ class Dispatcher:
             await self._store.finish_event(item.id, "failed", "handler error")
             await self._notify(self._on_failure, item)
         else:
-            if turn:
-                crash_point("before_event_done")
+            if not turn:
+                # No turn, nothing said: its row is marked done with the others of this
+                # tick, in one statement (#19). Cut off before that commit, it is done
+                # again at the next start.
+                self._finish_later(item.id, "done", "")
+                return
+            crash_point("before_event_done")
             await self._store.finish_event(item.id)
         finally:
             structlog.contextvars.unbind_contextvars("room", "event_id")
 
+    def _finish_later(self, event_id: int, status: str, error: str) -> None:
+        self._finishing.append((event_id, status, error))
+        if len(self._finishing) == 1:  # the first of this tick: one commit for them all
+            self._fire(self._finish_batch())
+
+    async def _finish_batch(self) -> None:
+        await asyncio.sleep(0)  # let the rest of this tick's events join the batch
+        outcomes, self._finishing = self._finishing, []
+        try:
+            await self._store.finish_events(outcomes)
+        except StoreError:  # still open in the store: taken up again at the next start
+            log.warning("dispatch.finish_failed", events=len(outcomes))
+
     def _overflow(self, item: InboxItem) -> None:
         self._finish(item.id)
-        self._overflowed.append(item.id)
-        if len(self._overflowed) == 1:  # the first of this tick: one commit for them all
-            self._fire(self._drop_overflowed())
+        self._finish_later(item.id, "dropped", "room queue full")
         self._dropped[item.room] = self._dropped.get(item.room, 0) + 1
         now = self._clock.monotonic()
         last = self._busy_noticed.get(item.room)
@@ -354,11 +370,6 @@ class Dispatcher:
             self._busy_noticed[item.room] = now
             if self._on_overflow is not None:
                 self._fire(self._notify(self._on_overflow, item))
-
-    async def _drop_overflowed(self) -> None:
-        await asyncio.sleep(0)  # let the rest of this tick's overflow join the batch
-        ids, self._overflowed = self._overflowed, []
-        await self._store.drop_events(ids, "room queue full")
 
     def _fire(self, coro: Awaitable[None]) -> None:
         """A short side task the dispatcher owns until it finishes."""

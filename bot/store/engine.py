@@ -246,24 +246,25 @@ class Engine:
         if deadline is None:
             return cast("T", await entry.done)
         wait_s = max(deadline - loop.time(), LAST_ATTEMPT_S) + HUNG_AFTER_S
+        # A timer, not wait_for: no task and no shield per webhook (#19).
+        timer = loop.call_later(wait_s, self._give_up, entry, wait_s)
         try:
-            return cast("T", await asyncio.wait_for(asyncio.shield(entry.done), wait_s))
-        except TimeoutError:
-            return cast("T", self._give_up(entry, wait_s))
+            return cast("T", await entry.done)
+        finally:
+            timer.cancel()
 
-    def _give_up(self, entry: _Write, waited_s: float) -> Any:
+    def _give_up(self, entry: _Write, waited_s: float) -> None:
         """A budgeted write whose commit did not come back in time (a hung disk or
         database server): refused, and the store is unhealthy until the probe commits.
         Still queued, it is taken out; already in a commit, that commit may still go
         through (the dispatcher's sweep then takes up the stored event)."""
-        if entry.done.done():  # it came back in the same tick
-            return entry.done.result()
+        if entry.done.done():
+            return
         if entry in self._batch:
             self._batch.remove(entry)
-        entry.done.add_done_callback(_ignore_outcome)
         reason = f"no commit within {waited_s:.1f} s"
         self._set_health(ok=False, reason=reason)
-        raise StoreUnavailableError(f"the store cannot save now: {reason}")
+        entry.done.set_exception(StoreUnavailableError(f"the store cannot save now: {reason}"))
 
     async def change(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One statement in the group commit; how many rows it changed."""
@@ -410,12 +411,6 @@ def _resolve_reads(reads: Sequence[_Read], trip: asyncio.Future[list[Any]]) -> N
     for entry, outcome in zip(reads, outcomes, strict=True):
         if not entry.done.done():
             entry.done.set_result(outcome)
-
-
-def _ignore_outcome(done: asyncio.Future[Any]) -> None:
-    """The caller gave up on this write; its late outcome is not an unhandled error."""
-    if not done.cancelled():
-        done.exception()
 
 
 def _refuse(entries: Sequence[_Write], error: type[StoreError], message: str) -> None:

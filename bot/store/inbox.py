@@ -112,17 +112,19 @@ class Inbox(Aggregate):
             (status, self._clock.now(), error, event_id),
         )
 
-    async def drop_events(self, event_ids: list[int], reason: str) -> None:
-        """Mark events given up without handling (a flooded room), in one commit."""
-        rows = [(self._clock.now(), reason, event_id) for event_id in event_ids]
+    async def finish_events(self, outcomes: Sequence[tuple[int, str, str]]) -> None:
+        """Finish several events in one statement and commit: each (id, status, error).
+        The dispatcher's events of one loop tick that needed no turn, and a flooded
+        room's overflow ('dropped')."""
+        now = self._clock.now()
+        rows = [(status, now, error, event_id) for event_id, status, error in outcomes]
 
-        def drop(tx: Tx) -> None:
+        def finish(tx: Tx) -> None:
             tx.executemany(
-                "UPDATE inbox SET status = 'dropped', finished_at = ?, error = ? WHERE id = ?",
-                rows,
+                "UPDATE inbox SET status = ?, finished_at = ?, error = ? WHERE id = ?", rows
             )
 
-        await self._engine.apply(drop)
+        await self._engine.apply(finish)
 
     async def inbox_backlog(self, *, waiting_only: bool = False) -> int:
         """Accepted events not finished; ``waiting_only``: those not started yet."""
