@@ -1,11 +1,26 @@
-"""Ingest: signed webhooks/s and ack latency of `talkbot serve` against a bare aiohttp app.
+"""Ingest: signed webhooks/s and ack latency of `talkbot serve` against two references.
 
-    .venv/bin/python -m bench.ingest [--seconds 5] [--connections 32] [--synchronous full|normal]
+    .venv/bin/python -m bench.ingest [--seconds 5] [--connections 32] [--low-connections 4]
+                                     [--repeat 3] [--synchronous full|normal]
 
-Both servers are subprocesses on 127.0.0.1 and get the same load from the same client
-(an aiohttp client in this process). The bare app only checks the signature and answers
-200. talkbot gets a real config, a fake Talk and a model that never answers (stalled),
-so every turn it starts waits forever: what is measured is verify, parse, store, route.
+Three servers, each a subprocess on 127.0.0.1, get the same load from the same client (an
+aiohttp client in this process), taking turns run by run so a noisy neighbour hurts all
+alike:
+
+- bare: an aiohttp app that checks the signature and answers 200. It stores nothing: the
+  cost of HTTP and HMAC alone, an upper bound no durable daemon reaches (info).
+- limit, the durable limit: the bare app plus talkbot's own inbox INSERT, group-committed
+  by one writer thread, answering 200 only once the row is committed. The honest limit for
+  a daemon that acknowledges only what it stored; talkbot's goals are set against it.
+- talkbot: `talkbot serve` with a real config, a fake Talk and a model that never answers
+  (stalled), so every turn it starts waits forever: what is measured is verify, parse,
+  store, route.
+
+Measured for each: the peak rate closed-loop at --connections (goal: talkbot >= 0.9 x the
+limit), the p99 ack closed-loop at --low-connections (goal: talkbot <= 1.5 x the limit),
+the p99 paced at half the limit's peak and at a busy Talk server's rate, the server CPU
+per webhook, and the size of the SQLite write-ahead log of talkbot and of the limit,
+sampled every 100 ms. --synchronous applies to both talkbot and the limit.
 Traffic: group rooms in "mention" mode; every Nth message names the bot (a turn that
 stalls, after which that room's queue fills and overflows, as it would in production).
 """
@@ -15,31 +30,51 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import random
+import sqlite3
 import statistics
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
 
 from aiohttp import web
 
 from bench import rig
+from bot.clock import ManualClock, SystemClock
+from bot.store.engine import Engine, Row
+from bot.store.inbox import INSERT_EVENT, Inbox, event_row
+from bot.store.sqlite import SqliteDriver, Synchronous
+from bot.talk.events import message_key, parse_event
 from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, verify_webhook
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 
-GOAL_RATIO = 0.6
-GOAL_P99_MS = 20.0
+# talkbot against the durable limit: its median peak at least this share of the limit's,
+GOAL_PEAK_RATIO = 0.9
+# and its p99 ack at --low-connections at most this multiple of the limit's.
+GOAL_LOW_P99_RATIO = 1.5
+
+SERVERS = ("bare", "limit", "talkbot")
 
 
-# -- the baseline: a bare aiohttp app that checks the signature ----------------------------
+# -- the bare app: checks the signature, answers 200 ----------------------------------------
+
+
+def _verified(request: web.Request, body: bytes) -> str | None:
+    """The webhook's random if its signature is right, else None."""
+    random = request.headers.get(RANDOM_HEADER)
+    ok = verify_webhook(rig.SECRET, random, body, request.headers.get(SIGNATURE_HEADER))
+    return random if ok and random is not None else None
 
 
 async def _baseline_webhook(request: web.Request) -> web.Response:
     body = await request.read()
-    random = request.headers.get(RANDOM_HEADER)
-    ok = verify_webhook(rig.SECRET, random, body, request.headers.get(SIGNATURE_HEADER))
-    return web.Response(status=200 if ok else 401)
+    return web.Response(status=200 if _verified(request, body) is not None else 401)
 
 
 async def _baseline_ready(_request: web.Request) -> web.Response:
@@ -49,6 +84,169 @@ async def _baseline_ready(_request: web.Request) -> web.Response:
 def serve_baseline(port: int) -> None:
     app = web.Application()
     app.router.add_post("/webhook", _baseline_webhook)
+    app.router.add_get("/readyz", _baseline_ready)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+# -- the durable limit: the bare app plus talkbot's inbox INSERT, group-committed -----------
+
+Params = tuple[Any, ...]
+_PRAGMA_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
+
+
+def insert_params(body: bytes, random: str, now: float) -> Params:
+    """INSERT_EVENT's parameters for a Create or Activity, built as Inbox.accept_event
+    builds them; only the room, kind and message id are read from the body."""
+    data = json.loads(body)
+    kind = data["type"]
+    if kind not in ("Create", "Activity"):
+        raise ValueError(f"the limit takes messages only, not {kind!r}")
+    room = data["target"]["id"]
+    number = str(data["object"]["id"])
+    message_id = int(number) if number.isascii() and number.isdigit() else None
+    key = message_key(kind, room, number)
+    row = event_row(room=room, kind=kind, body=body, random=random, dedupe_key=key, now=now)
+    return (*row, room, message_id)
+
+
+class _CapturingTx:
+    dialect = "sqlite"
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, Params]] = []
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _OneRow:
+        self.statements.append((sql, tuple(params)))
+        return _OneRow()
+
+
+class _OneRow:
+    def fetchall(self) -> list[Row]:
+        return [{"id": 1}]
+
+
+class _CapturingEngine:
+    def __init__(self) -> None:
+        self.tx = _CapturingTx()
+
+    async def apply(self, work: Callable[[_CapturingTx], Any], *, budget_s: float) -> Any:  # noqa: ARG002 - Engine.apply's signature
+        return work(self.tx)
+
+
+def check_matches_talkbot() -> None:
+    """Refuse to start when talkbot's intake no longer writes what insert_params builds:
+    one webhook through talkbot's own parse and Inbox.accept_event (as bot/webhook.py calls
+    it) on a capturing engine, against the limit's statement and parameters."""
+    body, headers = rig.signed(rig.chat_event("check", "room0000"))
+    clock, engine, event = ManualClock(), _CapturingEngine(), parse_event(body)
+    inbox = Inbox()
+    inbox._engine = cast("Engine", engine)
+    inbox._clock = clock
+    random = headers[RANDOM_HEADER]
+    asyncio.run(
+        inbox.accept_event(
+            room=event.room.token,
+            kind=event.type,
+            body=body,
+            random=random,
+            dedupe_key=event.dedupe_key,
+            message_id=event.talk_message_number,
+        )
+    )
+    ours = [(INSERT_EVENT, insert_params(body, random, clock.now()))]
+    if engine.tx.statements != ours:
+        raise SystemExit(
+            "bench.ingest: the durable limit no longer matches Inbox.accept_event; update"
+            f" insert_params.\n talkbot: {engine.tx.statements}\n limit:   {ours}"
+        )
+
+
+class DurableLimit:
+    """The bare app plus talkbot's inbox INSERT, group-committed by one writer thread.
+
+    The simple honest design, not a tuned one: one connection in WAL mode with talkbot's
+    PRAGMA synchronous and SQLite's default autocheckpoint (every 1000 pages, run inside
+    the COMMIT that crosses it, on the writer thread), talkbot's schema and indexes, and
+    its INSERT statement. The webhooks waiting when the writer is free go to it as one
+    batch: BEGIN IMMEDIATE, one INSERT each, COMMIT; those arriving meanwhile form the
+    next batch. Each gets its 200 only after its row's commit.
+    """
+
+    def __init__(self, path: Path, synchronous: Synchronous) -> None:
+        # Created through talkbot's own code, so it has talkbot's current schema.
+        driver, _ = SqliteDriver.open(path, SystemClock(), synchronous=synchronous)
+        driver.close()
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={_PRAGMA_SYNCHRONOUS[synchronous]}")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="limit-writer")
+        self._batch: list[tuple[Params, asyncio.Future[None]]] = []
+        self._writing = False  # a batch is with the writer, or about to be handed to it
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        random = _verified(request, body)
+        if random is None:
+            return web.Response(status=401)
+        try:
+            params = insert_params(body, random, time.time())
+        except (ValueError, KeyError, TypeError):
+            return web.Response(status=400)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._batch.append((params, done))
+        if not self._writing:
+            self._writing = True
+            loop.call_soon(self._hand_over, loop)  # webhooks of this loop tick join it
+        await done
+        return web.Response(status=200)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop: the whole waiting list to the writer thread."""
+        batch, self._batch = self._batch, []
+        self._writer.submit(self._commit, loop, batch)
+
+    def _commit(
+        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Params, asyncio.Future[None]]]
+    ) -> None:
+        """On the writer thread: one transaction for the batch, then its answers."""
+        error: Exception | None = None
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            for params, _ in batch:
+                self._db.execute(INSERT_EVENT, params).fetchall()
+            self._db.execute("COMMIT")
+        except Exception as exc:
+            error = exc
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        loop.call_soon_threadsafe(self._committed, loop, batch, error)
+
+    def _committed(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[Params, asyncio.Future[None]]],
+        error: Exception | None,
+    ) -> None:
+        """On the loop: answer the batch, hand over what came meanwhile."""
+        for _, done in batch:
+            if done.done():  # its client went away
+                continue
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+        if self._batch:
+            self._hand_over(loop)
+        else:
+            self._writing = False
+
+
+def serve_limit(port: int, store: Path, synchronous: Synchronous) -> None:
+    check_matches_talkbot()
+    limit = DurableLimit(store, synchronous)
+    app = web.Application()
+    app.router.add_post("/webhook", limit.webhook)
     app.router.add_get("/readyz", _baseline_ready)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
@@ -86,6 +284,14 @@ async def peak(url: str, args: argparse.Namespace) -> rig.Load:
     return await rig.closed_loop(url, requests, connections=args.connections, seconds=args.seconds)
 
 
+async def low(url: str, args: argparse.Namespace) -> rig.Load:
+    """Closed loop at a few connections: the ack latency when little waits to be batched."""
+    requests = prepared(args.rooms, args.addressed_every, int(args.seconds * 2000))
+    return await rig.closed_loop(
+        url, requests, connections=args.low_connections, seconds=args.seconds
+    )
+
+
 async def at_rate(url: str, args: argparse.Namespace, rate: float) -> rig.Load:
     requests = prepared(args.rooms, args.addressed_every, int(rate * args.seconds) + 10)
     return await rig.paced(
@@ -93,57 +299,85 @@ async def at_rate(url: str, args: argparse.Namespace, rate: float) -> rig.Load:
     )
 
 
+def _median_p99(loads: list[rig.Load]) -> float:
+    return statistics.median(load.percentile_ms(99) for load in loads)
+
+
 @dataclass
 class Rounds:
-    """Every run of one server, in the order they ran (interleaved with the other server)."""
+    """Every run of one server, in the order they ran (interleaved with the other servers)."""
 
     peaks: list[rig.Load] = field(default_factory=list)
+    lows: list[rig.Load] = field(default_factory=list)  # closed loop at --low-connections
     halves: list[rig.Load] = field(default_factory=list)
     steady: list[rig.Load] = field(default_factory=list)  # at a fixed, modest rate
 
     def peak_rate(self) -> float:
         return statistics.median(load.rate for load in self.peaks)
 
+    def low_p99_ms(self) -> float:
+        return _median_p99(self.lows)
+
     def half_p99_ms(self) -> float:
-        return statistics.median(load.percentile_ms(99) for load in self.halves)
+        return _median_p99(self.halves)
+
+    def steady_p99_ms(self) -> float:
+        return _median_p99(self.steady)
 
     def cpu_us(self, cpu_s: float) -> float:
         """CPU per webhook; the warm-up runs (one second each) count as if measured."""
-        measured = sum(load.count for load in (*self.peaks, *self.halves, *self.steady))
+        runs = (*self.peaks, *self.lows, *self.halves, *self.steady)
+        measured = sum(load.count for load in runs)
         warm = sum(load.rate for load in self.peaks)  # about one second at the peak rate
         return 1e6 * cpu_s / (measured + warm)
 
 
 async def interleaved(
-    base: rig.Process, bot: rig.Process, args: argparse.Namespace
-) -> tuple[Rounds, Rounds, float]:
-    """Baseline and talkbot take turns, so a noisy neighbour hurts both alike."""
-    base_rounds, bot_rounds = Rounds(), Rounds()
+    servers: dict[str, rig.Process], args: argparse.Namespace
+) -> tuple[dict[str, Rounds], float]:
+    """The servers take turns run by run, so a noisy neighbour hurts them all alike."""
+    rounds = {name: Rounds() for name in servers}
     for _ in range(args.repeat):
-        base_rounds.peaks.append(await peak(base.webhook_url, args))
-        bot_rounds.peaks.append(await peak(bot.webhook_url, args))
-    half_rate = base_rounds.peak_rate() / 2
+        for name, server in servers.items():
+            rounds[name].peaks.append(await peak(server.webhook_url, args))
     for _ in range(args.repeat):
-        base_rounds.halves.append(await at_rate(base.webhook_url, args, half_rate))
-        bot_rounds.halves.append(await at_rate(bot.webhook_url, args, half_rate))
+        for name, server in servers.items():
+            rounds[name].lows.append(await low(server.webhook_url, args))
+    # Half of what a durable daemon can take at all: a load talkbot should carry calmly.
+    half_rate = rounds["limit"].peak_rate() / 2
     for _ in range(args.repeat):
-        base_rounds.steady.append(await at_rate(base.webhook_url, args, args.steady_rate))
-        bot_rounds.steady.append(await at_rate(bot.webhook_url, args, args.steady_rate))
-    return base_rounds, bot_rounds, half_rate
+        for name, server in servers.items():
+            rounds[name].halves.append(await at_rate(server.webhook_url, args, half_rate))
+    for _ in range(args.repeat):
+        for name, server in servers.items():
+            rounds[name].steady.append(await at_rate(server.webhook_url, args, args.steady_rate))
+    return rounds, half_rate
 
 
 async def run(args: argparse.Namespace) -> None:
     print(f"machine: {rig.machine()}")
     print(
-        f"load: {args.connections} connections, {args.seconds:g} s per run, {args.repeat} runs "
-        f"each, {args.rooms} rooms, every {args.addressed_every}th message names the bot"
+        f"load: {args.connections} connections ({args.low_connections} for the latency runs),"
+        f" {args.seconds:g} s per run, {args.repeat} runs each, {args.rooms} rooms, every"
+        f" {args.addressed_every}th message names the bot, synchronous {args.synchronous}"
     )
-    port = rig.free_port()
-    argv = [sys.executable, "-m", "bench.ingest", "--serve-baseline", str(port)]
-    url = f"http://127.0.0.1:{port}"
+    bare_port, limit_port = rig.free_port(), rig.free_port()
+    serve = [sys.executable, "-m", "bench.ingest"]
+    bare_url, limit_url = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{limit_port}"
     with rig.workdir() as tmp:
+        limit_store = tmp / "limit.sqlite3"
+        limit_argv = [
+            *serve,
+            *("--serve-limit", str(limit_port), "--limit-store", str(limit_store)),
+            *("--synchronous", args.synchronous),
+        ]
         async with (
-            rig.spawn(argv, url, tmp / "baseline.log", "/readyz") as base,
+            rig.spawn(
+                [*serve, "--serve-baseline", str(bare_port)], bare_url, tmp / "bare.log", "/readyz"
+            ) as bare,
+            rig.spawn(
+                limit_argv, limit_url, tmp / "limit.log", "/readyz", store=limit_store
+            ) as limit,
             FakeTalk(rig.SECRET) as talk,
             FakeLLM() as llm,
             rig.talkbot(
@@ -154,50 +388,81 @@ async def run(args: argparse.Namespace) -> None:
             ) as bot,
         ):
             llm.latency_s = 3600.0  # stalled: no turn ever gets an answer
-            cpu_before = {p.pid: rig.cpu_seconds(p.pid) for p in (base, bot)}
-            base_rounds, bot_rounds, half_rate = await interleaved(base, bot, args)
-            cpu = {pid: rig.cpu_seconds(pid) - before for pid, before in cpu_before.items()}
+            servers = {"bare": bare, "limit": limit, "talkbot": bot}
+            if bot.wal is None or limit.wal is None:
+                raise RuntimeError("talkbot's config has no SQLite store")
+            cpu_before = {name: rig.cpu_seconds(p.pid) for name, p in servers.items()}
+            async with rig.file_sizes([bot.wal, limit.wal]) as (bot_wal, limit_wal):
+                rounds, half_rate = await interleaved(servers, args)
+            cpu = {name: rig.cpu_seconds(p.pid) - cpu_before[name] for name, p in servers.items()}
             memory = rig.memory_mib(bot.pid)
-    report(base_rounds, bot_rounds, half_rate, args.steady_rate)
-    base_us, bot_us = base_rounds.cpu_us(cpu[base.pid]), bot_rounds.cpu_us(cpu[bot.pid])
+    report(rounds, half_rate, args)
+    us = {name: rounds[name].cpu_us(cpu[name]) for name in SERVERS}
     print(
-        f"server CPU per webhook (warm-ups included): baseline {base_us:.0f} µs, talkbot "
-        f"{bot_us:.0f} µs ({base_us / bot_us:.2f}: the throughput ratio on an idle core)"
+        "server CPU per webhook (warm-ups included): "
+        + ", ".join(f"{name} {us[name]:.0f} µs" for name in SERVERS)
+        + f" (limit/talkbot {us['limit'] / us['talkbot']:.2f}: the peak ratio on an idle core)"
     )
     print(f"talkbot RSS {memory['VmRSS']:.0f} MiB, peak {memory['VmHWM']:.0f} MiB")
+    print(
+        f"WAL file, sampled every 100 ms ({bot_wal.samples} samples): talkbot"
+        f" {bot_wal.summary()}; limit {limit_wal.summary()}"
+    )
 
 
-def report(base: Rounds, bot: Rounds, half_rate: float, steady_rate: float) -> None:
-    for name, rounds in (("baseline", base), ("talkbot", bot)):
-        for i, load in enumerate(rounds.peaks, 1):
-            print(f"{name:8} peak #{i}: {load.summary()}")
-    print(f"paced at {half_rate:,.0f}/s (half the baseline's median peak):")
-    for name, rounds in (("baseline", base), ("talkbot", bot)):
-        for i, load in enumerate(rounds.halves, 1):
-            print(f"{name:8} paced #{i}: {load.summary()}")
-    print(f"paced at {steady_rate:,.0f}/s (a busy Talk server):")
-    for name, rounds in (("baseline", base), ("talkbot", bot)):
-        for i, load in enumerate(rounds.steady, 1):
-            print(f"{name:8} paced #{i}: {load.summary()}")
-    ratio = bot.peak_rate() / base.peak_rate()
-    p99 = bot.half_p99_ms()
+def report(rounds: dict[str, Rounds], half_rate: float, args: argparse.Namespace) -> None:
+    sections: list[tuple[str, Callable[[Rounds], list[rig.Load]], str]] = [
+        ("", lambda r: r.peaks, "peak"),
+        (f"closed loop at {args.low_connections} connections:", lambda r: r.lows, "low"),
+        (
+            f"paced at {half_rate:,.0f}/s (half the limit's median peak):",
+            lambda r: r.halves,
+            "paced",
+        ),
+        (f"paced at {args.steady_rate:,.0f}/s (a busy Talk server):", lambda r: r.steady, "paced"),
+    ]
+    for title, loads, label in sections:
+        if title:
+            print(title)
+        for name in SERVERS:
+            for i, load in enumerate(loads(rounds[name]), 1):
+                print(f"{name:7} {label} #{i}: {load.summary()}")
+    bare, limit, bot = (rounds[name] for name in SERVERS)
+    ratio = bot.peak_rate() / limit.peak_rate()
     print(
-        f"median peak: baseline {base.peak_rate():,.0f}/s, talkbot {bot.peak_rate():,.0f}/s; "
-        f"ratio {ratio:.2f} (goal >= {GOAL_RATIO}) {'OK' if ratio >= GOAL_RATIO else 'MISSED'}"
+        f"median peak: bare {bare.peak_rate():,.0f}/s, limit {limit.peak_rate():,.0f}/s,"
+        f" talkbot {bot.peak_rate():,.0f}/s; talkbot/limit {ratio:.2f}"
+        f" (goal >= {GOAL_PEAK_RATIO}) {_verdict(ratio >= GOAL_PEAK_RATIO)};"
+        f" talkbot/bare {bot.peak_rate() / bare.peak_rate():.2f} (info)"
+    )
+    low_ratio = bot.low_p99_ms() / limit.low_p99_ms()
+    print(
+        f"median p99 at {args.low_connections} connections: bare {bare.low_p99_ms():.1f} ms,"
+        f" limit {limit.low_p99_ms():.1f} ms, talkbot {bot.low_p99_ms():.1f} ms;"
+        f" talkbot/limit {low_ratio:.2f} (goal <= {GOAL_LOW_P99_RATIO})"
+        f" {_verdict(low_ratio <= GOAL_LOW_P99_RATIO)}"
     )
     print(
-        f"median p99 at half the baseline's peak: baseline {base.half_p99_ms():.1f} ms, "
-        f"talkbot {p99:.1f} ms (goal < {GOAL_P99_MS:g} ms) "
-        f"{'OK' if p99 < GOAL_P99_MS else 'MISSED'}"
+        f"median p99 at half the limit's peak: bare {bare.half_p99_ms():.1f} ms,"
+        f" limit {limit.half_p99_ms():.1f} ms, talkbot {bot.half_p99_ms():.1f} ms"
     )
-    steady = statistics.median(load.percentile_ms(99) for load in bot.steady)
-    print(f"median p99 at {steady_rate:,.0f}/s: talkbot {steady:.1f} ms")
+    print(
+        f"median p99 at {args.steady_rate:,.0f}/s: bare {bare.steady_p99_ms():.1f} ms,"
+        f" limit {limit.steady_p99_ms():.1f} ms, talkbot {bot.steady_p99_ms():.1f} ms"
+    )
+
+
+def _verdict(ok: bool) -> str:
+    return "OK" if ok else "MISSED"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each run")
     parser.add_argument("--connections", type=int, default=32, help="concurrent clients")
+    parser.add_argument(
+        "--low-connections", type=int, default=4, help="concurrent clients of the latency runs"
+    )
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--addressed-every", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3, help="runs per server, interleaved")
@@ -206,12 +471,20 @@ def main() -> None:
         "--synchronous",
         choices=["full", "normal"],
         default="full",
-        help="talkbot's [storage] synchronous (full: a commit survives a power loss)",
+        help="[storage] synchronous of talkbot and the limit (full: a commit survives a"
+        " power loss)",
     )
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-limit", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--limit-store", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_baseline:
         serve_baseline(args.serve_baseline)
+        return
+    if args.serve_limit:
+        if args.limit_store is None:
+            parser.error("--serve-limit needs --limit-store")
+        serve_limit(args.serve_limit, args.limit_store, args.synchronous)
         return
     asyncio.run(run(args))
 

@@ -120,11 +120,17 @@ def talkbot_config(
 
 @dataclass
 class Process:
-    """A server subprocess: its pid, its URL, where it logs."""
+    """A server subprocess: its pid, its URL, where it logs, its SQLite file if it has one."""
 
     proc: asyncio.subprocess.Process
     url: str
     log: Path
+    store: Path | None = None
+
+    @property
+    def wal(self) -> Path | None:
+        """The store's write-ahead log (SQLite's own name for it), None without a store."""
+        return None if self.store is None else Path(f"{self.store}-wal")
 
     @property
     def pid(self) -> int:
@@ -136,7 +142,9 @@ class Process:
 
 
 @contextlib.asynccontextmanager
-async def spawn(argv: list[str], url: str, log: Path, ready_path: str) -> AsyncIterator[Process]:
+async def spawn(
+    argv: list[str], url: str, log: Path, ready_path: str, *, store: Path | None = None
+) -> AsyncIterator[Process]:
     """Start a server process, wait until ``ready_path`` answers 200, kill it at the end."""
     with log.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
@@ -144,7 +152,7 @@ async def spawn(argv: list[str], url: str, log: Path, ready_path: str) -> AsyncI
         )
     try:
         await _wait_ready(proc, f"{url}{ready_path}", log)
-        yield Process(proc, url, log)
+        yield Process(proc, url, log, store)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGKILL)  # stalled turns would hold a SIGTERM for 60 s
@@ -169,14 +177,60 @@ async def _wait_ready(proc: asyncio.subprocess.Process, url: str, log: Path) -> 
 async def talkbot(
     workdir: Path, *, talk_url: str, llm_url: str, extra: dict[str, dict[str, Any]] | None = None
 ) -> AsyncIterator[Process]:
-    """`talkbot serve` with a config written into ``workdir``."""
+    """`talkbot serve` with a config written into ``workdir``; ``store`` is its SQLite file."""
     config = talkbot_config(workdir, talk_url=talk_url, llm_url=llm_url, extra=extra)
     path = workdir / "talkbot.toml"
     write_toml(path, config)
     url = f"http://127.0.0.1:{config['server']['port']}"
     argv = [sys.executable, "-m", "bot", "serve", "--config", str(path)]
-    async with spawn(argv, url, workdir / "talkbot.log", "/readyz") as process:
+    storage = config.get("storage", {})
+    store = Path(storage["path"]) if "path" in storage and "url" not in storage else None
+    async with spawn(argv, url, workdir / "talkbot.log", "/readyz", store=store) as process:
         yield process
+
+
+@dataclass
+class FileSize:
+    """The size of one file, sampled while a run goes on (0 while it does not exist)."""
+
+    path: Path
+    largest: int = 0
+    last: int = 0
+    samples: int = 0
+
+    def sample(self) -> None:
+        try:
+            self.last = self.path.stat().st_size
+        except FileNotFoundError:
+            self.last = 0
+        self.largest = max(self.largest, self.last)
+        self.samples += 1
+
+    def summary(self) -> str:
+        mib = 1024 * 1024
+        return f"max {self.largest / mib:.2f} MiB, final {self.last / mib:.2f} MiB"
+
+
+@contextlib.asynccontextmanager
+async def file_sizes(paths: list[Path], interval_s: float = 0.1) -> AsyncIterator[list[FileSize]]:
+    """Sample the size of each file every ``interval_s`` on this loop, and once at the end."""
+    sizes = [FileSize(path) for path in paths]
+
+    async def sample_forever() -> None:
+        while True:
+            for size in sizes:
+                size.sample()
+            await asyncio.sleep(interval_s)
+
+    task = asyncio.create_task(sample_forever(), name="file-sizes")
+    try:
+        yield sizes
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for size in sizes:
+            size.sample()  # the final size
 
 
 @contextlib.contextmanager
