@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import random
@@ -391,16 +392,30 @@ async def run(args: argparse.Namespace) -> None:
             servers = {"bare": bare, "limit": limit, "talkbot": bot}
             if bot.wal is None or limit.wal is None:
                 raise RuntimeError("talkbot's config has no SQLite store")
-            cpu_before = {name: rig.cpu_seconds(p.pid) for name, p in servers.items()}
-            async with rig.file_sizes([bot.wal, limit.wal]) as (bot_wal, limit_wal):
-                rounds, half_rate = await interleaved(servers, args)
-            cpu = {name: rig.cpu_seconds(p.pid) - cpu_before[name] for name, p in servers.items()}
-            memory = rig.memory_mib(bot.pid)
+            async with contextlib.AsyncExitStack() as more:
+                if args.before is not None:
+                    (tmp / "before").mkdir()
+                    servers["before"] = await more.enter_async_context(
+                        rig.talkbot(
+                            tmp / "before",
+                            talk_url=talk.url,
+                            llm_url=llm.base_url,
+                            extra={"storage": {"synchronous": args.synchronous}},
+                            tree=args.before,
+                        )
+                    )
+                cpu_before = {name: rig.cpu_seconds(p.pid) for name, p in servers.items()}
+                async with rig.file_sizes([bot.wal, limit.wal]) as (bot_wal, limit_wal):
+                    rounds, half_rate = await interleaved(servers, args)
+                cpu = {
+                    name: rig.cpu_seconds(p.pid) - cpu_before[name] for name, p in servers.items()
+                }
+                memory = rig.memory_mib(bot.pid)
     report(rounds, half_rate, args)
-    us = {name: rounds[name].cpu_us(cpu[name]) for name in SERVERS}
+    us = {name: rounds[name].cpu_us(cpu[name]) for name in rounds}
     print(
         "server CPU per webhook (warm-ups included): "
-        + ", ".join(f"{name} {us[name]:.0f} µs" for name in SERVERS)
+        + ", ".join(f"{name} {us[name]:.0f} µs" for name in rounds)
         + f" (limit/talkbot {us['limit'] / us['talkbot']:.2f}: the peak ratio on an idle core)"
     )
     print(f"talkbot RSS {memory['VmRSS']:.0f} MiB, peak {memory['VmHWM']:.0f} MiB")
@@ -424,8 +439,8 @@ def report(rounds: dict[str, Rounds], half_rate: float, args: argparse.Namespace
     for title, loads, label in sections:
         if title:
             print(title)
-        for name in SERVERS:
-            for i, load in enumerate(loads(rounds[name]), 1):
+        for name, runs in rounds.items():
+            for i, load in enumerate(loads(runs), 1):
                 print(f"{name:7} {label} #{i}: {load.summary()}")
     bare, limit, bot = (rounds[name] for name in SERVERS)
     ratio = bot.peak_rate() / limit.peak_rate()
@@ -450,6 +465,14 @@ def report(rounds: dict[str, Rounds], half_rate: float, args: argparse.Namespace
         f"median p99 at {args.steady_rate:,.0f}/s: bare {bare.steady_p99_ms():.1f} ms,"
         f" limit {limit.steady_p99_ms():.1f} ms, talkbot {bot.steady_p99_ms():.1f} ms"
     )
+    if "before" in rounds:
+        before = rounds["before"]
+        print(
+            f"before ({args.before}): median peak {before.peak_rate():,.0f}/s, before/limit"
+            f" {before.peak_rate() / limit.peak_rate():.2f}; p99 at {args.low_connections}"
+            f" connections {before.low_p99_ms():.1f} ms, before/limit"
+            f" {before.low_p99_ms() / limit.low_p99_ms():.2f}"
+        )
 
 
 def _verdict(ok: bool) -> str:
@@ -473,6 +496,13 @@ def main() -> None:
         default="full",
         help="[storage] synchronous of talkbot and the limit (full: a commit survives a"
         " power loss)",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="TREE",
+        help="also run talkbot from this checkout (e.g. a git worktree of an older commit),"
+        " interleaved with the others: before and after in one run",
     )
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-limit", type=int, metavar="PORT", help=argparse.SUPPRESS)

@@ -143,12 +143,18 @@ class Process:
 
 @contextlib.asynccontextmanager
 async def spawn(
-    argv: list[str], url: str, log: Path, ready_path: str, *, store: Path | None = None
+    argv: list[str],
+    url: str,
+    log: Path,
+    ready_path: str,
+    *,
+    store: Path | None = None,
+    cwd: Path = ROOT,
 ) -> AsyncIterator[Process]:
     """Start a server process, wait until ``ready_path`` answers 200, kill it at the end."""
     with log.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=ROOT, stdout=log_file, stderr=log_file, env={**os.environ}
+            *argv, cwd=cwd, stdout=log_file, stderr=log_file, env={**os.environ}
         )
     try:
         await _wait_ready(proc, f"{url}{ready_path}", log)
@@ -175,9 +181,16 @@ async def _wait_ready(proc: asyncio.subprocess.Process, url: str, log: Path) -> 
 
 @contextlib.asynccontextmanager
 async def talkbot(
-    workdir: Path, *, talk_url: str, llm_url: str, extra: dict[str, dict[str, Any]] | None = None
+    workdir: Path,
+    *,
+    talk_url: str,
+    llm_url: str,
+    extra: dict[str, dict[str, Any]] | None = None,
+    tree: Path = ROOT,
 ) -> AsyncIterator[Process]:
-    """`talkbot serve` with a config written into ``workdir``; ``store`` is its SQLite file."""
+    """`talkbot serve` with a config written into ``workdir``; ``store`` is its SQLite file.
+    ``tree``: the checkout whose ``bot`` package runs (another commit's worktree, to
+    compare before and after in one run)."""
     config = talkbot_config(workdir, talk_url=talk_url, llm_url=llm_url, extra=extra)
     path = workdir / "talkbot.toml"
     write_toml(path, config)
@@ -185,7 +198,9 @@ async def talkbot(
     argv = [sys.executable, "-m", "bot", "serve", "--config", str(path)]
     storage = config.get("storage", {})
     store = Path(storage["path"]) if "path" in storage and "url" not in storage else None
-    async with spawn(argv, url, workdir / "talkbot.log", "/readyz", store=store) as process:
+    async with spawn(
+        argv, url, workdir / "talkbot.log", "/readyz", store=store, cwd=tree
+    ) as process:
         yield process
 
 
