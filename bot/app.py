@@ -201,6 +201,7 @@ async def _build_parts(
         greeting=settings.chat.greeting,
         directory=directory,
         language=lambda: runtime.settings.chat.language,
+        none_waiting=approvals.none_waiting,
     )
 
     dispatcher = Dispatcher(
@@ -222,6 +223,7 @@ async def _build_parts(
         metrics=runtime.metrics,
         clock=clock,
         room_enabled=talk.room_enabled,
+        settler=router,
     )
     store_notices = open_store_notices(runtime, resources, store, poster)
     parts = Parts(

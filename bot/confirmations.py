@@ -108,6 +108,10 @@ class Confirmations:
         self._store = store
         self._clock = clock
         self._settings = settings
+        # Rooms where the last look found nothing waiting and nothing was requested since;
+        # only ever an answer for this process's own requests (one store, no replicas).
+        self._none_open: set[str] = set()
+        self._requested: dict[str, int] = {}  # room -> requests made, to spot a race
 
     def reconfigure(self, settings: ConfirmSettings) -> None:
         self._settings = settings
@@ -120,6 +124,8 @@ class Confirmations:
         """Park each call of one paused turn as its own pending action, with its own code."""
         turn_id = uuid.uuid4().hex
         expires_at = self._clock.now() + self._settings.ttl_s
+        self._requested[requester.room] = self._requested.get(requester.room, 0) + 1
+        self._none_open.discard(requester.room)
         for _ in range(MAX_CODE_TRIES):
             codes = _distinct_codes(len(calls))
             rows = [
@@ -171,13 +177,25 @@ class Confirmations:
         marked expired here, lazily.
         """
         now = self._clock.now()
+        requested = self._requested.get(room, 0)
         waiting = []
         for action in await self._store.open_pending(room):
             if action.expires_at + self._settings.ttl_s <= now:
                 await self.expire(action)
             else:
                 waiting.append(action)
+        if waiting or self._requested.get(room, 0) != requested:
+            self._none_open.discard(room)
+        else:
+            self._none_open.add(room)
         return waiting
+
+    def known_none_open(self, room: str) -> bool:
+        """Sure that nothing waits in ``room`` without asking the store: the last look
+        found nothing and nothing was requested since. An action only ever leaves the
+        waiting state, and every one is requested here, as long as this process is the
+        store's only writer (the caller's to know: with replicas, it is not)."""
+        return room in self._none_open
 
     async def list_open(self) -> list[PendingAction]:
         """Every unfinished action in every room, expired ones marked first (!pending)."""

@@ -147,6 +147,14 @@ class Directory:
         if kind == "users":
             await self.ensure(uid)
 
+    def answers_at_once(self, actor_id: str) -> bool:
+        """Whether ``ensure_actor`` would return without asking Nextcloud (nothing to
+        ask, an answer not yet due, or asking paused after a failure)."""
+        kind, _, uid = actor_id.partition("/")
+        if self._source is None or kind != "users" or not uid or not self._due(uid):
+            return True
+        return self._clock.monotonic() < self._paused_until
+
     def language_of_actor(self, actor_id: str) -> str | None:
         kind, _, uid = actor_id.partition("/")
         return self.language(uid) if kind == "users" else None

@@ -158,6 +158,13 @@ class Dispatcher:
     async def _coordinator_may_serve(self, room: str) -> bool:
         return self._coordinator is None or await self._coordinator.may_serve(room)
 
+    def may_settle_at_once(self, room: str) -> bool:
+        """Whether an event of ``room`` may be decided on arrival instead of triaged here
+        (#19): this process is the store's only writer, and nothing of the room waits in
+        its intake (the event would overtake it: a `!mode` before it, say)."""
+        shared = self._coordinator is not None and self._coordinator.shared
+        return self._accepting and not shared and room not in self._intake
+
     @property
     def room_queue_cap(self) -> int:
         return self._cap

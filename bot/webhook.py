@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -14,9 +15,10 @@ from bot.config import ServerSettings
 from bot.crashpoints import crash_point
 from bot.dispatch import Dispatcher
 from bot.errors import StoreError
+from bot.handlers.router import Settled
 from bot.metrics import Metrics
 from bot.store import InboxItem, Store
-from bot.talk.events import EventParseError, parse_event
+from bot.talk.events import Event, EventParseError, parse_event
 from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, verify_webhook
 
 log = structlog.get_logger(__name__)
@@ -32,6 +34,14 @@ class BodyTooLargeError(Exception):
     pass
 
 
+class Settler(Protocol):
+    """Decides on arrival what needs nothing but its history row (the router)."""
+
+    def settle_now(self, event: Event) -> Settled | None: ...
+
+    def settled(self, event: Event, settled: Settled) -> None: ...
+
+
 class WebhookReceiver:
     """Turns one signed POST from Talk into one inbox row, or a precise error status."""
 
@@ -45,9 +55,11 @@ class WebhookReceiver:
         metrics: Metrics,
         clock: Clock,
         room_enabled: Callable[[str], None] = lambda _token: None,
+        settler: Settler | None = None,
     ) -> None:
         self._settings = settings
         self._room_enabled = room_enabled
+        self._settler = settler
         self._secret = secret
         self._store = store
         self._dispatcher = dispatcher
@@ -89,15 +101,27 @@ class WebhookReceiver:
         if event.actor.is_bot and event.type not in MEMBERSHIP_EVENTS:
             # Talk never webhooks bot messages, but system messages bots cause (W12).
             return 200, event.type
+        settled = self._settle(event)
         try:
-            item_id = await self._store.accept_event(
-                room=event.room.token,
-                kind=event.type,
-                body=body,
-                random=random,
-                dedupe_key=event.dedupe_key,
-                message_id=event.talk_message_number,
-            )
+            if settled is None:
+                item_id = await self._store.accept_event(
+                    room=event.room.token,
+                    kind=event.type,
+                    body=body,
+                    random=random,
+                    dedupe_key=event.dedupe_key,
+                    message_id=event.talk_message_number,
+                )
+            else:  # stored done, with its history row, in the same commit (#19)
+                item_id = await self._store.accept_settled(
+                    room=event.room.token,
+                    kind=event.type,
+                    body=body,
+                    random=random,
+                    dedupe_key=event.dedupe_key,
+                    message_id=event.talk_message_number,
+                    history=settled.history,
+                )
         except StoreError as exc:
             # Not acknowledged, so not ours to lose: Talk's sender sees the failure (H04).
             log.warning(
@@ -107,6 +131,8 @@ class WebhookReceiver:
         crash_point("after_accept")
         if item_id is None:  # a replay, or one delivery reaching us twice: nothing to do
             log.debug("webhook.duplicate", room=event.room.token, type=event.type)
+        elif settled is not None and self._settler is not None:
+            self._settler.settled(event, settled)
         else:
             self._dispatcher.submit(
                 InboxItem(
@@ -120,6 +146,13 @@ class WebhookReceiver:
                 event,
             )
         return 200, event.type
+
+    def _settle(self, event: Event) -> Settled | None:
+        """Most messages in a busy room are nothing for the bot: decided on arrival when
+        the router can be sure, they cost one commit and no queue (#19)."""
+        if self._settler is None or not self._dispatcher.may_settle_at_once(event.room.token):
+            return None
+        return self._settler.settle_now(event)
 
     async def _admit(self, request: web.Request) -> tuple[bytes, str] | int:
         """The verified raw body and its random, or the status that refuses it."""

@@ -56,6 +56,13 @@ class Recall:
     untrusted: bool
 
 
+def message_entry(*, actor_id: str, actor_name: str, text: str, message_id: str) -> HistoryEntry:
+    """A person's message as the room's history keeps it."""
+    return HistoryEntry(
+        role="user", content=text, actor_id=actor_id, actor_name=actor_name, message_id=message_id
+    )
+
+
 class History:
     def __init__(self, store: Store, settings: ChatSettings) -> None:
         self._store = store
@@ -70,12 +77,8 @@ class History:
     ) -> None:
         await self._store.add_history(
             room,
-            HistoryEntry(
-                role="user",
-                content=text,
-                actor_id=actor_id,
-                actor_name=actor_name,
-                message_id=message_id,
+            message_entry(
+                actor_id=actor_id, actor_name=actor_name, text=text, message_id=message_id
             ),
         )
         added = self._untrimmed.get(room, 0) + 1
@@ -83,6 +86,15 @@ class History:
             await self._trim(room)
         else:
             self._untrimmed[room] = added
+
+    def trim_due(self, room: str) -> bool:
+        """Whether the room's next row is the one after which it is trimmed."""
+        return self._untrimmed.get(room, 0) + 1 >= TRIM_EVERY
+
+    def recorded_elsewhere(self, room: str) -> None:
+        """A person's message was stored with its event (settled on arrival, #19): it
+        counts towards the next trim; the caller made sure it is not the one that trims."""
+        self._untrimmed[room] = self._untrimmed.get(room, 0) + 1
 
     async def _trim(self, room: str) -> None:
         self._untrimmed.pop(room, None)

@@ -60,6 +60,10 @@ class Approvals:
         self._timezone = timezone
         self._prefix = command_prefix
 
+    def none_waiting(self, room: str) -> bool:
+        """Sure, without the store, that no prompt waits in ``room`` (one process only)."""
+        return self._confirmations.known_none_open(room)
+
     async def pending_in_room(self, room: str) -> tuple[PendingRef, ...]:
         """What routing needs to recognise answers in a room (the router's lookup)."""
         waiting = await self._confirmations.open_in_room(room)

@@ -7,17 +7,18 @@ constructor; the router itself only keeps the room registry and the room's histo
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 import structlog
 
 from bot import i18n
 from bot.access import Access
-from bot.agent.history import History
+from bot.agent.history import History, message_entry
 from bot.config import Role
 from bot.directory import Directory
 from bot.handlers.chat import ChatHandler
 from bot.routing import PendingRef, Route, RouteKind, RoutingPolicy, Triage, classify
-from bot.store import InboxItem, Store
+from bot.store import HistoryEntry, InboxItem, Store
 from bot.talk.events import Event, parse_event
 
 log = structlog.get_logger(__name__)
@@ -26,6 +27,18 @@ log = structlog.get_logger(__name__)
 RouteHandler = Callable[[Event, Role, Route], Awaitable[None]]
 # The confirmations waiting in a room, for routing to recognise answers to them.
 PendingLookup = Callable[[str], Awaitable[tuple[PendingRef, ...]]]
+# Whether the router may be sure, without the store, that no confirmation waits in a room.
+NoneWaiting = Callable[[str], bool]
+# Routes that need nothing but their history row (NOW lane, no handler).
+SETTLED_ROUTES = frozenset({RouteKind.IGNORE, RouteKind.REMEMBER})
+
+
+@dataclass(frozen=True)
+class Settled:
+    """An event decided on arrival (#19): nothing to answer and nothing to queue; stored
+    finished together with its history row (None: not kept as history)."""
+
+    history: HistoryEntry | None
 
 
 class Router:
@@ -44,6 +57,7 @@ class Router:
         greeting: str = "",
         directory: Directory | None = None,
         language: Callable[[], str] = lambda: i18n.DEFAULT,
+        none_waiting: NoneWaiting = lambda _room: False,
     ) -> None:
         self._store = store
         self._access = access
@@ -55,7 +69,10 @@ class Router:
         self._routes = dict(routes)
         self._pending = pending
         self.greeting = greeting
+        self._none_waiting = none_waiting
         self._rooms_seen: dict[str, tuple[str, bool]] = {}
+        # Each room's mode as triage last read it; a room command forgets it (!mode).
+        self._modes: dict[str, str | None] = {}
 
     async def triage(self, item: InboxItem, parsed: Event | None = None) -> Triage:
         """Classify without acting (parse, role, the room's mode, its waiting prompts): no
@@ -66,6 +83,8 @@ class Router:
             await self._directory.ensure_actor(event.actor.id)
         role = self._access.role_of(event.actor.id)
         room = await self._store.get_room(event.room.token)
+        if room is not None:
+            self._modes[room.token] = room.mode
         pending = await self._pending(event.room.token)
         route = classify(
             event,
@@ -97,6 +116,43 @@ class Router:
         handler = self._routes.get(route.kind)
         if handler is not None:
             await handler(event, role, route)
+        if route.kind in (RouteKind.ROOM_COMMAND, RouteKind.ADMIN_COMMAND):
+            self._modes.pop(event.room.token, None)  # it may have changed the room
+
+    def settle_now(self, event: Event) -> Settled | None:
+        """Decide at once, with no store read and no wait, that an event needs nothing
+        but its history row; None when that cannot be known so (the event is triaged as
+        usual). Only from what this process knows for sure: the room as last read and
+        written here, its person's role without asking Nextcloud, no confirmation waiting
+        (the caller knows whether this process is the store's only writer)."""
+        token = event.room.token
+        if not self._known_at_once(event):
+            return None
+        role = self._access.role_of(event.actor.id)
+        route = classify(
+            event, role=role, policy=self.policy, room_mode=self._modes[token], pending=()
+        )
+        if route.kind not in SETTLED_ROUTES:
+            return None
+        entry = self._history_entry(event, role)
+        if entry is not None and self._history.trim_due(token):
+            return None  # the row after which the room is trimmed: the usual way
+        return Settled(entry)
+
+    def _known_at_once(self, event: Event) -> bool:
+        token = event.room.token
+        return (
+            token in self._modes
+            # new or renamed: the room registry has a write to do
+            and self._rooms_seen.get(token) == (event.room.name, event.room.is_one_to_one)
+            and (self._directory is None or self._directory.answers_at_once(event.actor.id))
+            and self._none_waiting(token)
+        )
+
+    def settled(self, event: Event, settled: Settled) -> None:
+        """The settled event is stored: its history row counts towards the next trim."""
+        if settled.history is not None:
+            self._history.recorded_elsewhere(event.room.token)
 
     def speak_to(self, actor_id: str) -> None:
         """Everything said for this event from here on is in the actor's language: their
@@ -116,13 +172,27 @@ class Router:
         self._rooms_seen[event.room.token] = seen
 
     async def _record(self, event: Event, role: Role) -> None:
-        message = event.message
-        if event.type not in ("Create", "Activity") or message is None or role == "none":
-            return
-        if event.type == "Activity" and not message.files:
+        entry = self._history_entry(event, role)
+        if entry is None:
             return
         await self._history.record_message(
             event.room.token,
+            actor_id=entry.actor_id,
+            actor_name=entry.actor_name,
+            text=entry.content,
+            message_id=entry.message_id or "",
+        )
+
+    @staticmethod
+    def _history_entry(event: Event, role: Role) -> HistoryEntry | None:
+        """A person's message as the room's history keeps it; None for what is not kept
+        (other events, people without a role, an Activity without files)."""
+        message = event.message
+        if event.type not in ("Create", "Activity") or message is None or role == "none":
+            return None
+        if event.type == "Activity" and not message.files:
+            return None
+        return message_entry(
             actor_id=event.actor.id,
             actor_name=event.actor.name,
             text=message.text,

@@ -5,23 +5,30 @@ from __future__ import annotations
 from bot.store.aggregate import Aggregate
 from bot.store.records import HistoryEntry
 
+INSERT_HISTORY = (
+    "INSERT INTO history (room, role, actor_id, actor_name, content, message_id,"
+    " created_at, provenance) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def history_row(
+    room: str, entry: HistoryEntry, now: float
+) -> tuple[str, str, str, str, str, str | None, float, str]:
+    return (
+        room,
+        entry.role,
+        entry.actor_id,
+        entry.actor_name,
+        entry.content,
+        entry.message_id,
+        entry.created_at or now,
+        entry.provenance,
+    )
+
 
 class History(Aggregate):
     async def add_history(self, room: str, entry: HistoryEntry) -> None:
-        await self._engine.change(
-            "INSERT INTO history (room, role, actor_id, actor_name, content, message_id,"
-            " created_at, provenance) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                room,
-                entry.role,
-                entry.actor_id,
-                entry.actor_name,
-                entry.content,
-                entry.message_id,
-                entry.created_at or self._clock.now(),
-                entry.provenance,
-            ),
-        )
+        await self._engine.change(INSERT_HISTORY, history_row(room, entry, self._clock.now()))
 
     async def recent_history(self, room: str, limit: int) -> list[HistoryEntry]:
         """The last ``limit`` entries of a room, oldest first."""

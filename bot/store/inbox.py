@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from bot.store.aggregate import Aggregate
 from bot.store.engine import Row, Tx
-from bot.store.records import InboxItem
+from bot.store.history import INSERT_HISTORY, history_row
+from bot.store.records import HistoryEntry, InboxItem
 
 BODY_RETENTION_S = 14 * 24 * 3600
 ROW_RETENTION_S = 180 * 24 * 3600
@@ -22,6 +23,13 @@ PURGE_CHUNK = 500
 INSERT_EVENT = (
     "INSERT INTO inbox (room, dedupe_key, kind, body, received_at)"
     " SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS"
+    " (SELECT 1 FROM replay_floor WHERE room = ? AND message_id >= ?)"
+    " ON CONFLICT DO NOTHING RETURNING id"
+)
+# The same, for an event settled on arrival (#19): stored finished, never queued.
+INSERT_SETTLED = (
+    "INSERT INTO inbox (room, dedupe_key, kind, body, received_at, status, finished_at)"
+    " SELECT ?, ?, ?, ?, ?, 'done', ? WHERE NOT EXISTS"
     " (SELECT 1 FROM replay_floor WHERE room = ? AND message_id >= ?)"
     " ON CONFLICT DO NOTHING RETURNING id"
 )
@@ -81,6 +89,38 @@ class Inbox(Aggregate):
         def insert(tx: Tx) -> int | None:
             found = tx.execute(INSERT_EVENT, params).fetchall()
             return int(found[0]["id"]) if found else None
+
+        return await self._engine.apply(insert, budget_s=INTAKE_BUDGET_S)
+
+    async def accept_settled(
+        self,
+        *,
+        room: str,
+        kind: str,
+        body: bytes,
+        random: str,
+        dedupe_key: str | None,
+        message_id: int | None,
+        history: HistoryEntry | None,
+    ) -> int | None:
+        """Store a verified webhook that needs nothing more than its history row (ignored
+        chatter, a file kept as context): both in one commit, the event already done.
+        None when it is a repeat (then no history row either). The same budget and
+        group commit as ``accept_event``."""
+        now = self._clock.now()
+        row = event_row(
+            room=room, kind=kind, body=body, random=random, dedupe_key=dedupe_key, now=now
+        )
+        params = (*row, now, room, message_id)
+        remembered = None if history is None else history_row(room, history, now)
+
+        def insert(tx: Tx) -> int | None:
+            found = tx.execute(INSERT_SETTLED, params).fetchall()
+            if not found:
+                return None
+            if remembered is not None:
+                tx.execute(INSERT_HISTORY, remembered)
+            return int(found[0]["id"])
 
         return await self._engine.apply(insert, budget_s=INTAKE_BUDGET_S)
 

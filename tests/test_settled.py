@@ -1,0 +1,125 @@
+"""Events settled on arrival (H08, #19): in a room this process knows, a message that is
+nothing for the bot is stored done together with its history row, in one commit, and
+never queued. What could change that verdict (a `!mode`, a confirmation prompt, the room
+itself, a person Nextcloud is due to be asked about, replicas) sends events the usual
+way, and these tests hold the verdict to the one triage would reach."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.clock import ManualClock
+from bot.dispatch import Dispatcher
+from bot.store import InboxItem
+from tests.fakes.llm_server import FakeLLM
+from tests.fakes.talk_server import FakeTalk
+from tests.handlers.test_confirm import Run, ask_for_write, danger_tool, said
+from tests.harness import GROUP, Daemon, running_daemon
+
+
+class Queued:
+    """What reached the dispatcher: the events that were not settled on arrival."""
+
+    def __init__(self, daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.ids: list[str] = []
+        dispatcher: Dispatcher = daemon.runtime.running.dispatcher
+        submit = dispatcher.submit
+
+        def recording(item: InboxItem, parsed: Any = None) -> None:
+            self.ids.append(_message_id(item))
+            submit(item, parsed)
+
+        monkeypatch.setattr(dispatcher, "submit", recording)
+
+
+def _message_id(item: InboxItem) -> str:
+    return str(json.loads(item.body)["object"]["id"])
+
+
+async def statuses(daemon: Daemon) -> dict[str, str]:
+    rows = await daemon.runtime.running.store._engine.read(
+        "SELECT dedupe_key, status FROM inbox WHERE kind = 'Create'"
+    )
+    return {str(row["dedupe_key"]).rpartition(":")[2]: str(row["status"]) for row in rows}
+
+
+async def history_ids(daemon: Daemon) -> list[str | None]:
+    entries = await daemon.runtime.running.store.recent_history(GROUP, 100)
+    return [entry.message_id for entry in entries]
+
+
+async def test_h08_chatter_in_a_known_room_is_stored_done_with_its_history_unqueued(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
+        queued = Queued(daemon, monkeypatch)
+        await daemon.say(said("morning all", 501))  # a room not seen yet: triaged
+        await daemon.say(said("anyone for lunch?", 502))  # the room's mode is not known
+        for message_id in (503, 504, 505):
+            assert await daemon.post(said(f"chatter {message_id}", message_id)) == 200
+            # Stored finished with its history row by the time the 200 came back.
+            assert (await statuses(daemon))[str(message_id)] == "done"
+            assert str(message_id) in await history_ids(daemon)
+        await daemon.idle()
+        assert queued.ids == ["501", "502"]
+        assert await history_ids(daemon) == ["501", "502", "503", "504", "505"]
+        assert await daemon.post(said("chatter 505", 505)) == 200  # a repeat: nothing
+        await daemon.idle()
+        assert await history_ids(daemon) == ["501", "502", "503", "504", "505"]
+    assert talk.messages == []
+    assert llm.requests == []
+
+
+async def test_h08_a_message_after_mode_all_is_not_settled_under_the_old_mode(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
+        for message_id in (601, 602, 603):
+            await daemon.say(said(f"chatter {message_id}", message_id))
+        queued = Queued(daemon, monkeypatch)
+        await daemon.say(said("!mode all", 604, sender="carol", participant_type="1"))
+        llm.reply("four")
+        assert await daemon.say(said("what is 2+2?", 605)) == ["four"]
+        assert queued.ids == ["604", "605"]
+
+
+async def test_h08_a_yes_to_a_prompt_is_never_settled_as_chatter(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[Run] = []
+    tools = [danger_tool(runs)]
+    async with running_daemon(
+        tmp_path, talk, llm, clock=ManualClock(), extra_tools=tools
+    ) as daemon:
+        for message_id in (701, 702, 703):
+            await daemon.say(said(f"chatter {message_id}", message_id))
+        queued = Queued(daemon, monkeypatch)
+        _prompt, code = await ask_for_write(daemon, message_id=704)
+        daemon.llm.reply("done")
+        await daemon.say(said(f"yes {code}", 705))
+        assert [run.path for run in runs] == ["notes.txt"]
+        assert queued.ids == ["704", "705"]
+        # Answered, nothing waits: chatter is settled on arrival again.
+        await daemon.say(said("chatter 706", 706))
+        await daemon.say(said("chatter 707", 707))
+        assert queued.ids == ["704", "705", "706"]
+
+
+async def test_h08_nothing_is_settled_on_arrival_with_replicas() -> None:
+    class Shared:
+        shared = True
+
+    dispatcher = Dispatcher(
+        store=None,  # type: ignore[arg-type]
+        handle=None,  # type: ignore[arg-type]
+        clock=ManualClock(),
+        coordinator=Shared(),  # type: ignore[arg-type]
+    )
+    dispatcher._accepting = True
+    assert not dispatcher.may_settle_at_once(GROUP)
+    dispatcher._coordinator = None
+    assert dispatcher.may_settle_at_once(GROUP)
