@@ -121,6 +121,7 @@ class WebhookReceiver:
                     dedupe_key=event.dedupe_key,
                     message_id=event.talk_message_number,
                     history=settled.history,
+                    trim_to=settled.trim_to,
                 )
         except StoreError as exc:
             # Not acknowledged, so not ours to lose: Talk's sender sees the failure (H04).

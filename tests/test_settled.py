@@ -123,3 +123,18 @@ async def test_h08_nothing_is_settled_on_arrival_with_replicas() -> None:
     assert not dispatcher.may_settle_at_once(GROUP)
     dispatcher._coordinator = None
     assert dispatcher.may_settle_at_once(GROUP)
+
+
+async def test_h06_h08_settled_chatter_keeps_the_history_bounded(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row after which a room is trimmed is trimmed in the settled commit too."""
+    extra = {"chat": {"history_messages": 5}}  # keeps 4 x 5 rows, trimmed every 16 new
+    async with running_daemon(tmp_path, talk, llm, extra, clock=ManualClock()) as daemon:
+        queued = Queued(daemon, monkeypatch)
+        for number in range(120):
+            await daemon.say(said(f"chatter {number}", 800 + number))
+        kept = await daemon.runtime.running.store.recent_history(GROUP, 10_000)
+    assert queued.ids == ["800", "801"]  # the rest settled on arrival
+    assert len(kept) <= 5 * 4 + 16
+    assert kept[-1].content == "chatter 119"

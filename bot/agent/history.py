@@ -87,14 +87,20 @@ class History:
         else:
             self._untrimmed[room] = added
 
-    def trim_due(self, room: str) -> bool:
-        """Whether the room's next row is the one after which it is trimmed."""
-        return self._untrimmed.get(room, 0) + 1 >= TRIM_EVERY
+    def trim_due(self, room: str) -> int | None:
+        """The rows to keep if the room's next row is the one after which it is trimmed
+        (then whoever stores it trims in the same commit), else None."""
+        if self._untrimmed.get(room, 0) + 1 < TRIM_EVERY:
+            return None
+        return max(self._settings.history_messages, 1) * KEEP_FACTOR
 
-    def recorded_elsewhere(self, room: str) -> None:
-        """A person's message was stored with its event (settled on arrival, #19): it
-        counts towards the next trim; the caller made sure it is not the one that trims."""
-        self._untrimmed[room] = self._untrimmed.get(room, 0) + 1
+    def recorded_elsewhere(self, room: str, *, trimmed: bool) -> None:
+        """A person's message was stored with its event (settled on arrival, #19), and
+        the room trimmed with it when ``trim_due`` said so."""
+        if trimmed:
+            self._untrimmed.pop(room, None)
+        else:
+            self._untrimmed[room] = self._untrimmed.get(room, 0) + 1
 
     async def _trim(self, room: str) -> None:
         self._untrimmed.pop(room, None)

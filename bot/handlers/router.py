@@ -39,6 +39,7 @@ class Settled:
     finished together with its history row (None: not kept as history)."""
 
     history: HistoryEntry | None
+    trim_to: int | None = None  # the room's history is trimmed to this many rows with it
 
 
 class Router:
@@ -135,9 +136,7 @@ class Router:
         if route.kind not in SETTLED_ROUTES:
             return None
         entry = self._history_entry(event, role)
-        if entry is not None and self._history.trim_due(token):
-            return None  # the row after which the room is trimmed: the usual way
-        return Settled(entry)
+        return Settled(entry, self._history.trim_due(token) if entry is not None else None)
 
     def _known_at_once(self, event: Event) -> bool:
         token = event.room.token
@@ -152,7 +151,7 @@ class Router:
     def settled(self, event: Event, settled: Settled) -> None:
         """The settled event is stored: its history row counts towards the next trim."""
         if settled.history is not None:
-            self._history.recorded_elsewhere(event.room.token)
+            self._history.recorded_elsewhere(event.room.token, trimmed=settled.trim_to is not None)
 
     def speak_to(self, actor_id: str) -> None:
         """Everything said for this event from here on is in the actor's language: their

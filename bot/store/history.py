@@ -11,6 +11,13 @@ INSERT_HISTORY = (
 )
 
 
+# Keep a room's newest N rows; the index walks only those (H06). Params: room, room, N.
+TRIM_HISTORY = (
+    "DELETE FROM history WHERE room = ? AND id <= (SELECT id FROM history"
+    " WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
+)
+
+
 def history_row(
     room: str, entry: HistoryEntry, now: float
 ) -> tuple[str, str, str, str, str, str | None, float, str]:
@@ -44,8 +51,4 @@ class History(Aggregate):
 
     async def trim_history(self, room: str, keep: int) -> None:
         """Keep a room's newest ``keep`` rows; the index walks only those (H06)."""
-        await self._engine.change(
-            "DELETE FROM history WHERE room = ? AND id <= (SELECT id FROM history"
-            " WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-            (room, room, keep),
-        )
+        await self._engine.change(TRIM_HISTORY, (room, room, keep))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from bot.store.aggregate import Aggregate
 from bot.store.engine import Row, Tx
-from bot.store.history import INSERT_HISTORY, history_row
+from bot.store.history import INSERT_HISTORY, TRIM_HISTORY, history_row
 from bot.store.records import HistoryEntry, InboxItem
 
 BODY_RETENTION_S = 14 * 24 * 3600
@@ -102,11 +102,13 @@ class Inbox(Aggregate):
         dedupe_key: str | None,
         message_id: int | None,
         history: HistoryEntry | None,
+        trim_to: int | None = None,
     ) -> int | None:
         """Store a verified webhook that needs nothing more than its history row (ignored
-        chatter, a file kept as context): both in one commit, the event already done.
-        None when it is a repeat (then no history row either). The same budget and
-        group commit as ``accept_event``."""
+        chatter, a file kept as context): both in one commit, the event already done,
+        and the room's history trimmed to its newest ``trim_to`` rows if given. None when
+        it is a repeat (then no history row either). The same budget and group commit
+        as ``accept_event``."""
         now = self._clock.now()
         row = event_row(
             room=room, kind=kind, body=body, random=random, dedupe_key=dedupe_key, now=now
@@ -120,6 +122,8 @@ class Inbox(Aggregate):
                 return None
             if remembered is not None:
                 tx.execute(INSERT_HISTORY, remembered)
+                if trim_to is not None:
+                    tx.execute(TRIM_HISTORY, (room, room, trim_to))
             return int(found[0]["id"])
 
         return await self._engine.apply(insert, budget_s=INTAKE_BUDGET_S)
