@@ -366,6 +366,7 @@ async def timed(coro: Any) -> tuple[Any, float]:
     return outcome, time.monotonic() - started
 
 
+@pytest.mark.timing  # a wall-clock bound with a worker process start: run alone
 async def test_h01_deep_nesting_is_refused_in_well_under_a_second() -> None:
     outcome, took = await timed(converter().convert(DEEP))
     assert str(outcome) == "the page is too complex to convert (nesting deeper than 100)"
