@@ -55,7 +55,9 @@ async def run(args: argparse.Namespace) -> None:
         async with (
             FakeTalk(rig.SECRET) as talk,
             FakeLLM() as llm,
-            rig.talkbot(tmp, talk_url=talk.url, llm_url=llm.base_url, extra=extra) as bot,
+            rig.talkbot(
+                tmp, talk_url=talk.url, llm_url=llm.base_url, extra=extra, tree=args.tree
+            ) as bot,
         ):
             idle = rig.memory_mib(bot.pid)["VmRSS"]
             started = time.perf_counter()
@@ -89,6 +91,12 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        default=rig.ROOT,
+        help="run talkbot from this checkout (e.g. a git worktree of an older commit)",
+    )
     parser.add_argument("--rooms", type=int, default=1000)
     parser.add_argument("--history", type=int, default=30)
     parser.add_argument("--connections", type=int, default=16)

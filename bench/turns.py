@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench import rig
 from bot.handlers.chat import TURNS_BEFORE_LEARNING
@@ -83,7 +84,9 @@ async def run(args: argparse.Namespace) -> None:
         async with (
             FakeTalk(rig.SECRET) as talk,
             rig.ToolRoundModel(args.latency) as model,
-            rig.talkbot(tmp, talk_url=talk.url, llm_url=model.url, extra=extra) as bot,
+            rig.talkbot(
+                tmp, talk_url=talk.url, llm_url=model.url, extra=extra, tree=args.tree
+            ) as bot,
         ):
             await warm_up(bot, talk, model)
             result = await measure(bot, talk, model, rooms)
@@ -129,6 +132,12 @@ def timeline(started: float, arrivals: list[tuple[float, bool]], posted: list[fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        default=rig.ROOT,
+        help="run talkbot from this checkout (e.g. a git worktree of an older commit)",
+    )
     parser.add_argument("--rooms", type=int, default=200)
     parser.add_argument("--latency", type=float, default=1.0, help="seconds per model call")
     asyncio.run(run(parser.parse_args()))

@@ -39,6 +39,7 @@ Act = Callable[[Triage], Awaitable[None]]
 MAX_ATTEMPTS = 3
 BUSY_NOTICE_INTERVAL_S = 60.0
 ROOM_QUEUE_CAP = 20
+ROOM_FULL = "room queue full"  # why an event was dropped, as the inbox row says
 # Events finished lately, remembered so a sweep's read from just before is not run again.
 FINISHED_MEMORY = 4096
 
@@ -164,6 +165,17 @@ class Dispatcher:
         its intake (the event would overtake it: a `!mode` before it, say)."""
         shared = self._coordinator is not None and self._coordinator.shared
         return self._accepting and not shared and room not in self._intake
+
+    def refuses_turn(self, room: str, sender: str) -> bool:
+        """Whether a chat turn of ``sender`` would be refused a place in ``room`` now, as
+        ``_admit`` would refuse it (a flooded room): then stored dropped on arrival."""
+        turns = self._turns.get(room)
+        return turns is not None and turns.refuses_chat(sender, self._cap)
+
+    def dropped_on_arrival(self, item: InboxItem) -> None:
+        """A chat turn stored dropped on arrival (``refuses_turn``): counted, logged and
+        answered with the busy notice as one dropped here would be."""
+        self._busy(item)
 
     @property
     def room_queue_cap(self) -> int:
@@ -365,7 +377,10 @@ class Dispatcher:
 
     def _overflow(self, item: InboxItem) -> None:
         self._finish(item.id)
-        self._finish_later(item.id, "dropped", "room queue full")
+        self._finish_later(item.id, "dropped", ROOM_FULL)
+        self._busy(item)
+
+    def _busy(self, item: InboxItem) -> None:
         self._dropped[item.room] = self._dropped.get(item.room, 0) + 1
         now = self._clock.monotonic()
         last = self._busy_noticed.get(item.room)

@@ -59,6 +59,14 @@ class RoomQueue:
             return False, None  # a swap would be no fairer
         return True, self.drop_newest(holder)
 
+    def refuses_chat(self, sender: str, cap: int) -> bool:
+        """Whether ``place`` would refuse a chat turn of ``sender`` and take back nobody's:
+        what a flooded room does to its flooder's next question."""
+        if self.chats < cap:
+            return False
+        _holder, held = self.biggest()
+        return not sender or held - 1 <= self.waiting(sender, chat=True)
+
     def biggest(self) -> tuple[str, int]:
         """The person with the most chat turns waiting, and how many."""
         held = {sender: self.waiting(sender, chat=True) for sender in self._people}

@@ -13,7 +13,7 @@ from aiohttp import web
 from bot.clock import Clock
 from bot.config import ServerSettings
 from bot.crashpoints import crash_point
-from bot.dispatch import Dispatcher
+from bot.dispatch import ROOM_FULL, Dispatcher
 from bot.errors import StoreError
 from bot.handlers.router import Settled
 from bot.metrics import Metrics
@@ -122,6 +122,7 @@ class WebhookReceiver:
                     message_id=event.talk_message_number,
                     history=settled.history,
                     trim_to=settled.trim_to,
+                    dropped=ROOM_FULL if settled.turn else "",
                 )
         except StoreError as exc:
             # Not acknowledged, so not ours to lose: Talk's sender sees the failure (H04).
@@ -132,20 +133,21 @@ class WebhookReceiver:
         crash_point("after_accept")
         if item_id is None:  # a replay, or one delivery reaching us twice: nothing to do
             log.debug("webhook.duplicate", room=event.room.token, type=event.type)
-        elif settled is not None and self._settler is not None:
+            return 200, event.type
+        item = InboxItem(
+            id=item_id,
+            room=event.room.token,
+            kind=event.type,
+            body=body,
+            received_at=self.last_webhook_at,
+            attempts=0,
+        )
+        if settled is None:
+            self._dispatcher.submit(item, event)
+        elif settled.turn:
+            self._dispatcher.dropped_on_arrival(item)
+        elif self._settler is not None:
             self._settler.settled(event, settled)
-        else:
-            self._dispatcher.submit(
-                InboxItem(
-                    id=item_id,
-                    room=event.room.token,
-                    kind=event.type,
-                    body=body,
-                    received_at=self.last_webhook_at,
-                    attempts=0,
-                ),
-                event,
-            )
         return 200, event.type
 
     def _settle(self, event: Event) -> Settled | None:
@@ -153,7 +155,13 @@ class WebhookReceiver:
         the router can be sure, they cost one commit and no queue (#19)."""
         if self._settler is None or not self._dispatcher.may_settle_at_once(event.room.token):
             return None
-        return self._settler.settle_now(event)
+        settled = self._settler.settle_now(event)
+        # A chat turn is settled only where the room has no place for it (flooded): stored
+        # dropped at once instead of stored, triaged, then marked dropped.
+        if settled is not None and settled.turn:
+            room, sender = event.room.token, event.actor.id
+            return settled if self._dispatcher.refuses_turn(room, sender) else None
+        return settled
 
     async def _admit(self, request: web.Request) -> tuple[bytes, str] | int:
         """The verified raw body and its random, or the status that refuses it."""

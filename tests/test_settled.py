@@ -6,12 +6,14 @@ way, and these tests hold the verdict to the one triage would reach."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bot import replies
 from bot.clock import ManualClock
 from bot.dispatch import Dispatcher
 from bot.store import InboxItem
@@ -138,3 +140,39 @@ async def test_h06_h08_settled_chatter_keeps_the_history_bounded(
     assert queued.ids == ["800", "801"]  # the rest settled on arrival
     assert len(kept) <= 5 * 4 + 16
     assert kept[-1].content == "chatter 119"
+
+
+@pytest.mark.timing  # a turn held for a wall-clock second while the room floods
+async def test_r07_h08_a_flooded_rooms_next_turns_are_stored_dropped_in_one_write(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a room's places are all taken, its flooder's next questions are stored
+    dropped on arrival (one write each, never queued, never marked twice) with the one
+    busy notice; someone else's question still takes a place as before (R07)."""
+    async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
+        dispatcher = daemon.runtime.running.dispatcher
+        cap = dispatcher.room_queue_cap
+        await daemon.say(said("morning", 900))
+        await daemon.say(said("anyone?", 901))  # the room is known: its mode, no prompt
+        llm.hang(1.0)
+        llm.echo = True
+        assert await daemon.post(said("talkbot, think hard", 902)) == 200
+        await llm.wait_for_requests(1)
+        queued = Queued(daemon, monkeypatch)
+        for n in range(cap):
+            assert await daemon.post(said(f"talkbot, question {n}", 910 + n)) == 200
+        while dispatcher.peak_room_queue < cap or GROUP in dispatcher._intake:  # noqa: ASYNC110 - polls the dispatcher, which has no event for it
+            await asyncio.sleep(0.01)
+        flood = [950 + n for n in range(5)]
+        for message_id in flood:
+            assert await daemon.post(said(f"talkbot, more {message_id}", message_id)) == 200
+        assert await daemon.post(said("talkbot, my turn?", 960, sender="bob")) == 200
+        rows = await statuses(daemon)
+        await daemon.idle()
+    assert [rows[str(message_id)] for message_id in flood] == ["dropped"] * 5
+    assert queued.ids == [str(910 + n) for n in range(cap)] + ["960"]
+    busy = [m for m in talk.messages if m.message == replies.busy()]
+    assert len(busy) == 1
+    answered = {m.reply_to for m in talk.messages if m.message != replies.busy()}
+    assert 960 in answered  # bob took the newest of alice's places
+    assert not answered & set(flood)

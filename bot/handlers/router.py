@@ -40,6 +40,8 @@ class Settled:
 
     history: HistoryEntry | None
     trim_to: int | None = None  # the room's history is trimmed to this many rows with it
+    # A chat turn instead: settled only if the room has no place for it (stored dropped).
+    turn: bool = False
 
 
 class Router:
@@ -133,6 +135,8 @@ class Router:
         route = classify(
             event, role=role, policy=self.policy, room_mode=self._modes[token], pending=()
         )
+        if route.kind is RouteKind.CHAT:
+            return Settled(None, turn=True)
         if route.kind not in SETTLED_ROUTES:
             return None
         entry = self._history_entry(event, role)

@@ -28,8 +28,8 @@ INSERT_EVENT = (
 )
 # The same, for an event settled on arrival (#19): stored finished, never queued.
 INSERT_SETTLED = (
-    "INSERT INTO inbox (room, dedupe_key, kind, body, received_at, status, finished_at)"
-    " SELECT ?, ?, ?, ?, ?, 'done', ? WHERE NOT EXISTS"
+    "INSERT INTO inbox (room, dedupe_key, kind, body, received_at, status, finished_at,"
+    " error) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
     " (SELECT 1 FROM replay_floor WHERE room = ? AND message_id >= ?)"
     " ON CONFLICT DO NOTHING RETURNING id"
 )
@@ -103,17 +103,20 @@ class Inbox(Aggregate):
         message_id: int | None,
         history: HistoryEntry | None,
         trim_to: int | None = None,
+        dropped: str = "",
     ) -> int | None:
         """Store a verified webhook that needs nothing more than its history row (ignored
         chatter, a file kept as context): both in one commit, the event already done,
-        and the room's history trimmed to its newest ``trim_to`` rows if given. None when
-        it is a repeat (then no history row either). The same budget and group commit
-        as ``accept_event``."""
+        and the room's history trimmed to its newest ``trim_to`` rows if given; with
+        ``dropped`` (the reason), stored given up instead (a flooded room's turn). None
+        when it is a repeat (then no history row either). The same budget and group
+        commit as ``accept_event``."""
         now = self._clock.now()
         row = event_row(
             room=room, kind=kind, body=body, random=random, dedupe_key=dedupe_key, now=now
         )
-        params = (*row, now, room, message_id)
+        status = "dropped" if dropped else "done"
+        params = (*row, status, now, dropped, room, message_id)
         remembered = None if history is None else history_row(room, history, now)
 
         def insert(tx: Tx) -> int | None:
