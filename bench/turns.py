@@ -20,6 +20,7 @@ from bot.handlers.chat import TURNS_BEFORE_LEARNING
 from tests.fakes.talk_server import FakeTalk
 
 GOAL_RATIO = 1.25
+GOAL_CPU_MS_PER_TURN = 2.0  # #19
 WARM_UP_TURNS = TURNS_BEFORE_LEARNING
 
 
@@ -107,9 +108,11 @@ async def run(args: argparse.Namespace) -> None:
         f"Talk API calls: {len(talk.requests)} (answers, plus the 👀 added and taken back on "
         "turns slower than usual)"
     )
+    per_turn_ms = 1000 * result.cpu_s / args.rooms
     print(
-        f"daemon CPU: {result.cpu_s:.2f} s in total, {1000 * result.cpu_s / args.rooms:.1f} ms "
-        "per turn (model time excluded: the model is another process)"
+        f"daemon CPU: {result.cpu_s:.2f} s in total, {per_turn_ms:.1f} ms per turn (model time"
+        f" excluded: the model is another process; goal <= {GOAL_CPU_MS_PER_TURN:g} ms)"
+        f" {'OK' if per_turn_ms <= GOAL_CPU_MS_PER_TURN else 'MISSED'}"
     )
 
 
