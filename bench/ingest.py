@@ -405,11 +405,14 @@ async def run(args: argparse.Namespace) -> None:
                         )
                     )
                 cpu_before = {name: rig.cpu_seconds(p.pid) for name, p in servers.items()}
+                threads_before = rig.thread_cpu_seconds(bot.pid)
                 async with rig.file_sizes([bot.wal, limit.wal]) as (bot_wal, limit_wal):
                     rounds, half_rate = await interleaved(servers, args)
                 cpu = {
                     name: rig.cpu_seconds(p.pid) - cpu_before[name] for name, p in servers.items()
                 }
+                threads = rig.thread_cpu_seconds(bot.pid)
+                loop_s = threads.get(bot.pid, 0.0) - threads_before.get(bot.pid, 0.0)
                 memory = rig.memory_mib(bot.pid)
     report(rounds, half_rate, args)
     us = {name: rounds[name].cpu_us(cpu[name]) for name in rounds}
@@ -417,6 +420,11 @@ async def run(args: argparse.Namespace) -> None:
         "server CPU per webhook (warm-ups included): "
         + ", ".join(f"{name} {us[name]:.0f} µs" for name in rounds)
         + f" (limit/talkbot {us['limit'] / us['talkbot']:.2f}: the peak ratio on an idle core)"
+    )
+    loop_us = rounds["talkbot"].cpu_us(loop_s)
+    print(
+        f"talkbot's CPU per webhook by thread: event loop {loop_us:.0f} µs, the others (the"
+        f" store's, the checkpointer, ...) {us['talkbot'] - loop_us:.0f} µs"
     )
     print(f"talkbot RSS {memory['VmRSS']:.0f} MiB, peak {memory['VmHWM']:.0f} MiB")
     print(

@@ -71,6 +71,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User plus system CPU time of each thread of a process so far, by thread id (the
+    main thread's id is the pid: for talkbot, the event loop)."""
+    times = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        times[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return times
+
+
 def memory_mib(pid: int) -> dict[str, float]:
     """VmRSS (now) and VmHWM (peak) of a process, in MiB."""
     values = {}
