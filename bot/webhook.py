@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 import structlog
@@ -102,28 +103,23 @@ class WebhookReceiver:
             # Talk never webhooks bot messages, but system messages bots cause (W12).
             return 200, event.type
         settled = self._settle(event)
+        accept = self._store.accept_event
+        if settled is not None:  # stored done (or dropped), with its history row, at once
+            accept = partial(
+                self._store.accept_settled,
+                history=settled.history,
+                trim_to=settled.trim_to,
+                dropped=ROOM_FULL if settled.turn else "",
+            )
         try:
-            if settled is None:
-                item_id = await self._store.accept_event(
-                    room=event.room.token,
-                    kind=event.type,
-                    body=body,
-                    random=random,
-                    dedupe_key=event.dedupe_key,
-                    message_id=event.talk_message_number,
-                )
-            else:  # stored done, with its history row, in the same commit (#19)
-                item_id = await self._store.accept_settled(
-                    room=event.room.token,
-                    kind=event.type,
-                    body=body,
-                    random=random,
-                    dedupe_key=event.dedupe_key,
-                    message_id=event.talk_message_number,
-                    history=settled.history,
-                    trim_to=settled.trim_to,
-                    dropped=ROOM_FULL if settled.turn else "",
-                )
+            item_id = await accept(
+                room=event.room.token,
+                kind=event.type,
+                body=body,
+                random=random,
+                dedupe_key=event.dedupe_key,
+                message_id=event.talk_message_number,
+            )
         except StoreError as exc:
             # Not acknowledged, so not ours to lose: Talk's sender sees the failure (H04).
             log.warning(
