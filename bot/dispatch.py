@@ -335,11 +335,10 @@ class Dispatcher:
     async def _run_once(
         self, item: InboxItem, call: Callable[[], Awaitable[None]], *, turn: bool
     ) -> None:
+        # Counted, so an event that kills the process every time it runs is given up
+        # after MAX_ATTEMPTS (R09), a turn or not (a Join's greeting posts to Talk too).
+        await self._store.start_event(item.id)
         if turn:
-            # Counted, so an event that kills the process every time it runs is given up
-            # after MAX_ATTEMPTS (R09). An event of the NOW lane (store writes only) is
-            # not: it saves a write per event (#19); cut off, it is simply done again.
-            await self._store.start_event(item.id)
             crash_point("turn_started")
         structlog.contextvars.bind_contextvars(room=item.room, event_id=item.id)
         try:
@@ -352,9 +351,9 @@ class Dispatcher:
             await self._notify(self._on_failure, item)
         else:
             if not turn:
-                # No turn, nothing said: its row is marked done with the others of this
-                # tick, in one statement (#19). Cut off before that commit, it is done
-                # again at the next start.
+                # No turn: its row is marked done with the others of this tick, in one
+                # statement (#19). Cut off before that commit, it is resumed at the next
+                # start like any event left running.
                 self._finish_later(item.id, "done", "")
                 return
             crash_point("before_event_done")
@@ -368,12 +367,20 @@ class Dispatcher:
             self._fire(self._finish_batch())
 
     async def _finish_batch(self) -> None:
-        await asyncio.sleep(0)  # let the rest of this tick's events join the batch
-        outcomes, self._finishing = self._finishing, []
+        try:
+            await asyncio.sleep(0)  # let the rest of this tick's events join the batch
+        finally:  # cancelled (stopping): they stay open in the store, resumed at start
+            outcomes, self._finishing = self._finishing, []
         try:
             await self._store.finish_events(outcomes)
-        except StoreError:  # still open in the store: taken up again at the next start
+        except StoreError:
+            # Still open in the store, resumed at the next start; known here meanwhile,
+            # so no sweep takes them up again in this process (as a failed finish of a
+            # single event stays known).
             log.warning("dispatch.finish_failed", events=len(outcomes))
+            for event_id, _status, _error in outcomes:
+                self._finished.pop(event_id, None)
+                self._known.add(event_id)
 
     def _overflow(self, item: InboxItem) -> None:
         self._finish(item.id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Protocol
 
@@ -35,6 +35,10 @@ class BodyTooLargeError(Exception):
     pass
 
 
+# Store.accept_event, or Store.accept_settled with its settled arguments bound.
+Accept = Callable[..., Awaitable[int | None]]
+
+
 class Settler(Protocol):
     """Decides on arrival what needs nothing but its history row (the router)."""
 
@@ -61,6 +65,9 @@ class WebhookReceiver:
         self._settings = settings
         self._room_enabled = room_enabled
         self._settler = settler
+        # Rooms with a webhook being stored the usual way: until it reaches the dispatcher
+        # no later event of the room is settled (it would overtake a `!mode`, say).
+        self._unsettled: dict[str, int] = {}
         self._secret = secret
         self._store = store
         self._dispatcher = dispatcher
@@ -103,14 +110,29 @@ class WebhookReceiver:
             # Talk never webhooks bot messages, but system messages bots cause (W12).
             return 200, event.type
         settled = self._settle(event)
-        accept = self._store.accept_event
-        if settled is not None:  # stored done (or dropped), with its history row, at once
-            accept = partial(
+        if settled is not None:
+            accept: Accept = partial(
                 self._store.accept_settled,
                 history=settled.history,
                 trim_to=settled.trim_to,
                 dropped=ROOM_FULL if settled.turn else "",
             )
+            return await self._store_event(event, body, random, accept, settled)
+        room = event.room.token
+        self._unsettled[room] = self._unsettled.get(room, 0) + 1
+        try:
+            return await self._store_event(event, body, random, self._store.accept_event, None)
+        finally:
+            self._unsettled[room] -= 1
+            if not self._unsettled[room]:
+                del self._unsettled[room]
+
+    async def _store_event(
+        self, event: Event, body: bytes, random: str, accept: Accept, settled: Settled | None
+    ) -> tuple[int, str]:
+        """Store the event (acknowledged only once committed), then hand it on: to the
+        dispatcher, or, settled on arrival, nowhere (stored done with its history row,
+        or dropped with the busy notice)."""
         try:
             item_id = await accept(
                 room=event.room.token,
@@ -135,7 +157,7 @@ class WebhookReceiver:
             room=event.room.token,
             kind=event.type,
             body=body,
-            received_at=self.last_webhook_at,
+            received_at=self.last_webhook_at or self._clock.now(),
             attempts=0,
         )
         if settled is None:
@@ -149,9 +171,16 @@ class WebhookReceiver:
     def _settle(self, event: Event) -> Settled | None:
         """Most messages in a busy room are nothing for the bot: decided on arrival when
         the router can be sure, they cost one commit and no queue (#19)."""
-        if self._settler is None or not self._dispatcher.may_settle_at_once(event.room.token):
+        room = event.room.token
+        if self._settler is None or room in self._unsettled:
             return None
-        settled = self._settler.settle_now(event)
+        if not self._dispatcher.may_settle_at_once(room):
+            return None
+        try:
+            settled = self._settler.settle_now(event)
+        except Exception:  # the usual way decides instead: a bug here is never a 500
+            log.exception("webhook.settle_failed", room=room, type=event.type)
+            return None
         # A chat turn is settled only where the room has no place for it (flooded): stored
         # dropped at once instead of stored, triaged, then marked dropped.
         if settled is not None and settled.turn:

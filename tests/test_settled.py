@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +18,15 @@ import pytest
 
 from bot import replies
 from bot.clock import ManualClock
+from bot.config import ConfirmSettings
+from bot.confirmations import Confirmations, PendingCall, Requester
 from bot.dispatch import Dispatcher
-from bot.store import InboxItem
+from bot.store import InboxItem, Store
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.handlers.test_confirm import Run, ask_for_write, danger_tool, said
 from tests.harness import GROUP, Daemon, running_daemon
+from tests.test_fairness import answers_to
 
 
 class Queued:
@@ -176,3 +182,69 @@ async def test_r07_h08_a_flooded_rooms_next_turns_are_stored_dropped_in_one_writ
     answered = {m.reply_to for m in talk.messages if m.message != replies.busy()}
     assert 960 in answered  # bob took the newest of alice's places
     assert not answered & set(flood)
+
+
+def slow_next_commit(store: Store, seconds: float) -> Callable[[], None]:
+    """The store's next transaction takes ``seconds`` longer (a slow fsync); call the
+    returned function to arm it."""
+    driver = store._engine.driver
+    real = driver.transaction
+    armed = threading.Event()
+
+    def transaction(work: Any) -> Any:
+        if armed.is_set():
+            armed.clear()
+            time.sleep(seconds)
+        return real(work)
+
+    driver.transaction = transaction  # type: ignore[method-assign]
+    return armed.set
+
+
+@pytest.mark.timing  # a commit held for a wall-clock 0.3 s
+async def test_h08_a_message_never_overtakes_an_earlier_one_still_being_stored(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM
+) -> None:
+    """`!mode all`, then a question while the `!mode` webhook's commit is under way: the
+    question must not be settled under the old mode before `!mode` reaches the intake."""
+    async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
+        for message_id in (601, 602, 603):
+            await daemon.say(said(f"chatter {message_id}", message_id))
+        slow_next_commit(daemon.runtime.running.store, 0.3)()
+        llm.reply("four")
+        mode = asyncio.create_task(
+            daemon.post(said("!mode all", 604, sender="carol", participant_type="1"))
+        )
+        await asyncio.sleep(0.1)  # !mode's commit is under way
+        assert await daemon.post(said("what is 2+2?", 605)) == 200
+        assert await mode == 200
+        await daemon.idle()
+    assert answers_to(talk, 605) == ["four"]
+
+
+@pytest.mark.timing  # a commit held for a wall-clock 0.3 s
+async def test_h08_no_room_is_sure_of_no_prompt_while_one_is_being_stored(
+    tmp_path: Path,
+) -> None:
+    """A confirmation being stored behind a slow commit while a triage looks at the same
+    room: the look finds nothing, yet the room is not taken as having nothing waiting."""
+    clock = ManualClock()
+    store = Store.open(tmp_path / "talkbot.sqlite3", clock)
+    confirmations = Confirmations(store, clock, ConfirmSettings(ttl_s=600))
+    alice = Requester(actor_id="users/alice", name="Alice", room=GROUP, message_id="100")
+    write = PendingCall("call_1", "file_write", '{"path":"a.txt"}', "requester")
+    try:
+        slow_next_commit(store, 0.3)()
+        other = asyncio.create_task(store.record_room("otherroom1", name="x", one_to_one=False))
+        await asyncio.sleep(0.05)  # another room's commit under way
+        request = asyncio.create_task(confirmations.request(alice, [write], "{}"))
+        await asyncio.sleep(0)  # the request's write waits behind it
+        assert await confirmations.open_in_room(GROUP) == []  # a triage meanwhile
+        await request
+        await other
+        assert [a.requester for a in await store.open_pending(GROUP)] == ["users/alice"]
+        assert not confirmations.known_none_open(GROUP)
+        assert len(await confirmations.open_in_room(GROUP)) == 1
+        assert not confirmations.known_none_open(GROUP)
+    finally:
+        await store.close()

@@ -201,7 +201,11 @@ class LLM:
             retries_left = retries_taken < MAX_RETRIES
             try:
                 async with self._open().post(
-                    self._url, data=request, proxy=self._proxy, proxy_auth=self._proxy_auth
+                    self._url,
+                    data=request,
+                    proxy=self._proxy,
+                    proxy_auth=self._proxy_auth,
+                    allow_redirects=False,  # as the SDK (httpx): a redirect is an answer
                 ) as response:
                     # Read within the attempt, as the SDK did (it does not stream): a
                     # connection lost in the body is retried like any other.

@@ -117,10 +117,16 @@ class Router:
         if route.kind in (RouteKind.CHAT, RouteKind.IGNORE, RouteKind.REMEMBER):
             await self._record(event, role)
         handler = self._routes.get(route.kind)
-        if handler is not None:
+        if handler is None:
+            return
+        changes_room = route.kind in (RouteKind.ROOM_COMMAND, RouteKind.ADMIN_COMMAND)
+        if changes_room:
+            self._modes.pop(event.room.token, None)  # it may change the room's mode
+        try:
             await handler(event, role, route)
-        if route.kind in (RouteKind.ROOM_COMMAND, RouteKind.ADMIN_COMMAND):
-            self._modes.pop(event.room.token, None)  # it may have changed the room
+        finally:
+            if changes_room:  # read again by the next triage, whatever the handler did
+                self._modes.pop(event.room.token, None)
 
     def settle_now(self, event: Event) -> Settled | None:
         """Decide at once, with no store read and no wait, that an event needs nothing

@@ -403,9 +403,9 @@ def _run_reads(driver: Driver, queries: Sequence[tuple[str, tuple[Any, ...]]]) -
 
 def _resolve_reads(reads: Sequence[_Read], trip: asyncio.Future[list[Any]]) -> None:
     if trip.cancelled():
-        outcomes: list[Any] = [_Failed(StoreUnavailableError("the store is closed"))] * len(reads)
-    elif (error := trip.exception()) is not None:
-        outcomes = [_Failed(error)] * len(reads)
+        outcomes: list[Any] = [_Failed(StoreUnavailableError("the store is closed")) for _ in reads]
+    elif (error := trip.exception()) is not None:  # each caller its own (tracebacks)
+        outcomes = [_Failed(StoreError(f"cannot read the store: {error}")) for _ in reads]
     else:
         outcomes = trip.result()
     for entry, outcome in zip(reads, outcomes, strict=True):

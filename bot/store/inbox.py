@@ -245,7 +245,7 @@ def _raise_replay_floors(tx: Tx, ids: Sequence[int]) -> None:
     marks = ", ".join("?" for _ in ids)
     rows = tx.execute(
         f"SELECT room, dedupe_key FROM inbox WHERE id IN ({marks})"  # noqa: S608 - placeholders only
-        " AND kind IN (?, ?) AND dedupe_key IS NOT NULL",
+        " AND kind IN (?, ?) AND dedupe_key NOT LIKE 'random:%' AND dedupe_key NOT LIKE 'row:%'",
         (*ids, *_FLOORED_KINDS),
     ).fetchall()
     for row in rows:

@@ -9,9 +9,10 @@ and on the store's worker thread; a locked or full file is "not now" (H04).
 
 Checkpoints never run inside a commit (#19, H07). SQLite's own autocheckpoint would copy
 the WAL into the database file, and sync it, within the COMMIT that crosses 1000 pages,
-so every webhook of that group commit would wait for it. Here the write connection has it
-off and a ``Checkpointer`` thread with its own connection copies the WAL meanwhile
-(PASSIVE: it never blocks the writer). A WAL only starts over once everything in it is
+so every webhook of that group commit would wait for it. Here the write connection's is
+raised to BACKSTOP_PAGES, which only a failing checkpointer lets the WAL reach, and a
+``Checkpointer`` thread with its own connection copies the WAL meanwhile (PASSIVE: it
+never blocks the writer). A WAL only starts over once everything in it is
 copied and a writer begins; under sustained writes the thread never quite catches up, so
 once the WAL passes WAL_SOFT_LIMIT_BYTES the writer itself copies the little that is left
 before its next transaction, and that transaction starts the WAL over: the WAL stays near
@@ -63,6 +64,9 @@ WAL_POLL_S = 0.01
 # autocheckpoint threshold of 1000 pages); a restarted WAL file is cut back to it.
 WAL_SOFT_LIMIT_BYTES = 4 * 1024 * 1024
 WAL_FRAME_HEADER = 24  # bytes before each page in the WAL
+# SQLite's own autocheckpoint stays on for the write connection, far above the soft limit:
+# a backstop that bounds the WAL should the checkpointer fail (it then runs in a commit).
+BACKSTOP_PAGES = 4096
 
 
 class SqliteDriver:
@@ -97,7 +101,7 @@ class SqliteDriver:
             db.row_factory = _dict_row
             checkpointer = None
             if str(path) != ":memory:":
-                db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's job
+                db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")  # see BACKSTOP
                 db.execute(f"PRAGMA journal_size_limit={WAL_SOFT_LIMIT_BYTES}")
                 checkpointer = Checkpointer.start(path, _SYNCHRONOUS[synchronous])
         except (sqlite3.Error, StoreError) as exc:
@@ -142,7 +146,8 @@ class SqliteDriver:
         try:
             row = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # the commit after it tells the store's state
-            log.warning("store.checkpoint_failed", reason=str(exc))
+            self._checkpointer.failed(exc)
+            self._checkpointer.caught_up(busy=True)  # the thread tries again meanwhile
             return
         self._checkpointer.caught_up(busy=bool(row["busy"]))
 
@@ -209,9 +214,13 @@ class Checkpointer:
     @classmethod
     def start(cls, path: Path, synchronous: str) -> Checkpointer:
         db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        db.execute(f"PRAGMA synchronous={synchronous}")
-        db.execute("PRAGMA busy_timeout=0")  # a PASSIVE checkpoint never waits anyway
-        checkpointer = cls(db, Path(f"{path}-wal"))
+        try:
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute("PRAGMA busy_timeout=0")  # a PASSIVE checkpoint never waits anyway
+            checkpointer = cls(db, Path(f"{path}-wal"))
+        except sqlite3.Error:
+            db.close()
+            raise
         checkpointer._thread.start()
         return checkpointer
 
@@ -229,6 +238,12 @@ class Checkpointer:
             self.restarts += 1
         self._long.clear()
         self._caught_up.set()
+
+    def failed(self, exc: sqlite3.Error) -> None:
+        """A copy failed (the thread's or the writer's): one line per outage."""
+        if not self._failing:
+            log.warning("store.checkpoint_failed", reason=str(exc))
+        self._failing = True
 
     def stop(self) -> None:
         self._stopping.set()
@@ -268,9 +283,7 @@ class Checkpointer:
         try:
             row = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
-            if not self._failing:  # one line per outage, not one per pass
-                log.warning("store.checkpoint_failed", reason=str(exc))
-            self._failing = True
+            self.failed(exc)
             self._commits.set()  # try again after the interval
             return
         self._failing = False
