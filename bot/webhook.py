@@ -109,7 +109,7 @@ class WebhookReceiver:
         if event.actor.is_bot and event.type not in MEMBERSHIP_EVENTS:
             # Talk never webhooks bot messages, but system messages bots cause (W12).
             return 200, event.type
-        settled = self._settle(event)
+        settled, plain_turn = self._settle(event)
         if settled is not None:
             accept: Accept = partial(
                 self._store.accept_settled,
@@ -118,6 +118,8 @@ class WebhookReceiver:
                 dropped=ROOM_FULL if settled.turn else "",
             )
             return await self._store_event(event, body, random, accept, settled)
+        if plain_turn:  # queued the usual way; it changes nothing later messages are judged by
+            return await self._store_event(event, body, random, self._store.accept_event, None)
         room = event.room.token
         self._unsettled[room] = self._unsettled.get(room, 0) + 1
         try:
@@ -168,25 +170,29 @@ class WebhookReceiver:
             self._settler.settled(event, settled)
         return 200, event.type
 
-    def _settle(self, event: Event) -> Settled | None:
+    def _settle(self, event: Event) -> tuple[Settled | None, bool]:
         """Most messages in a busy room are nothing for the bot: decided on arrival when
-        the router can be sure, they cost one commit and no queue (#19)."""
+        the router can be sure, they cost one commit and no queue (#19). Also whether an
+        event that is not settled is a plain chat turn, sure to be judged so: one that
+        cannot change how the room's later messages are judged (a command could, or an
+        event the router could not be sure of), so those may still be settled meanwhile."""
         room = event.room.token
         if self._settler is None or room in self._unsettled:
-            return None
+            return None, False
         if not self._dispatcher.may_settle_at_once(room):
-            return None
+            return None, False
         try:
             settled = self._settler.settle_now(event)
         except Exception:  # the usual way decides instead: a bug here is never a 500
             log.exception("webhook.settle_failed", room=room, type=event.type)
-            return None
+            return None, False
+        if settled is None or not settled.turn:
+            return settled, False
         # A chat turn is settled only where the room has no place for it (flooded): stored
         # dropped at once instead of stored, triaged, then marked dropped.
-        if settled is not None and settled.turn:
-            room, sender = event.room.token, event.actor.id
-            return settled if self._dispatcher.refuses_turn(room, sender) else None
-        return settled
+        if self._dispatcher.refuses_turn(room, event.actor.id):
+            return settled, False
+        return None, True
 
     async def _admit(self, request: web.Request) -> tuple[bytes, str] | int:
         """The verified raw body and its random, or the status that refuses it."""
