@@ -71,7 +71,9 @@ class Dispatcher:
         self._cap = room_queue_cap
         self._on_failure = on_failure
         self._on_overflow = on_overflow
-        self._intake: dict[str, collections.deque[tuple[InboxItem, bool, Event | None]]] = {}
+        self._intake: dict[
+            str, collections.deque[tuple[InboxItem, bool, Event | Triage | None]]
+        ] = {}
         self._turns: dict[str, RoomQueue] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._busy_noticed: dict[str, float] = {}
@@ -129,8 +131,9 @@ class Dispatcher:
         # accepted message silently; the sender gets the apology.
         self._fire(self._notify(self._on_failure, item))
 
-    def submit(self, item: InboxItem, parsed: Event | None = None) -> None:
-        """A webhook just stored; ``parsed``: its event, as the webhook read it."""
+    def submit(self, item: InboxItem, parsed: Event | Triage | None = None) -> None:
+        """A webhook just stored; ``parsed``: its event as the webhook read it, or already
+        triaged there (a plain chat turn the router was sure of: no reads again)."""
         if not self._accepting:
             # Stored already; the next start resumes it.
             return
@@ -213,7 +216,9 @@ class Dispatcher:
             log.warning("dispatch.cancelled_on_stop", turns=len(pending))
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _take_in(self, item: InboxItem, *, resumed: bool, parsed: Event | None = None) -> None:
+    def _take_in(
+        self, item: InboxItem, *, resumed: bool, parsed: Event | Triage | None = None
+    ) -> None:
         """Into the room's intake: triaged in arrival order, never behind a turn."""
         if item.id in self._known or item.id in self._finished:
             return  # the webhook and a sweep both brought it
@@ -251,7 +256,9 @@ class Dispatcher:
             if not intake:
                 self._intake.pop(room, None)
 
-    async def _triaged(self, item: InboxItem, parsed: Event | None) -> Triage | None:
+    async def _triaged(self, item: InboxItem, parsed: Event | Triage | None) -> Triage | None:
+        if isinstance(parsed, Triage):
+            return parsed
         if self._triage is None:
             return None
         try:

@@ -18,6 +18,7 @@ from bot.dispatch import ROOM_FULL, Dispatcher
 from bot.errors import StoreError
 from bot.handlers.router import Settled
 from bot.metrics import Metrics
+from bot.routing import Triage
 from bot.store import InboxItem, Store
 from bot.talk.events import Event, EventParseError, parse_event
 from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, verify_webhook
@@ -117,20 +118,29 @@ class WebhookReceiver:
                 trim_to=settled.trim_to,
                 dropped=ROOM_FULL if settled.turn else "",
             )
-            return await self._store_event(event, body, random, accept, settled)
-        if plain_turn:  # queued the usual way; it changes nothing later messages are judged by
-            return await self._store_event(event, body, random, self._store.accept_event, None)
+            return await self._store_event(event, body, random, accept, settled=settled)
+        if plain_turn is not None:  # queued, triaged already; changes nothing for later ones
+            return await self._store_event(
+                event, body, random, self._store.accept_event, triaged=plain_turn
+            )
         room = event.room.token
         self._unsettled[room] = self._unsettled.get(room, 0) + 1
         try:
-            return await self._store_event(event, body, random, self._store.accept_event, None)
+            return await self._store_event(event, body, random, self._store.accept_event)
         finally:
             self._unsettled[room] -= 1
             if not self._unsettled[room]:
                 del self._unsettled[room]
 
     async def _store_event(
-        self, event: Event, body: bytes, random: str, accept: Accept, settled: Settled | None
+        self,
+        event: Event,
+        body: bytes,
+        random: str,
+        accept: Accept,
+        *,
+        settled: Settled | None = None,
+        triaged: Triage | None = None,
     ) -> tuple[int, str]:
         """Store the event (acknowledged only once committed), then hand it on: to the
         dispatcher, or, settled on arrival, nowhere (stored done with its history row,
@@ -163,14 +173,14 @@ class WebhookReceiver:
             attempts=0,
         )
         if settled is None:
-            self._dispatcher.submit(item, event)
+            self._dispatcher.submit(item, triaged or event)
         elif settled.turn:
             self._dispatcher.dropped_on_arrival(item)
         elif self._settler is not None:
             self._settler.settled(event, settled)
         return 200, event.type
 
-    def _settle(self, event: Event) -> tuple[Settled | None, bool]:
+    def _settle(self, event: Event) -> tuple[Settled | None, Triage | None]:
         """Most messages in a busy room are nothing for the bot: decided on arrival when
         the router can be sure, they cost one commit and no queue (#19). Also whether an
         event that is not settled is a plain chat turn, sure to be judged so: one that
@@ -178,21 +188,21 @@ class WebhookReceiver:
         event the router could not be sure of), so those may still be settled meanwhile."""
         room = event.room.token
         if self._settler is None or room in self._unsettled:
-            return None, False
+            return None, None
         if not self._dispatcher.may_settle_at_once(room):
-            return None, False
+            return None, None
         try:
             settled = self._settler.settle_now(event)
         except Exception:  # the usual way decides instead: a bug here is never a 500
             log.exception("webhook.settle_failed", room=room, type=event.type)
-            return None, False
+            return None, None
         if settled is None or not settled.turn:
-            return settled, False
+            return settled, None
         # A chat turn is settled only where the room has no place for it (flooded): stored
         # dropped at once instead of stored, triaged, then marked dropped.
         if self._dispatcher.refuses_turn(room, event.actor.id):
-            return settled, False
-        return None, True
+            return settled, None
+        return None, settled.triage
 
     async def _admit(self, request: web.Request) -> tuple[bytes, str] | int:
         """The verified raw body and its random, or the status that refuses it."""

@@ -248,3 +248,29 @@ async def test_h08_no_room_is_sure_of_no_prompt_while_one_is_being_stored(
         assert not confirmations.known_none_open(GROUP)
     finally:
         await store.close()
+
+
+async def test_h08_a_plain_chat_turn_is_triaged_once_on_arrival_and_answered(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message naming the bot in a room the router is sure of is queued with the triage
+    the webhook made: the intake does not read the room again (it is classified once more
+    when its turn comes, as every queued event is)."""
+    async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
+        await daemon.say(said("morning", 1101))
+        await daemon.say(said("anyone?", 1102))
+        dispatcher = daemon.runtime.running.dispatcher
+        triaged_at_intake: list[int] = []
+        triage = dispatcher._triage
+        assert triage is not None
+
+        async def counting(item: InboxItem, parsed: Any = None) -> Any:
+            triaged_at_intake.append(item.id)
+            return await triage(item, parsed)
+
+        monkeypatch.setattr(dispatcher, "_triage", counting)
+        llm.reply("hello")
+        assert await daemon.say(said("talkbot, hello?", 1103)) == ["hello"]
+        assert triaged_at_intake == []
+        await daemon.say(said("!mode all", 1104, sender="carol", participant_type="1"))
+        assert len(triaged_at_intake) == 1  # a command: triaged at the intake as usual

@@ -40,8 +40,10 @@ class Settled:
 
     history: HistoryEntry | None
     trim_to: int | None = None  # the room's history is trimmed to this many rows with it
-    # A chat turn instead: settled only if the room has no place for it (stored dropped).
+    # A chat turn instead: settled only if the room has no place for it (stored dropped);
+    # else queued as usual, with this triage.
     turn: bool = False
+    triage: Triage | None = None
 
 
 class Router:
@@ -142,7 +144,7 @@ class Router:
             event, role=role, policy=self.policy, room_mode=self._modes[token], pending=()
         )
         if route.kind is RouteKind.CHAT:
-            return Settled(None, turn=True)
+            return Settled(None, turn=True, triage=Triage(event, role, route))
         if route.kind not in SETTLED_ROUTES:
             return None
         entry = self._history_entry(event, role)
