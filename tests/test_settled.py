@@ -20,7 +20,9 @@ from bot import replies
 from bot.clock import ManualClock
 from bot.config import ConfirmSettings
 from bot.confirmations import Confirmations, PendingCall, Requester
+from bot.directory import Directory
 from bot.dispatch import Dispatcher
+from bot.errors import NextcloudError
 from bot.store import InboxItem, Store
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
@@ -274,3 +276,41 @@ async def test_h08_a_plain_chat_turn_is_triaged_once_on_arrival_and_answered(
         assert triaged_at_intake == []
         await daemon.say(said("!mode all", 1104, sender="carol", participant_type="1"))
         assert len(triaged_at_intake) == 1  # a command: triaged at the intake as usual
+
+
+class People:
+    """A Nextcloud that knows bob in the staff group, or is down."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.asked: list[str] = []
+
+    async def groups_of(self, uid: str) -> tuple[str, ...] | None:
+        self.asked.append(uid)
+        if self.down:
+            raise NextcloudError("unreachable")
+        return ("staff",)
+
+    async def language_of(self, uid: str) -> str | None:  # noqa: ARG002 - the protocol's
+        return None
+
+
+async def test_h08_a_person_nextcloud_is_due_to_be_asked_about_is_not_settled() -> None:
+    """`answers_at_once` is what settling relies on: True exactly when ensure_actor would
+    not ask Nextcloud (a known, fresh answer; not a Nextcloud account; asking paused)."""
+    clock = ManualClock()
+    people = People()
+    directory = Directory(people, clock, ttl_s=300, stale_s=3600, wait_s=1.0)
+    assert not directory.answers_at_once("users/bob")  # never asked
+    await directory.ensure_actor("users/bob")
+    assert directory.answers_at_once("users/bob")  # a fresh answer
+    assert directory.answers_at_once("guests/abc")  # no account to ask about
+    clock.advance(301)
+    assert not directory.answers_at_once("users/bob")  # due again
+    people.down = True
+    await directory.ensure_actor("users/bob")  # fails: asking pauses
+    assert directory.answers_at_once("users/bob")  # as ensure_actor would not ask now
+    clock.advance(3600)
+    assert not directory.answers_at_once("users/bob")  # the pause is over
+    assert people.asked == ["bob", "bob"]
+    assert Directory(None, clock, ttl_s=300, stale_s=3600).answers_at_once("users/bob")
