@@ -48,7 +48,7 @@ from aiohttp import web
 from bench import rig
 from bot.clock import ManualClock, SystemClock
 from bot.store.engine import Engine, Row
-from bot.store.inbox import INSERT_EVENT, Inbox, event_row
+from bot.store.inbox import INSERT_EVENT, Inbox, event_params
 from bot.store.sqlite import SqliteDriver, Synchronous
 from bot.talk.events import message_key, parse_event
 from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, verify_webhook
@@ -106,8 +106,15 @@ def insert_params(body: bytes, random: str, now: float) -> Params:
     number = str(data["object"]["id"])
     message_id = int(number) if number.isascii() and number.isdigit() else None
     key = message_key(kind, room, number)
-    row = event_row(room=room, kind=kind, body=body, random=random, dedupe_key=key, now=now)
-    return (*row, room, message_id)
+    return event_params(
+        room=room,
+        kind=kind,
+        body=body,
+        random=random,
+        dedupe_key=key,
+        message_id=message_id,
+        now=now,
+    )
 
 
 class _CapturingTx:

@@ -112,7 +112,6 @@ class Confirmations:
         # only ever an answer for this process's own requests (one store, no replicas).
         self._none_open: set[str] = set()
         self._requested: dict[str, int] = {}  # room -> requests begun and ended: a race
-        self._requesting: dict[str, int] = {}  # room -> requests not committed yet
 
     def reconfigure(self, settings: ConfirmSettings) -> None:
         self._settings = settings
@@ -125,16 +124,13 @@ class Confirmations:
         """Park each call of one paused turn as its own pending action, with its own code."""
         turn_id = uuid.uuid4().hex
         expires_at = self._clock.now() + self._settings.ttl_s
-        room = requester.room
-        self._requesting[room] = self._requesting.get(room, 0) + 1
-        self._changed(room)
+        self._changed(requester.room)
         try:
             return await self._create(requester, calls, state_json, turn_id, expires_at)
         finally:
-            self._requesting[room] -= 1
-            if not self._requesting[room]:
-                del self._requesting[room]
-            self._changed(room)  # a look that began before the commit saw nothing
+            # A look at the room that began before the commit saw nothing: the count
+            # changed under it, so it does not mark the room.
+            self._changed(requester.room)
 
     def _changed(self, room: str) -> None:
         self._requested[room] = self._requested.get(room, 0) + 1
@@ -206,7 +202,7 @@ class Confirmations:
                 await self.expire(action)
             else:
                 waiting.append(action)
-        if waiting or room in self._requesting or self._requested.get(room, 0) != requested:
+        if waiting or self._requested.get(room, 0) != requested:
             self._none_open.discard(room)
         else:
             self._none_open.add(room)

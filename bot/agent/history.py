@@ -72,20 +72,13 @@ class History:
     def reconfigure(self, settings: ChatSettings) -> None:
         self._settings = settings
 
-    async def record_message(
-        self, room: str, *, actor_id: str, actor_name: str, text: str, message_id: str
-    ) -> None:
-        await self._store.add_history(
-            room,
-            message_entry(
-                actor_id=actor_id, actor_name=actor_name, text=text, message_id=message_id
-            ),
-        )
-        added = self._untrimmed.get(room, 0) + 1
-        if added >= TRIM_EVERY:
-            await self._trim(room)
-        else:
-            self._untrimmed[room] = added
+    async def record_message(self, room: str, entry: HistoryEntry) -> None:
+        """A person's message (``message_entry``); every TRIM_EVERY rows the room is trimmed."""
+        await self._store.add_history(room, entry)
+        keep = self.trim_due(room)
+        if keep is not None:
+            await self._store.trim_history(room, keep)
+        self.counted(room, trimmed=keep is not None)
 
     def trim_due(self, room: str) -> int | None:
         """The rows to keep if the room's next row is the one after which it is trimmed
@@ -94,9 +87,9 @@ class History:
             return None
         return max(self._settings.history_messages, 1) * KEEP_FACTOR
 
-    def recorded_elsewhere(self, room: str, *, trimmed: bool) -> None:
-        """A person's message was stored with its event (settled on arrival, #19), and
-        the room trimmed with it when ``trim_due`` said so."""
+    def counted(self, room: str, *, trimmed: bool) -> None:
+        """A person's message was stored (here, or with its event when settled on arrival,
+        #19), and the room trimmed with it when ``trim_due`` said so."""
         if trimmed:
             self._untrimmed.pop(room, None)
         else:

@@ -163,7 +163,7 @@ class Router:
     def settled(self, event: Event, settled: Settled) -> None:
         """The settled event is stored: its history row counts towards the next trim."""
         if settled.history is not None:
-            self._history.recorded_elsewhere(event.room.token, trimmed=settled.trim_to is not None)
+            self._history.counted(event.room.token, trimmed=settled.trim_to is not None)
 
     def speak_to(self, actor_id: str) -> None:
         """Everything said for this event from here on is in the actor's language: their
@@ -184,15 +184,8 @@ class Router:
 
     async def _record(self, event: Event, role: Role) -> None:
         entry = self._history_entry(event, role)
-        if entry is None:
-            return
-        await self._history.record_message(
-            event.room.token,
-            actor_id=entry.actor_id,
-            actor_name=entry.actor_name,
-            text=entry.content,
-            message_id=entry.message_id or "",
-        )
+        if entry is not None:
+            await self._history.record_message(event.room.token, entry)
 
     @staticmethod
     def _history_entry(event: Event, role: Role) -> HistoryEntry | None:

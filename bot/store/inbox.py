@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from bot.store.aggregate import Aggregate
 from bot.store.engine import Row, Tx
@@ -19,15 +20,9 @@ INTAKE_BUDGET_S = 2.0
 PURGE_CHUNK = 500
 
 # A message at or below its room's replay floor was accepted before and purged since:
-# the row is not inserted, so the webhook is a repeat (H03).
+# the row is not inserted, so the webhook is a repeat (H03). Pending, or already finished
+# for an event settled on arrival (#19).
 INSERT_EVENT = (
-    "INSERT INTO inbox (room, dedupe_key, kind, body, received_at)"
-    " SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS"
-    " (SELECT 1 FROM replay_floor WHERE room = ? AND message_id >= ?)"
-    " ON CONFLICT DO NOTHING RETURNING id"
-)
-# The same, for an event settled on arrival (#19): stored finished, never queued.
-INSERT_SETTLED = (
     "INSERT INTO inbox (room, dedupe_key, kind, body, received_at, status, finished_at,"
     " error) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
     " (SELECT 1 FROM replay_floor WHERE room = ? AND message_id >= ?)"
@@ -47,11 +42,24 @@ _RAISE_FLOOR = {
 }
 
 
-def event_row(
-    *, room: str, kind: str, body: bytes, random: str, dedupe_key: str | None, now: float
-) -> tuple[str, str, str, str, float]:
-    """The values of INSERT_EVENT's row (room, key, kind, body, received_at)."""
-    return (room, dedupe_key or f"random:{random}", kind, body.decode("utf-8"), now)
+def event_params(
+    *,
+    room: str,
+    kind: str,
+    body: bytes,
+    random: str,
+    dedupe_key: str | None,
+    message_id: int | None,
+    now: float,
+    finished: tuple[str, str] | None = None,
+) -> tuple[object, ...]:
+    """INSERT_EVENT's parameters. The key is the event's ``dedupe_key`` (a replayed
+    request has the same body, so the same key), or ``random:<random>`` for an event only
+    its random tells apart. ``finished``: (status, error) of an event stored finished."""
+    status, error = finished or ("pending", None)
+    key = dedupe_key or f"random:{random}"
+    ended = None if finished is None else now
+    return (room, key, kind, body.decode("utf-8"), now, status, ended, error, room, message_id)
 
 
 class Inbox(Aggregate):
@@ -65,32 +73,22 @@ class Inbox(Aggregate):
         dedupe_key: str | None,
         message_id: int | None = None,
     ) -> int | None:
-        """Store a verified webhook; None when its key was seen before.
+        """Store a verified webhook; None when its key was seen before (``event_params``).
 
-        The key is the event's ``dedupe_key`` (a replayed request has the same body, so
-        the same key), or ``random:<random>`` for an event only its random tells apart.
         Returns once the row is committed (W04, W05). Webhooks arriving together are
         committed together: one transaction per event-loop tick, not one per webhook.
         StoreUnavailableError when the store cannot commit within INTAKE_BUDGET_S (H04).
         """
-        params = (
-            *event_row(
-                room=room,
-                kind=kind,
-                body=body,
-                random=random,
-                dedupe_key=dedupe_key,
-                now=self._clock.now(),
-            ),
-            room,
-            message_id,
+        params = event_params(
+            room=room,
+            kind=kind,
+            body=body,
+            random=random,
+            dedupe_key=dedupe_key,
+            message_id=message_id,
+            now=self._clock.now(),
         )
-
-        def insert(tx: Tx) -> int | None:
-            found = tx.execute(INSERT_EVENT, params).fetchall()
-            return int(found[0]["id"]) if found else None
-
-        return await self._engine.apply(insert, budget_s=INTAKE_BUDGET_S)
+        return await self._engine.apply(partial(_insert, params), budget_s=INTAKE_BUDGET_S)
 
     async def accept_settled(
         self,
@@ -112,22 +110,25 @@ class Inbox(Aggregate):
         when it is a repeat (then no history row either). The same budget and group
         commit as ``accept_event``."""
         now = self._clock.now()
-        row = event_row(
-            room=room, kind=kind, body=body, random=random, dedupe_key=dedupe_key, now=now
+        params = event_params(
+            room=room,
+            kind=kind,
+            body=body,
+            random=random,
+            dedupe_key=dedupe_key,
+            message_id=message_id,
+            now=now,
+            finished=("dropped", dropped) if dropped else ("done", ""),
         )
-        status = "dropped" if dropped else "done"
-        params = (*row, status, now, dropped, room, message_id)
         remembered = None if history is None else history_row(room, history, now)
 
         def insert(tx: Tx) -> int | None:
-            found = tx.execute(INSERT_SETTLED, params).fetchall()
-            if not found:
-                return None
-            if remembered is not None:
+            event_id = _insert(params, tx)
+            if event_id is not None and remembered is not None:
                 tx.execute(INSERT_HISTORY, remembered)
                 if trim_to is not None:
                     tx.execute(TRIM_HISTORY, (room, room, trim_to))
-            return int(found[0]["id"])
+            return event_id
 
         return await self._engine.apply(insert, budget_s=INTAKE_BUDGET_S)
 
@@ -236,6 +237,11 @@ class Inbox(Aggregate):
         for step in (empty_bodies, delete_rows):
             while await self._engine.apply(step) == PURGE_CHUNK:
                 pass
+
+
+def _insert(params: Sequence[object], tx: Tx) -> int | None:
+    found = tx.execute(INSERT_EVENT, params).fetchall()
+    return int(found[0]["id"]) if found else None
 
 
 def _raise_replay_floors(tx: Tx, ids: Sequence[int]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.agent.history import History, Provenance
+from bot.agent.history import History, Provenance, message_entry
 from bot.clock import ManualClock
 from bot.config import ChatSettings
 from bot.store import Store
@@ -25,9 +25,10 @@ def make(store: Store, **chat: object) -> History:
 
 
 async def say(history: History, room: str, text: str, who: str = "Alice") -> None:
-    await history.record_message(
-        room, actor_id=f"users/{who.lower()}", actor_name=who, text=text, message_id="1"
+    entry = message_entry(
+        actor_id=f"users/{who.lower()}", actor_name=who, text=text, message_id="1"
     )
+    await history.record_message(room, entry)
 
 
 async def test_messages_are_oldest_first_and_name_the_speaker(store: Store) -> None:
