@@ -74,6 +74,10 @@ class Dispatcher:
         self._intake: dict[
             str, collections.deque[tuple[InboxItem, bool, Event | Triage | None]]
         ] = {}
+        # Per room: the events in its intake (or being triaged there) that were not
+        # triaged on arrival. Until they are, nothing of the room is settled on arrival
+        # (#19); a plain chat turn triaged already changes nothing for later events.
+        self._unsure: dict[str, int] = {}
         self._turns: dict[str, RoomQueue] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._busy_noticed: dict[str, float] = {}
@@ -164,10 +168,13 @@ class Dispatcher:
 
     def may_settle_at_once(self, room: str) -> bool:
         """Whether an event of ``room`` may be decided on arrival instead of triaged here
-        (#19): this process is the store's only writer, and nothing of the room waits in
-        its intake (the event would overtake it: a `!mode` before it, say)."""
+        (#19): this process is the store's only writer, and its intake holds nothing of
+        the room still to be triaged (the event would overtake it: a `!mode` before it,
+        say). A plain chat turn triaged on arrival does not count: it cannot change how
+        later events are judged, and counting it sent the room's next events the usual
+        way, each of which then held up the ones after it."""
         shared = self._coordinator is not None and self._coordinator.shared
-        return self._accepting and not shared and room not in self._intake
+        return self._accepting and not shared and room not in self._unsure
 
     def refuses_turn(self, room: str, sender: str) -> bool:
         """Whether a chat turn of ``sender`` would be refused a place in ``room`` now, as
@@ -203,6 +210,7 @@ class Dispatcher:
         self._accepting = False
         for intake in self._intake.values():
             intake.clear()  # still pending in the store; resumed on the next start
+        self._unsure.clear()  # nothing is settled on arrival once stopped
         for turns in self._turns.values():
             turns.clear()
         self._known.clear()
@@ -223,6 +231,8 @@ class Dispatcher:
         if item.id in self._known or item.id in self._finished:
             return  # the webhook and a sweep both brought it
         self._known.add(item.id)
+        if not isinstance(parsed, Triage):
+            self._unsure[item.room] = self._unsure.get(item.room, 0) + 1
         self._intake.setdefault(item.room, collections.deque()).append((item, resumed, parsed))
         self._start_worker(f"intake:{item.room}", partial(self._drain_intake, item.room))
 
@@ -246,11 +256,15 @@ class Dispatcher:
                 return
             while intake and self._accepting:
                 item, resumed, parsed = intake.popleft()
-                triaged = await self._triaged(item, parsed)
-                if triaged is not None and triaged.lane is Lane.NOW and self._act is not None:
-                    await self._run(item, partial(self._act, triaged), turn=False)
-                else:
-                    self._admit(item, triaged, resumed=resumed)
+                try:
+                    triaged = await self._triaged(item, parsed)
+                    if triaged is not None and triaged.lane is Lane.NOW and self._act is not None:
+                        await self._run(item, partial(self._act, triaged), turn=False)
+                    else:
+                        self._admit(item, triaged, resumed=resumed)
+                finally:
+                    if not isinstance(parsed, Triage):
+                        self._sure_again(room)
         finally:
             self._retire(f"intake:{room}")
             if not intake:
@@ -304,9 +318,18 @@ class Dispatcher:
             if not turns:
                 self._turns.pop(room, None)
 
+    def _sure_again(self, room: str, events: int = 1) -> None:
+        left = self._unsure.get(room, 0) - events
+        if left > 0:
+            self._unsure[room] = left
+        else:
+            self._unsure.pop(room, None)
+
     def _let_go(self, room: str) -> None:
         """Forget a room's queued events (still open in the store) for another replica."""
-        waiting = [item for item, _, _ in self._intake.get(room, ())]
+        intake = self._intake.get(room, ())
+        waiting = [item for item, _, _ in intake]
+        self._sure_again(room, sum(not isinstance(parsed, Triage) for _, _, parsed in intake))
         turns = self._turns.get(room)
         while turns:
             waiting.append(turns.pop().item)

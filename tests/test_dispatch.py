@@ -323,3 +323,38 @@ async def test_h02_answers_and_commands_are_never_crowded_out_by_chat(
     assert room.turns.count("!help") == 3
     assert "yes" in room.turns
     assert room.busy == ["talkbot frank"]
+
+
+async def test_h08_only_events_still_to_be_triaged_hold_up_settling_in_their_room(
+    store: Store, clock: ManualClock
+) -> None:
+    """Nothing of a room is settled on arrival while its intake holds an event still to be
+    triaged (a `!mode` it would overtake); a chat turn triaged on arrival holds nothing
+    up, and the room is free again once the intake has triaged what held it."""
+    triaging = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def slow_triage(item: InboxItem, parsed: Event | None = None) -> Triage:
+        triaging.set()
+        await go_on.wait()
+        return await triage(item, parsed)
+
+    room = Room(store, clock)
+    room.dispatcher._triage = slow_triage
+    await room.dispatcher.start()
+    turn = await said(store, "bob", "talkbot question", 1)
+    triaged = await triage(turn)
+    room.dispatcher.submit(turn, triaged)  # a plain chat turn, triaged by the webhook
+    assert room.dispatcher.may_settle_at_once("r")
+    room.dispatcher.submit(await said(store, "carol", "chatter 2", 2))
+    assert not room.dispatcher.may_settle_at_once("r")
+    await triaging.wait()  # taken out of the intake, its triage under way: still held
+    assert not room.dispatcher.may_settle_at_once("r")
+    assert room.dispatcher.may_settle_at_once("other")
+    go_on.set()
+    async with asyncio.timeout(5), room.acted:
+        await room.acted.wait_for(lambda: room.at_once == ["chatter 2"])
+    assert room.dispatcher.may_settle_at_once("r")
+    room.release()
+    await room.dispatcher.wait_idle()
+    assert room.turns == ["talkbot question"]

@@ -9,6 +9,7 @@ answered exactly once.
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ import pytest
 
 import bot.replicas
 from bot.clock import ManualClock
+from bot.errors import StoreUnavailableError
+from bot.store import Store
+from bot.store.engine import HUNG_AFTER_S
+from bot.store.inbox import INTAKE_BUDGET_S
 from bot.talk.events import parse_event
 from tests.fakes.llm_server import DEFAULT_REPLY, FakeLLM
 from tests.fakes.talk_server import FakeTalk
@@ -185,3 +190,47 @@ async def test_h04_an_event_stored_after_its_webhook_was_refused_is_still_answer
         assert answer.reply_to == int(event.message.id)  # type: ignore[union-attr]
         await asyncio.sleep(0.3)  # later sweeps take it up no more
         assert len(talk.messages) == 1
+
+
+async def test_h04_writes_behind_a_hung_commit_are_each_refused_at_their_own_deadline(
+    tmp_path: Path,
+) -> None:
+    """A webhook whose commit hangs (a disk that stopped answering) is refused once its
+    budget and the grace for a commit under way are spent, and so is each one queued
+    behind it, at its own time: not at the first one's, and not never."""
+    store = Store.open(tmp_path / "talkbot.sqlite3", ManualClock())
+    driver = store._engine.driver
+    real, release = driver.transaction, threading.Event()
+
+    def hanging(work: Any) -> Any:
+        release.wait(30)  # a disk that stopped answering
+        return real(work)
+
+    async def webhook(n: int) -> tuple[float, BaseException | None]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await store.accept_event(
+                room="r1", kind="Create", body=b"{}", random=f"{n:032d}", dedupe_key=f"k{n}"
+            )
+        except StoreUnavailableError as exc:
+            return loop.time() - started, exc
+        return loop.time() - started, None
+
+    try:
+        assert await store.accept_event(  # a commit in time is answered, never refused later
+            room="r1", kind="Create", body=b"{}", random="0" * 32, dedupe_key="k0"
+        )
+        driver.transaction = hanging  # type: ignore[method-assign]
+        first = asyncio.create_task(webhook(1))
+        await asyncio.sleep(0.6)
+        second = asyncio.create_task(webhook(2))  # queued behind the hung commit
+        outcomes = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    finally:
+        release.set()
+        await store.close()
+    allowed = INTAKE_BUDGET_S + HUNG_AFTER_S
+    for waited, error in outcomes:
+        assert isinstance(error, StoreUnavailableError)
+        assert "no commit within" in str(error)
+        assert allowed - 0.05 <= waited < allowed + 0.5
