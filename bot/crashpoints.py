@@ -16,6 +16,8 @@ The points, in the order a message or a job passes them:
     turn_started        dispatcher: the event is marked running, its handler not called
     before_reply        chat: the model answered, the reply is not posted yet
     before_event_done   dispatcher: the handler returned, the event is not marked done
+    before_batch_done   dispatcher: events that needed no turn were handled, the one
+                        statement marking them done is not committed yet
     tool_running        confirmations: the action is marked running, the tool not called
     tool_ran            confirmations: the tool ran, the action is not marked done
     schedule_claimed    scheduler: the fire time is in the run ledger, nothing delivered
@@ -39,6 +41,7 @@ POINTS = frozenset(
         "turn_started",
         "before_reply",
         "before_event_done",
+        "before_batch_done",
         "tool_running",
         "tool_ran",
         "schedule_claimed",

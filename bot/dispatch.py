@@ -401,6 +401,7 @@ class Dispatcher:
             await asyncio.sleep(0)  # let the rest of this tick's events join the batch
         finally:  # cancelled (stopping): they stay open in the store, resumed at start
             outcomes, self._finishing = self._finishing, []
+        crash_point("before_batch_done")
         try:
             await self._store.finish_events(outcomes)
         except StoreError:

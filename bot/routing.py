@@ -73,6 +73,9 @@ class Triage:
     event: Event
     role: Role
     route: Route
+    # Started before and cut off (resumed after a restart): what it stored then, such as
+    # its history row, may be there already.
+    redone: bool = False
 
     @property
     def lane(self) -> Lane:

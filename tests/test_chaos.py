@@ -387,6 +387,14 @@ async def r09_r05_chat_crash_points_lose_nothing_and_repeat_only_after_the_send(
         ("done", 2),
         ("done", 2),
     ]
+    # Each message is in the room's history once, the redone ones too.
+    with contextlib.closing(sqlite3.connect(f"file:{rig.db}?mode=ro", uri=True)) as conn:
+        recorded = conn.execute(
+            "SELECT message_id FROM history WHERE room = ? AND role = 'user'", (room,)
+        ).fetchall()
+    assert sorted(int(row[0]) for row in recorded) == [
+        message_id(e) for e in (first, second, third, fourth)
+    ]
 
 
 async def a10_a_confirmed_tool_cut_off_by_a_crash_is_failed_and_never_rerun(rig: Rig) -> None:

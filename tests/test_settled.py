@@ -22,7 +22,7 @@ from bot.config import ConfirmSettings
 from bot.confirmations import Confirmations, PendingCall, Requester
 from bot.directory import Directory
 from bot.dispatch import Dispatcher
-from bot.errors import NextcloudError
+from bot.errors import NextcloudError, StoreError
 from bot.store import InboxItem, Store
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
@@ -314,3 +314,28 @@ async def test_h08_a_person_nextcloud_is_due_to_be_asked_about_is_not_settled() 
     assert not directory.answers_at_once("users/bob")  # the pause is over
     assert people.asked == ["bob", "bob"]
     assert Directory(None, clock, ttl_s=300, stale_s=3600).answers_at_once("users/bob")
+
+
+async def test_r09_a_message_redone_after_a_restart_is_in_its_history_once(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message handled at once whose batched `done` never committed (the process died
+    first) is redone by the next process, which finds its history row already there."""
+    async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
+        store = daemon.runtime.running.store
+
+        async def cut_off(_outcomes: Any) -> None:
+            raise StoreError("the process died before this commit")
+
+        monkeypatch.setattr(store, "finish_events", cut_off)
+        await daemon.say(said("morning all", 1201))  # a room not seen yet: acted on at once
+        await daemon.say(said("talkbot, anyone?", 1202))  # a turn, finished on its own
+        assert (await statuses(daemon))["1201"] == "running"
+        assert await history_ids(daemon) == ["1201", "1202", None]
+    monkeypatch.undo()
+    async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
+        await daemon.idle()
+        assert (await statuses(daemon))["1201"] == "done"
+        assert await history_ids(daemon) == ["1201", "1202", None]
+        await daemon.say(said("and again", 1203))  # the room goes on as before
+        assert await history_ids(daemon) == ["1201", "1202", None, "1203"]

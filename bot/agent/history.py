@@ -72,9 +72,15 @@ class History:
     def reconfigure(self, settings: ChatSettings) -> None:
         self._settings = settings
 
-    async def record_message(self, room: str, entry: HistoryEntry) -> None:
-        """A person's message (``message_entry``); every TRIM_EVERY rows the room is trimmed."""
-        await self._store.add_history(room, entry)
+    async def record_message(self, room: str, entry: HistoryEntry, *, once: bool = False) -> None:
+        """A person's message (``message_entry``); every TRIM_EVERY rows the room is trimmed.
+        ``once``: not if the room's history has that message already (an event redone after
+        a restart)."""
+        if once:
+            if not await self._store.add_history_once(room, entry):
+                return
+        else:
+            await self._store.add_history(room, entry)
         keep = self.trim_due(room)
         if keep is not None:
             await self._store.trim_history(room, keep)

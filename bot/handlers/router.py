@@ -98,7 +98,7 @@ class Router:
             room_mode=room.mode if room else None,
             pending=pending,
         )
-        return Triage(event, role, route)
+        return Triage(event, role, route, redone=item.attempts > 0)
 
     async def handle_item(self, item: InboxItem) -> None:
         """An event whose turn came: routed by the room as it is now, not as it arrived
@@ -117,7 +117,7 @@ class Router:
             await self._on_membership(event)
             return
         if route.kind in (RouteKind.CHAT, RouteKind.IGNORE, RouteKind.REMEMBER):
-            await self._record(event, role)
+            await self._record(event, role, once=triaged.redone)
         handler = self._routes.get(route.kind)
         if handler is None:
             return
@@ -182,10 +182,12 @@ class Router:
         )
         self._rooms_seen[event.room.token] = seen
 
-    async def _record(self, event: Event, role: Role) -> None:
+    async def _record(self, event: Event, role: Role, *, once: bool) -> None:
+        """The message into the room's history; ``once``: unless it is there already (the
+        event is redone after a restart, and its first run may have recorded it)."""
         entry = self._history_entry(event, role)
         if entry is not None:
-            await self._history.record_message(event.room.token, entry)
+            await self._history.record_message(event.room.token, entry, once=once)
 
     @staticmethod
     def _history_entry(event: Event, role: Role) -> HistoryEntry | None:

@@ -10,6 +10,12 @@ INSERT_HISTORY = (
     " created_at, provenance) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+# The same row, unless its room has the message already. Params: the row's, room, message id.
+INSERT_HISTORY_ONCE = (
+    "INSERT INTO history (room, role, actor_id, actor_name, content, message_id,"
+    " created_at, provenance) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
+    " (SELECT 1 FROM history WHERE room = ? AND message_id = ?)"
+)
 
 # Keep a room's newest N rows; the index walks only those (H06). Params: room, room, N.
 TRIM_HISTORY = (
@@ -36,6 +42,14 @@ def history_row(
 class History(Aggregate):
     async def add_history(self, room: str, entry: HistoryEntry) -> None:
         await self._engine.change(INSERT_HISTORY, history_row(room, entry, self._clock.now()))
+
+    async def add_history_once(self, room: str, entry: HistoryEntry) -> bool:
+        """A person's message, unless the room's history has its message id already;
+        whether it was added. For an event redone after a restart only: the check walks
+        the room's rows (few, trimmed: H06), which every message need not pay for."""
+        row = history_row(room, entry, self._clock.now())
+        added = await self._engine.change(INSERT_HISTORY_ONCE, (*row, room, entry.message_id))
+        return added > 0
 
     async def recent_history(self, room: str, limit: int) -> list[HistoryEntry]:
         """The last ``limit`` entries of a room, oldest first."""
