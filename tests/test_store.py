@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -20,6 +21,7 @@ from bot.config import StorageSettings
 from bot.errors import StoreError, StoreUnavailableError
 from bot.store import PURGE_CHUNK, HistoryEntry, Store, TokenCount
 from bot.store import engine as engine_module
+from bot.store.engine import Tx
 from bot.store.sqlite import SqliteDriver
 
 
@@ -118,6 +120,67 @@ async def test_h03_the_purge_works_in_chunks_and_keeps_every_rooms_floor(
             message_id=highest,
         )
         assert replay is None
+
+
+async def test_h09_housekeeping_reads_the_bodies_it_empties_not_the_months_before(
+    store: Store, clock: ManualClock
+) -> None:
+    """A store of months: the purge finds the bodies that are due through the index of
+    the rows that still have one (step 11), never by walking the rows emptied before."""
+    day = 24 * 3600
+    emptied = 20_000  # finished, 14 days old and more, emptied by earlier purges
+    start = clock.now()
+
+    def fill(tx: Tx) -> None:
+        tx.executemany(
+            "INSERT INTO inbox (room, dedupe_key, kind, body, received_at, status)"
+            " VALUES ('r', ?, 'Create', ?, ?, 'done')",
+            [(f"Create:r:{n}", "", start + n) for n in range(emptied)]
+            + [(f"Create:r:{emptied + n}", "{}", start + emptied + n) for n in range(50)],
+        )
+
+    await store._engine.apply(fill)
+    clock.advance(emptied + 50 + 14 * day + 1)  # the last 50 bodies are due now
+    steps = [0]
+
+    def count_steps() -> int:
+        steps[0] += 1
+        return 0  # go on
+
+    driver = store._engine.driver
+    sqlite = isinstance(driver, SqliteDriver)  # SQLite counts its work (PostgreSQL: behaviour)
+    if sqlite:
+        db = cast("SqliteDriver", driver)._db
+        await store._engine.on_worker(lambda: db.set_progress_handler(count_steps, 100))
+    await store.purge()
+    if sqlite:
+        await store._engine.on_worker(lambda: db.set_progress_handler(None, 100))
+        # A walk of the old rows alone takes more than one VM instruction per row.
+        assert steps[0] * 100 < emptied
+    rows = await store._engine.read("SELECT count(*) AS n FROM inbox WHERE body != ''")
+    assert rows[0]["n"] == 0  # every due body went
+    assert len(await store._engine.read("SELECT id FROM inbox")) == emptied + 50  # rows stay
+
+
+async def test_h09_an_event_open_for_months_at_the_front_does_not_stop_the_purge(
+    store: Store, clock: ManualClock
+) -> None:
+    """The purge reads the oldest rows by id and stops at the first one too young to go:
+    an event still open (never finished) at the very front is passed over, not taken for
+    the end of what is due."""
+    stuck = await accept(store, "s" * 64, key="Create:r1:1")
+    finished = []
+    for n in range(PURGE_CHUNK + 10):
+        event_id = await accept(store, f"{n:064d}", key=f"Create:r1:{10 + n}")
+        await store.finish_event(event_id)
+        finished.append(event_id)
+    clock.advance(181 * 24 * 3600)
+    young = await accept(store, "y" * 64, key="Create:r1:9000")
+    await store.finish_event(young)
+    await store.purge()
+    assert [item.id for item in await store.open_events()] == [stuck]
+    assert [await store.get_event(i) for i in (finished[0], finished[-1])] == [None, None]
+    assert await store.event_status(young) == "done"  # too young: kept
 
 
 async def test_events_survive_reopening(tmp_path: Path, clock: ManualClock) -> None:

@@ -211,32 +211,43 @@ class Inbox(Aggregate):
         bodies_before, rows_before = now - bodies_older_than_s, now - rows_older_than_s
 
         def empty_bodies(tx: Tx) -> int:
+            # Read through inbox_bodies (step 11), in its words: only the rows that still
+            # have a body, oldest first; never the months of rows emptied before.
             return tx.execute(
                 "UPDATE inbox SET body = '' WHERE id IN (SELECT id FROM inbox"
-                " WHERE status NOT IN ('pending', 'running') AND received_at < ?"
-                " AND body != '' ORDER BY id LIMIT ?)",
+                " WHERE body != '' AND received_at < ? AND status NOT IN ('pending', 'running')"
+                " ORDER BY received_at LIMIT ?)",
                 (bodies_before, PURGE_CHUNK),
             ).rowcount
 
-        def delete_rows(tx: Tx) -> int:
+        def delete_rows(after: int, tx: Tx) -> int | None:
+            """The next PURGE_CHUNK rows after id ``after``, oldest first, by the primary
+            key: the finished ones past retention go. The id to go on from; None once a row
+            too young to go was read (ids grow with time: the rest are younger still) or
+            the table ended. A filter on the time instead walked every younger row (all
+            of the inbox but the oldest) in the last chunk of every run."""
+            rows = tx.execute(
+                "SELECT id, status, received_at FROM inbox WHERE id > ? ORDER BY id LIMIT ?",
+                (after, PURGE_CHUNK),
+            ).fetchall()
             ids = [
                 int(row["id"])
-                for row in tx.execute(
-                    "SELECT id FROM inbox WHERE status NOT IN ('pending', 'running')"
-                    " AND received_at < ? ORDER BY id LIMIT ?",
-                    (rows_before, PURGE_CHUNK),
-                ).fetchall()
+                for row in rows
+                if row["status"] not in ("pending", "running") and row["received_at"] < rows_before
             ]
             if ids:
                 _raise_replay_floors(tx, ids)
                 tx.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i in ids])
-            return len(ids)
+            young = any(row["received_at"] >= rows_before for row in rows)
+            return None if young or len(rows) < PURGE_CHUNK else int(rows[-1]["id"])
 
         # In chunks, each its own commit: webhooks arriving meanwhile are committed between
         # them instead of waiting behind one long transaction on the store's thread.
-        for step in (empty_bodies, delete_rows):
-            while await self._engine.apply(step) == PURGE_CHUNK:
-                pass
+        while await self._engine.apply(empty_bodies) == PURGE_CHUNK:
+            pass
+        after: int | None = 0
+        while after is not None:
+            after = await self._engine.apply(partial(delete_rows, after))
 
 
 def _insert(params: Sequence[object], tx: Tx) -> int | None:

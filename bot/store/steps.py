@@ -349,6 +349,13 @@ _ONE_DEDUPE_KEY_POSTGRES = (
     "CREATE INDEX inbox_open ON inbox (room, id) WHERE status IN ('pending', 'running')",
 )
 
+# 11: housekeeping finds the bodies that are due by an index, not by a scan (#19). The
+# purge empties the bodies of finished events after 14 days and keeps the rows for 180:
+# looking for the next bodies in id order walked every row emptied before (months of
+# them) for each chunk of 500, a quarter of a second per chunk at 20,000 messages a day,
+# on the store's one thread. The index holds only the rows that still have a body.
+_BODIES_INDEX = ("CREATE INDEX inbox_bodies ON inbox (received_at) WHERE body != ''",)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("the first store: inbox, rooms, history, roles, audit", _FIRST_STORE),
     Migration("pending actions, jobs and job runs", _CONFIRMATIONS_AND_JOBS),
@@ -364,4 +371,5 @@ MIGRATIONS: tuple[Migration, ...] = (
         _ONE_DEDUPE_KEY,
         _ONE_DEDUPE_KEY_POSTGRES,
     ),
+    Migration("an index of the inbox rows that still have a body", _BODIES_INDEX, _BODIES_INDEX),
 )
