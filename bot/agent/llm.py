@@ -155,11 +155,19 @@ class LLM:
         # this client before there is one.
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._calls = 0  # under way: a closed client lets them finish
 
     async def aclose(self) -> None:
+        """No new call; the connections close once the calls under way have ended
+        (``!reload`` swaps the client while turns may be waiting on this one)."""
         self._closed = True
-        if self._session is not None:
-            await self._session.close()
+        if self._calls == 0:
+            await self._close_session()
+
+    async def _close_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def complete(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
@@ -189,11 +197,18 @@ class LLM:
         return completion
 
     async def _post(self, request: bytes) -> bytes:
+        if self._closed:
+            raise LLMCallError("unavailable", "the model client was closed")
+        self._calls += 1
         try:
             async with asyncio.timeout(self._timeout_s):  # retries and their waits included
                 return await self._send(request)
         except TimeoutError:
             raise LLMCallError("timeout", f"no answer within {self._timeout_s:g} s") from None
+        finally:
+            self._calls -= 1
+            if self._closed and self._calls == 0:  # the last call of a client closed meanwhile
+                await self._close_session()
 
     async def _send(self, request: bytes) -> bytes:
         """The body of a 2xx answer, retried as AsyncAPIClient.request retries."""
@@ -225,8 +240,6 @@ class LLM:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _open(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise LLMCallError("unavailable", "the model client was closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(

@@ -30,7 +30,7 @@ from bot.agent.llm import (
 )
 from bot.config import LLMSettings
 from bot.errors import LLMError
-from tests.fakes.llm_server import FakeLLM, closed_port_url
+from tests.fakes.llm_server import DEFAULT_REPLY, FakeLLM, closed_port_url
 
 API_KEY = "sk-canary-0123456789abcdef"
 USER = [{"role": "user", "content": "hello"}]
@@ -383,6 +383,22 @@ async def test_a_closed_client_sends_nothing(fake: FakeLLM) -> None:
         await client.complete(USER, [])
     assert caught.value.kind == "unavailable"
     assert len(fake.requests) == 1
+
+
+async def test_a_client_closed_during_a_call_lets_it_finish_then_closes(fake: FakeLLM) -> None:
+    """As `!reload` closes the client it replaces: the call under way gets its answer on
+    its own connection, a new call is refused, and the connections close after the last."""
+    fake.hang(0.5)
+    client = LLM(settings(fake.base_url))
+    under_way = asyncio.create_task(client.complete(USER, []))
+    await fake.wait_for_requests(1)
+    await client.aclose()
+    with pytest.raises(LLMCallError) as caught:
+        await client.complete(USER, [])
+    assert caught.value.kind == "unavailable"
+    assert (await under_way).text == DEFAULT_REPLY
+    assert len(fake.requests) == 1
+    assert client._session is None  # closed with the last call
 
 
 def test_the_client_is_built_before_the_loop_and_used_in_it(

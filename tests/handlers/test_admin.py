@@ -9,9 +9,17 @@ import pytest
 import structlog
 
 from bot.config import load_settings
-from tests.fakes.llm_server import FakeLLM
+from tests.fakes.llm_server import DEFAULT_REPLY, FakeLLM
 from tests.fakes.talk_server import FakeTalk
-from tests.harness import ADMIN_ROOM, API_KEY, Daemon, create_event, dm_event, running_daemon
+from tests.harness import (
+    ADMIN_ROOM,
+    API_KEY,
+    ONE2ONE,
+    Daemon,
+    create_event,
+    dm_event,
+    running_daemon,
+)
 from tests.test_process import write_toml
 
 log = structlog.get_logger(__name__)
@@ -108,7 +116,8 @@ async def test_reload_with_a_broken_file_keeps_the_running_config(
     assert daemon.runtime.settings.chat.persona == "You are a helpful assistant for our team."
 
 
-async def test_reload_applies_a_good_file(tmp_path: Path, daemon: Daemon) -> None:
+def reload_from(tmp_path: Path, daemon: Daemon) -> None:
+    """The daemon's next `!reload` reads a file with another model and persona."""
     data = {
         "nextcloud": {
             "url": daemon.settings.nextcloud.url,
@@ -122,12 +131,38 @@ async def test_reload_applies_a_good_file(tmp_path: Path, daemon: Daemon) -> Non
     config = tmp_path / "reload.toml"
     write_toml(config, data)
     daemon.runtime.load_settings = lambda: load_settings(config, {})
+
+
+async def test_reload_applies_a_good_file(tmp_path: Path, daemon: Daemon) -> None:
+    reload_from(tmp_path, daemon)
     assert "Config reloaded." in await ask(daemon, "!reload")
     daemon.llm.reply("ok")
     await daemon.say(dm_event("hi"))
     request = daemon.llm.requests[-1]
     assert request.body["model"] == "other-model"
     assert "You are terse." in request.messages[0]["content"]
+
+
+async def test_reload_lets_a_turn_waiting_on_the_model_finish_on_the_old_client(
+    tmp_path: Path, daemon: Daemon
+) -> None:
+    """`!reload` with a new [llm] swaps the model client while a turn waits on the old
+    one: that turn still gets its answer (its connection is not cut), the next one goes
+    through the new client."""
+    reload_from(tmp_path, daemon)
+    daemon.llm.hang(1.0)  # the model takes a second over the first answer
+    assert await daemon.post(dm_event("a long question")) == 200
+    await daemon.llm.wait_for_requests(1)  # the question is with the model
+    assert await daemon.post(admin_says("!reload")) == 200
+    await daemon.idle()
+    [reloaded] = daemon.talk.texts(ADMIN_ROOM)
+    assert reloaded.startswith("Config reloaded.")
+    assert daemon.talk.texts(ONE2ONE) == [DEFAULT_REPLY]
+    assert len(daemon.llm.requests) == 1  # asked once: its connection was not cut
+    daemon.llm.reply("from the new client")
+    await daemon.say(dm_event("and now?"))
+    assert daemon.talk.texts(ONE2ONE)[-1] == "from the new client"
+    assert daemon.llm.requests[-1].body["model"] == "other-model"
 
 
 async def test_restart_without_a_yes_does_nothing_and_with_one_stops_with_75(
