@@ -7,6 +7,7 @@ import contextlib
 import os
 import resource
 import signal
+import sqlite3
 import sys
 import tomllib
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -16,9 +17,19 @@ from typing import Any
 
 import aiohttp
 
+from bot.crashpoints import ENV as CRASH_ENV
+from bot.crashpoints import EXIT_CODE as CRASH_EXIT
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
-from tests.harness import base_config, dm_event, free_port, php_json, signed_headers
+from tests.harness import (
+    GROUP,
+    base_config,
+    create_event,
+    dm_event,
+    free_port,
+    php_json,
+    signed_headers,
+)
 
 STARTUP_TIMEOUT_S = 20.0
 
@@ -164,6 +175,47 @@ async def test_r09_kill_9_after_the_200_still_answers_exactly_once(
         assert await second.post(body) == 200  # W04: the replay is acknowledged, not answered
         await asyncio.sleep(0)  # let a (wrong) second turn start if it were going to
     assert talk.texts() == ["answered after the restart"]
+
+
+async def test_r09_killed_before_the_batched_done_the_message_is_redone_and_kept_once(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM
+) -> None:
+    """kill -9 (at the crash point before_batch_done) after a message that needed no turn
+    was handled, before the one statement marking it done committed: the next process
+    redoes it, and the room's history holds the message once."""
+    config = make_config(tmp_path, talk, llm)
+    chatter = php_json(create_event("morning all", message_id=700))  # group room: no turn
+    first = await spawn(config, env={CRASH_ENV: "before_batch_done"})
+    await wait_healthy(first.url, first.proc)
+    assert await first.post(chatter) == 200
+    assert await asyncio.wait_for(first.proc.wait(), timeout=20) == CRASH_EXIT
+    store = tmp_path / "talkbot.sqlite3"
+    assert _history_of(store) == ["700"]  # stored by the act the crash cut short
+    async with serve(config):
+        for _ in range(200):
+            if _status_of(store, 700) == "done":
+                break
+            await asyncio.sleep(0.05)
+    assert _status_of(store, 700) == "done"
+    assert _history_of(store) == ["700"]
+    assert llm.requests == []
+    assert talk.messages == []
+
+
+def _history_of(store: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+        rows = db.execute(
+            "SELECT message_id FROM history WHERE room = ? ORDER BY id", (GROUP,)
+        ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def _status_of(store: Path, message_id: int) -> str | None:
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+        row = db.execute(
+            "SELECT status FROM inbox WHERE dedupe_key = ?", (f"Create:{GROUP}:{message_id}",)
+        ).fetchone()
+    return None if row is None else str(row[0])
 
 
 async def test_r08_sigterm_mid_turn_finishes_the_turn_and_exits_0(

@@ -183,6 +183,27 @@ async def test_h09_an_event_open_for_months_at_the_front_does_not_stop_the_purge
     assert await store.event_status(young) == "done"  # too young: kept
 
 
+async def test_h09_a_row_stamped_in_the_future_does_not_hold_the_purge_back(
+    store: Store, clock: ManualClock
+) -> None:
+    """A clock that jumped a year ahead for one message and was set back (a wrong RTC at
+    boot, then NTP): the rows stored after that one still go when their time comes."""
+    year = 365 * 24 * 3600
+    stored = []
+    for n in range(PURGE_CHUNK + 100):
+        if n == 10:
+            clock.advance(year)
+        event_id = await accept(store, f"{n:064d}", key=f"Create:r1:{10 + n}")
+        if n == 10:
+            clock.advance(-year)
+        await store.finish_event(event_id)
+        stored.append(event_id)
+    clock.advance(200 * 24 * 3600)
+    await store.purge()
+    left = await store._engine.read("SELECT id FROM inbox ORDER BY id")
+    assert [row["id"] for row in left] == [stored[10]]  # only the one from the future
+
+
 async def test_events_survive_reopening(tmp_path: Path, clock: ManualClock) -> None:
     first = Store.open(tmp_path / "db.sqlite3", clock)
     await first.accept_event(room="r", kind="Create", body=b"{}", random="x" * 64, dedupe_key="k")

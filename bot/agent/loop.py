@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from bot import replies
 from bot.agent import prompts
-from bot.agent.llm import LLM, Completion, LLMCallError, ToolCallRequest, Usage
+from bot.agent.llm import Completion, LLMCallError, ToolCallRequest, Usage
 from bot.config import LimitsSettings
 from bot.confirmations import PendingCall
 from bot.errors import LLMError, ToolError
@@ -136,8 +136,16 @@ class GaveUp:
 TurnOutcome = Reply | NeedsConfirmation | GaveUp
 
 
+class Model(Protocol):
+    """What a turn asks the model through: ``LLM``, or the chat's client of the moment."""
+
+    async def complete(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> Completion: ...
+
+
 async def run_turn(
-    llm: LLM,
+    llm: Model,
     toolbox: Toolbox,
     ctx: ToolContext,
     messages: list[dict[str, Any]],
@@ -161,7 +169,7 @@ async def run_turn(
 
 
 async def resume_turn(
-    llm: LLM,
+    llm: Model,
     toolbox: Toolbox,
     ctx: ToolContext,
     state: TurnState,
@@ -210,7 +218,7 @@ class _Spent:
 class _Run:
     """What a turn runs with besides its state."""
 
-    llm: LLM
+    llm: Model
     toolbox: Toolbox
     ctx: ToolContext
     limits: LimitsSettings

@@ -18,7 +18,7 @@ import structlog
 
 from bot import replies
 from bot.agent.history import History
-from bot.agent.llm import LLM
+from bot.agent.llm import LLM, Completion
 from bot.agent.loop import (
     GaveUp,
     NeedsConfirmation,
@@ -82,6 +82,7 @@ class ChatHandler:
         self._model_slots = asyncio.Semaphore(deps.llm_settings.concurrency)
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._turn_seconds: deque[float] = deque(maxlen=TURNS_REMEMBERED)
+        self._model = _ClientOfTheMoment(deps)
 
     def reconfigure(
         self,
@@ -127,7 +128,7 @@ class ChatHandler:
                 return None
             async with self._working(event), self._model_slots:
                 result = await run_turn(
-                    deps.llm,
+                    self._model,
                     deps.toolbox(),
                     ctx,
                     messages,
@@ -146,7 +147,7 @@ class ChatHandler:
         async with self._room_lock(event.room.token):
             async with self._working(event), self._model_slots:
                 result = await resume_turn(
-                    deps.llm,
+                    self._model,
                     deps.toolbox(),
                     ctx,
                     state,
@@ -221,7 +222,7 @@ class ChatHandler:
         messages.append({"role": "user", "content": prompt})
         async with self._room_lock(room), self._model_slots:
             result = await run_turn(
-                deps.llm,
+                self._model,
                 deps.toolbox(),
                 ctx,
                 messages,
@@ -336,3 +337,17 @@ def _gave_up_text(result: GaveUp) -> str:
     if result.reason == "length":
         return replies.cut_off()
     return result.text or replies.empty_answer()
+
+
+class _ClientOfTheMoment:
+    """The model client each round of a turn asks: the one in use when the round starts.
+    A `!reload` swaps it between two rounds of a running turn; the old one lets its
+    calls under way finish and refuses new ones (bot/agent/llm.py)."""
+
+    def __init__(self, deps: ChatDeps) -> None:
+        self._deps = deps
+
+    async def complete(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> Completion:
+        return await self._deps.llm.complete(messages, tools)

@@ -222,10 +222,11 @@ class Inbox(Aggregate):
 
         def delete_rows(after: int, tx: Tx) -> int | None:
             """The next PURGE_CHUNK rows after id ``after``, oldest first, by the primary
-            key: the finished ones past retention go. The id to go on from; None once a row
-            too young to go was read (ids grow with time: the rest are younger still) or
-            the table ended. A filter on the time instead walked every younger row (all
-            of the inbox but the oldest) in the last chunk of every run."""
+            key: the finished ones past retention go. The id to go on from; None once a
+            whole chunk was too young to go (ids grow with time: the rest are younger
+            still) or the table ended. One row stamped in the future by a clock set back
+            later does not end it. A filter on the time instead walked every younger row
+            (all of the inbox but the oldest) in the last chunk of every run."""
             rows = tx.execute(
                 "SELECT id, status, received_at FROM inbox WHERE id > ? ORDER BY id LIMIT ?",
                 (after, PURGE_CHUNK),
@@ -238,7 +239,7 @@ class Inbox(Aggregate):
             if ids:
                 _raise_replay_floors(tx, ids)
                 tx.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i in ids])
-            young = any(row["received_at"] >= rows_before for row in rows)
+            young = all(row["received_at"] >= rows_before for row in rows)
             return None if young or len(rows) < PURGE_CHUNK else int(rows[-1]["id"])
 
         # In chunks, each its own commit: webhooks arriving meanwhile are committed between

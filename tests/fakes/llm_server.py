@@ -169,8 +169,16 @@ class FakeLLM:
         message = {"role": "assistant", "content": text}
         self._push(200, _completion(message, finish_reason, usage))
 
-    def call(self, name: str, args: Mapping[str, Any] | str, id: str | None = None) -> None:
-        self.calls([(name, args, id)])
+    def call(
+        self,
+        name: str,
+        args: Mapping[str, Any] | str,
+        id: str | None = None,
+        *,
+        delay_s: float = 0.0,
+    ) -> None:
+        """One answer with one tool call, ``delay_s`` after the request came in."""
+        self.calls([(name, args, id)], delay_s=delay_s)
 
     def calls(
         self,
@@ -179,6 +187,7 @@ class FakeLLM:
         text: str | None = None,
         auto_ids: bool = True,
         usage: Mapping[str, Any] | None = FAKE_USAGE,
+        delay_s: float = 0.0,
     ) -> None:
         """One answer with several tool calls; missing ids are generated unless auto_ids=False."""
         items = []
@@ -189,7 +198,7 @@ class FakeLLM:
                 call_id = f"call_fake_{self._auto_id}"
             items.append(_tool_call(name, args, call_id))
         message = {"role": "assistant", "content": text, "tool_calls": items}
-        self._push(200, _completion(message, "tool_calls", usage))
+        self._push(200, _completion(message, "tool_calls", usage), delay_s=delay_s)
 
     def raw(
         self, status: int, body: str | Mapping[str, Any], headers: Mapping[str, str] | None = None
@@ -212,8 +221,10 @@ class FakeLLM:
         the worst case of prompt injection, which every guarantee must survive."""
         self.obedient = True
 
-    def _push(self, status: int, body: str) -> None:
-        self._script.append(_Answer(status, body, {"Content-Type": "application/json"}))
+    def _push(self, status: int, body: str, *, delay_s: float = 0.0) -> None:
+        self._script.append(
+            _Answer(status, body, {"Content-Type": "application/json"}, delay_s=delay_s)
+        )
 
     @property
     def pending_script(self) -> int:

@@ -165,6 +165,24 @@ async def test_reload_lets_a_turn_waiting_on_the_model_finish_on_the_old_client(
     assert daemon.llm.requests[-1].body["model"] == "other-model"
 
 
+async def test_reload_amid_a_turn_with_a_tool_round_asks_the_new_client_next(
+    tmp_path: Path, daemon: Daemon
+) -> None:
+    """`!reload` while the model works on a turn's first round: that round's answer (a
+    tool call) arrives on the old client, the tool runs, and the next round goes to the
+    new client; the person gets the answer, not "can't reach the model"."""
+    reload_from(tmp_path, daemon)
+    daemon.llm.call("current_time", {"timezone": "Europe/Berlin"}, delay_s=1.0)
+    daemon.llm.reply("It is noon.")
+    assert await daemon.post(dm_event("what time is it?")) == 200
+    await daemon.llm.wait_for_requests(1)
+    assert await daemon.post(admin_says("!reload")) == 200
+    await daemon.idle()
+    assert daemon.talk.texts(ONE2ONE) == ["It is noon."]
+    first, second = daemon.llm.requests
+    assert (first.body["model"], second.body["model"]) == ("test-model", "other-model")
+
+
 async def test_restart_without_a_yes_does_nothing_and_with_one_stops_with_75(
     daemon: Daemon,
 ) -> None:
