@@ -135,6 +135,7 @@ async def _build_parts(
             llm_settings=settings.llm,
             limits=settings.limits,
             quotas=quotas,
+            still_holds=coordinator.holds,
         )
     )
     delivery = JobDelivery(

@@ -20,7 +20,7 @@ import structlog
 
 from bot.clock import Clock
 from bot.crashpoints import crash_point
-from bot.errors import StoreError
+from bot.errors import LeaseLostError, StoreError
 from bot.queues import RoomQueue, Waiting
 from bot.replicas import Coordinator
 from bot.routing import Lane, Triage
@@ -353,6 +353,12 @@ class Dispatcher:
         except StoreError:  # its bookkeeping failed: the row stays open, resumed at start
             log.exception("dispatch.bookkeeping_failed", kind=item.kind)
             return  # still known: no sweep takes it up again in this process
+        except LeaseLostError:
+            # Still open in the store, for the room's holder now; taken up again here
+            # only if this replica holds the room again some day and it is still open.
+            log.warning("dispatch.lease_lost", room=item.room)
+            self._known.discard(item.id)
+            return
         self._finish(item.id)
 
     def _finish(self, event_id: int) -> None:
@@ -373,8 +379,8 @@ class Dispatcher:
         structlog.contextvars.bind_contextvars(room=item.room, event_id=item.id)
         try:
             await call()
-        except asyncio.CancelledError:
-            raise  # left 'running' in the store: resumed on the next start
+        except (asyncio.CancelledError, LeaseLostError):
+            raise  # left 'running' in the store: resumed on the next start, or by the holder
         except Exception:
             log.exception("dispatch.handler_failed", kind=item.kind)
             await self._store.finish_event(item.id, "failed", "handler error")

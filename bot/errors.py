@@ -34,6 +34,12 @@ class StoreUnavailableError(StoreError):
     a webhook refused with it was not acknowledged; the store recovers by itself."""
 
 
+class LeaseLostError(TalkbotError):
+    """With replicas: this replica's lease on the room lapsed before it could post what
+    a turn produced (its heartbeat stalled). Another replica may hold the room and redo
+    the event by now, so this one posts nothing and leaves the event open to it."""
+
+
 class TalkError(TalkbotError):
     """A bot API call to Nextcloud Talk failed."""
 

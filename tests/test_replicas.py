@@ -125,6 +125,33 @@ async def test_p07_a_dead_replicas_rooms_are_taken_up_by_another(
         assert holder == second.runtime.running.coordinator.me.id
 
 
+async def test_p07_a_replica_whose_lease_lapsed_mid_turn_posts_nothing(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, postgres_url: str
+) -> None:
+    """The holder's heartbeat stalls while its turn waits on the model; the lease lapses,
+    the other replica takes the room and answers the message. When the stalled turn's
+    answer comes at last, the first replica posts nothing: one answer, the holder's."""
+    async with replicas(tmp_path, talk, llm, postgres_url) as daemons:
+        first, second = daemons
+        llm.hang(4.0)  # the first replica's request: an answer only after its lease lapsed
+        llm.reply("from the room's new holder")
+        question = create_event("@talkbot a slow one", room="rooma", message_id=1)
+        assert await first.post(question) == 200
+        await llm.wait_for_requests(1)
+        stalled = first.runtime.running.coordinator._task  # no more heartbeats from it
+        assert stalled is not None
+        stalled.cancel()
+        await until(lambda: len(answers(talk)) == 1, timeout_s=15)
+        await until(lambda: len(llm.requests) == 2)
+        await first.runtime.running.dispatcher.wait_idle()  # its turn got its answer
+        await asyncio.sleep(0.3)  # and would have posted it by now
+        assert talk.texts("rooma") == ["from the room's new holder"]
+        store = second.runtime.running.store
+        assert await store.open_events_in("rooma") == []
+        history = await store.recent_history("rooma", 10)
+        assert [entry.message_id for entry in history if entry.role == "user"] == ["1"]
+
+
 async def test_p02_two_yes_through_two_replicas_at_once_run_the_action_once(
     tmp_path: Path, talk: FakeTalk, llm: FakeLLM, postgres_url: str
 ) -> None:

@@ -32,7 +32,7 @@ from bot.agent.prompts import system_prompt
 from bot.clock import Clock
 from bot.config import ChatSettings, LimitsSettings, LLMSettings, Role
 from bot.crashpoints import crash_point
-from bot.errors import TalkError
+from bot.errors import LeaseLostError, TalkError
 from bot.metrics import Metrics
 from bot.quotas import Quotas
 from bot.store import TokenCount
@@ -74,6 +74,9 @@ class ChatDeps:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     # Daily token quotas and the usage record; None: neither (unit tests of the chat).
     quotas: Quotas | None = None
+    # With replicas: whether this replica's lease on a room is surely still good
+    # (Coordinator.holds); always true for one process.
+    still_holds: Callable[[str], bool] = lambda _room: True
 
 
 class ChatHandler:
@@ -96,6 +99,13 @@ class ChatHandler:
         self._deps.llm_settings = llm_settings
         self._deps.limits = limits or self._deps.limits
         self._deps.llm = llm or self._deps.llm
+
+    def check_still_serving(self, room: str) -> None:
+        """Before posting what a turn produced: LeaseLostError if this replica's lease on
+        the room lapsed during the turn (a stalled heartbeat), when another replica may
+        have taken the room and be redoing the event: one answer, the holder's."""
+        if not self._deps.still_holds(room):
+            raise LeaseLostError(f"the lease on {room} lapsed during the turn")
 
     def context_for(self, event: Event, role: Role, *, tainted: bool = False) -> ToolContext:
         """``tainted``: the turn's input already holds content the requester did not write."""
