@@ -48,12 +48,14 @@ async def reload_settings(runtime: Runtime) -> str:
     parts.router.policy = routing_policy(new)
     parts.router.greeting = new.chat.greeting
     parts.own_tools = own_tools
+    old_llm = parts.llm
     if new.llm != old.llm:
-        old_llm, parts.llm = parts.llm, MeteredLLM(new.llm, runtime.metrics)
-        await old_llm.aclose()
+        parts.llm = MeteredLLM(new.llm, runtime.metrics)
     runtime.settings = new
     parts.toolbox = assemble_toolbox(runtime, parts)
     parts.chat.reconfigure(new.chat, new.llm, llm=parts.llm, limits=new.limits)
+    if old_llm is not parts.llm:  # only once no round can pick it up any more
+        await old_llm.aclose()
     if parts.mcp is not None:  # servers removed stop, added ones start
         await parts.mcp.reconfigure(new.mcp.servers)
     else:

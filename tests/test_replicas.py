@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from bot.tools import Tool
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.handlers.test_confirm import CODE, Run, danger_tool, said
-from tests.harness import ADMIN_ROOM, Daemon, create_event, running_daemon
+from tests.harness import ADMIN_ROOM, GROUP, Daemon, create_event, running_daemon
 
 ROOMS = [f"room{n:02d}" for n in range(6)]
 
@@ -150,6 +151,32 @@ async def test_p07_a_replica_whose_lease_lapsed_mid_turn_posts_nothing(
         assert await store.open_events_in("rooma") == []
         history = await store.recent_history("rooma", 10)
         assert [entry.message_id for entry in history if entry.role == "user"] == ["1"]
+
+
+async def test_p07_an_approve_through_another_replica_runs_it_and_answers_in_its_room(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, postgres_url: str
+) -> None:
+    """`!approve` reaches the replica that does not hold the action's room: the call runs
+    once, the requester's turn goes on and its answer is posted in the requester's room,
+    and the admin is told (the lease check is for a turn that another replica redoes,
+    never for a resumed one: the store hands a resume out once)."""
+    runs: list[Run] = []
+    tool = dataclasses.replace(danger_tool(runs), approver="either")  # an admin may approve
+    async with replicas(tmp_path, talk, llm, postgres_url, extra_tools=[tool]) as daemons:
+        first, second = daemons
+        llm.call("danger_write", {"path": "notes.txt", "content": "hello"})
+        assert await first.post(said("@talkbot please write notes.txt", 500)) == 200
+        await until(lambda: any(CODE.search(m.message) for m in talk.messages))
+        [code] = [match[1] for m in talk.messages if (match := CODE.search(m.message))]
+        llm.reply("the resumed answer")
+        approve = create_event(f"!approve {code}", sender="root", room=ADMIN_ROOM, message_id=900)
+        assert await second.post(approve) == 200
+        await until(lambda: "the resumed answer" in talk.texts(GROUP))
+        await until(lambda: any(code in text for text in talk.texts(ADMIN_ROOM)))
+        assert len(runs) == 1
+        action = await second.runtime.running.store.pending_by_code(code)
+        assert action is not None
+        assert action.status == "done"
 
 
 async def test_p02_two_yes_through_two_replicas_at_once_run_the_action_once(

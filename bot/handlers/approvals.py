@@ -75,8 +75,6 @@ class Approvals:
     async def settle(self, event: Event, outcome: TurnOutcome | None) -> None:
         """Act on what a turn returned: answer in the room, or ask for a yes first.
         None: the turn did not run (a quota stopped it, and the person was told)."""
-        if outcome is not None:  # a replica whose lease lapsed meanwhile posts nothing
-            self._chat.check_still_serving(event.room.token)
         if isinstance(outcome, NeedsConfirmation):
             await self.ask(event, outcome)
         elif outcome is not None:

@@ -118,7 +118,10 @@ class ConfirmHandler:
                 event.room.token, event.actor.id
             )
             note = CANCELLED_NOTE if cancelled else None
-        await self._approvals.settle(event, await self._chat.take_turn(event, role, note=note))
+        outcome = await self._chat.take_turn(event, role, note=note)
+        if outcome is not None:  # the room's new holder redoes this event: post nothing
+            self._chat.check_still_serving(event.room.token)
+        await self._approvals.settle(event, outcome)
 
     async def _already_paused_on(self, event: Event) -> list[PendingAction]:
         """The actions this very message's turn paused on (empty: it did not)."""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 import pytest
 import structlog
+from pydantic import BaseModel
 
+from bot.agent import llm as llm_module
 from bot.config import load_settings
+from bot.tools import Tool, ToolContext
+from bot.tools.toolbox import roles_from
 from tests.fakes.llm_server import DEFAULT_REPLY, FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import (
@@ -181,6 +186,47 @@ async def test_reload_amid_a_turn_with_a_tool_round_asks_the_new_client_next(
     assert daemon.talk.texts(ONE2ONE) == ["It is noon."]
     first, second = daemon.llm.requests
     assert (first.body["model"], second.body["model"]) == ("test-model", "other-model")
+
+
+class NoArgs(BaseModel):
+    pass
+
+
+async def test_reload_while_a_tools_runs_hands_the_next_round_the_new_client(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`!reload` while a turn's tool runs, with no model call under way, and closing the
+    old client takes a while: the turn's next round, asked while the old client closes,
+    goes to the new client, never to the one being closed."""
+    old: list[llm_module.LLM] = []
+
+    async def slow(_args: NoArgs, _ctx: ToolContext) -> str:
+        async with asyncio.timeout(5):
+            while not old[0]._closed:  # noqa: ASYNC110 - the client has no event for it
+                await asyncio.sleep(0.01)
+        return "done"
+
+    tool = Tool(
+        name="slow_tool", description="slow", args=NoArgs, run=slow, roles=roles_from("user")
+    )
+    real_close = llm_module.LLM._close_session
+
+    async def slow_close(self: llm_module.LLM) -> None:
+        await asyncio.sleep(1.0)
+        await real_close(self)
+
+    monkeypatch.setattr(llm_module.LLM, "_close_session", slow_close)
+    async with running_daemon(tmp_path, talk, llm, extra_tools=[tool]) as daemon:
+        old.append(daemon.runtime.running.llm)
+        reload_from(tmp_path, daemon)
+        llm.call("slow_tool", {})
+        llm.reply("It is noon.")
+        assert await daemon.post(dm_event("go")) == 200
+        await llm.wait_for_requests(1)
+        assert await daemon.post(admin_says("!reload")) == 200
+        await daemon.idle()
+        assert talk.texts(ONE2ONE) == ["It is noon."]
+        assert llm.requests[-1].body["model"] == "other-model"
 
 
 async def test_restart_without_a_yes_does_nothing_and_with_one_stops_with_75(
