@@ -33,10 +33,12 @@ READYZ_STORE_TIMEOUT_S = 1.0
 
 
 async def housekeep(store: Store, interval_s: float = HOUSEKEEPING_INTERVAL_S) -> None:
-    """Old inbox bodies go, every few hours; a failure is logged and tried again later."""
+    """Old inbox bodies and rows go, every few hours, and decided actions' paused turns;
+    a failure is logged and tried again later."""
     while True:
         try:
             await store.purge()
+            await store.purge_pending()
         except Exception:
             log.exception("store.housekeeping_failed")
         await asyncio.sleep(interval_s)

@@ -19,9 +19,11 @@ import pytest
 from bot.clock import ManualClock
 from bot.config import StorageSettings
 from bot.errors import StoreError, StoreUnavailableError
+from bot.lifecycle import housekeep
 from bot.store import PURGE_CHUNK, HistoryEntry, Store, TokenCount
 from bot.store import engine as engine_module
 from bot.store.engine import Tx
+from bot.store.records import NewPendingAction
 from bot.store.sqlite import SqliteDriver
 
 
@@ -202,6 +204,82 @@ async def test_h09_a_row_stamped_in_the_future_does_not_hold_the_purge_back(
     await store.purge()
     left = await store._engine.read("SELECT id FROM inbox ORDER BY id")
     assert [row["id"] for row in left] == [stored[10]]  # only the one from the future
+
+
+def _action(code: str, turn: str = "{}") -> NewPendingAction:
+    return NewPendingAction(
+        code=code,
+        turn_id=f"turn-{code}",
+        call_id="c1",
+        room="r1",
+        requester="users/alice",
+        requester_name="alice",
+        tool="file_write",
+        args_json="{}",
+        args_hash="h",
+        approver="requester",
+        state_json=turn,
+        after_message_id="1",
+        expires_at=2_000_000_000.0,
+    )
+
+
+async def test_h09_decided_actions_let_their_paused_turn_go_then_their_row(
+    store: Store, clock: ManualClock
+) -> None:
+    """A decided action's paused turn (the turn's messages) goes 14 days after the last
+    change of its status, its row after 180 days; an action still open keeps both."""
+    day = 24 * 3600
+    turn = '{"messages": ["' + "m" * 5000 + '"]}'
+
+    created = await store.create_pending([_action("DONE1", turn), _action("OPEN1", turn)])
+    assert created is not None
+    done, still_open = created
+    assert await store.transition_pending(done.id, "pending", "denied", decided_by="alice")
+    clock.advance(13 * day)
+    await store.purge_pending()
+    assert [
+        a.state_json
+        for a in (await store.get_pending(done.id), await store.get_pending(still_open.id))
+        if a
+    ] == [turn, turn]
+    clock.advance(2 * day)
+    await store.purge_pending()
+    kept = await store.get_pending(done.id)
+    assert kept is not None
+    assert (kept.state_json, kept.status) == ("", "denied")  # the row stays, its turn went
+    untouched = await store.get_pending(still_open.id)
+    assert untouched is not None
+    assert untouched.state_json == turn
+    clock.advance(170 * day)
+    await store.purge_pending()
+    assert await store.get_pending(done.id) is None
+    assert await store.pending_by_code("DONE1") is None
+    assert await store.get_pending(still_open.id) is not None
+
+
+async def test_h09_housekeeping_runs_both_purges(store: Store, clock: ManualClock) -> None:
+    """What the daemon's housekeeping task runs: the inbox's purge and the actions'."""
+    created = await store.create_pending([_action("HOUSE1")])
+    assert created is not None
+    [decided] = created
+    assert await store.transition_pending(decided.id, "pending", "denied", decided_by="alice")
+    event_id = await accept(store, "h" * 64)
+    assert event_id is not None
+    await store.finish_event(event_id)
+    clock.advance(15 * 24 * 3600)
+    task = asyncio.create_task(housekeep(store, interval_s=3600))
+    try:
+        async with asyncio.timeout(5):
+            while (action := await store.get_pending(decided.id)) and action.state_json:  # noqa: ASYNC110 - polls the store
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    event = await store.get_event(event_id)
+    assert event is not None
+    assert event.body == b""
 
 
 async def test_events_survive_reopening(tmp_path: Path, clock: ManualClock) -> None:

@@ -11,7 +11,13 @@ from typing import Any
 
 from bot.store.aggregate import Aggregate
 from bot.store.engine import Conflict, Tx
+from bot.store.inbox import BODY_RETENTION_S, PURGE_CHUNK, ROW_RETENTION_S
 from bot.store.records import OPEN_ACTION_STATUSES, NewPendingAction, PendingAction
+
+# A decided action's paused turn is dead once resumed or ended: kept this long after its
+# last change of status, as the inbox keeps a body (#19); the row as long as an inbox row.
+TURN_RETENTION_S = BODY_RETENTION_S
+ACTION_RETENTION_S = ROW_RETENTION_S
 
 # The open statuses as an SQL list, from the one definition (constants, never input).
 _OPEN = "(" + ", ".join(f"'{status}'" for status in OPEN_ACTION_STATUSES) + ")"
@@ -110,6 +116,38 @@ class Pending(Aggregate):
             sql += " AND expires_at > ?"
             params.append(unexpired_at)
         return await self._engine.change(sql, params) == 1
+
+    async def purge_pending(
+        self,
+        *,
+        turns_older_than_s: float = TURN_RETENTION_S,
+        rows_older_than_s: float = ACTION_RETENTION_S,
+    ) -> None:
+        """Housekeeping: a decided action keeps its paused turn (``state_json``: the turn's
+        messages, often tens of KB) only until that turn was resumed or ended, yet it stayed
+        in the store for good. It goes ``turns_older_than_s`` after the last change of
+        status; the row goes after ``rows_older_than_s`` (a late answer to its code is then
+        one to an unknown code). Open actions are never touched."""
+        now = self._clock.now()
+
+        def forget_turns(tx: Tx) -> int:
+            return tx.execute(
+                "UPDATE pending_actions SET state_json = '' WHERE id IN (SELECT id FROM"  # noqa: S608 - fixed fragments, values bound
+                f" pending_actions WHERE status NOT IN {_OPEN} AND updated_at < ?"
+                " AND state_json != '' ORDER BY id LIMIT ?)",
+                (now - turns_older_than_s, PURGE_CHUNK),
+            ).rowcount
+
+        def delete_rows(tx: Tx) -> int:
+            return tx.execute(
+                "DELETE FROM pending_actions WHERE id IN (SELECT id FROM pending_actions"  # noqa: S608 - fixed fragments, values bound
+                f" WHERE status NOT IN {_OPEN} AND updated_at < ? ORDER BY id LIMIT ?)",
+                (now - rows_older_than_s, PURGE_CHUNK),
+            ).rowcount
+
+        for step in (forget_turns, delete_rows):  # in chunks, each its own commit
+            while await self._engine.apply(step) == PURGE_CHUNK:
+                pass
 
     async def claim_turn_resume(self, turn_id: str) -> list[PendingAction] | None:
         """All actions of a turn, once, when none is open any more; else None."""
