@@ -724,3 +724,34 @@ async def test_i08_a05_someone_elses_talk_23_thumbs_on_the_prompt_runs_nothing(
     assert await daemon.say(no) == only_root
     assert not (root / "hello.txt").exists()
     assert await status_of(daemon, code) == "pending"
+
+
+async def test_h09_a_turn_waiting_on_one_call_keeps_its_paused_turn_through_housekeeping(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock
+) -> None:
+    """A turn paused on two calls: one is answered no, the other waits for 15 days (a long
+    `ttl_s`). Housekeeping keeps the paused turn the resume needs; the yes then runs the
+    call and the turn goes on to its answer."""
+    day = 24 * 3600
+    runs: list[Run] = []
+    extra = {"confirm": {"ttl_s": 30 * day}}
+    tools = [danger_tool(runs)]
+    async with running_daemon(tmp_path, talk, llm, extra, clock=clock, extra_tools=tools) as bot:
+        bot.llm.calls(
+            [
+                ("danger_write", {"path": "a.txt", "content": "1"}, None),
+                ("danger_write", {"path": "b.txt", "content": "2"}, None),
+            ]
+        )
+        code_a, code_b = map(code_of, await bot.say(said("talkbot write both", REQUEST_ID)))
+        await bot.say(said(f"no {code_a}", REQUEST_ID + 1))
+        clock.advance(15 * day)
+        await bot.runtime.running.store.purge_pending()
+        bot.llm.reply("Wrote b.txt, not a.txt.")
+        assert await bot.say(said(f"yes {code_b}", REQUEST_ID + 2)) == ["Wrote b.txt, not a.txt."]
+        assert [run.path for run in runs] == ["b.txt"]
+        clock.advance(15 * day)
+        await bot.runtime.running.store.purge_pending()  # both decided now: the turn goes
+        decided = await bot.runtime.running.store.pending_by_code(code_a)
+        assert decided is not None
+        assert decided.state_json == ""
