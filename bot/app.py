@@ -203,6 +203,7 @@ async def _build_parts(
         directory=directory,
         language=lambda: runtime.settings.chat.language,
         none_waiting=approvals.none_waiting,
+        shared=coordinator.shared,
     )
 
     dispatcher = Dispatcher(

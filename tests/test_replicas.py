@@ -153,6 +153,39 @@ async def test_p07_a_replica_whose_lease_lapsed_mid_turn_posts_nothing(
         assert [entry.message_id for entry in history if entry.role == "user"] == ["1"]
 
 
+async def test_p07_r09_a_message_two_replicas_run_is_in_the_history_once(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, postgres_url: str
+) -> None:
+    """The holder stalls after starting a message's turn, before recording it in the
+    room's history; the other replica takes the room and answers; then the stalled one
+    records it too, late. Every message is recorded once with replicas (the redo's own
+    attempts count cannot tell it that another replica is still running the event)."""
+    async with replicas(tmp_path, talk, llm, postgres_url) as daemons:
+        first, second = daemons
+        running = first.runtime.running
+        gate = asyncio.Event()
+        remember_room = running.router._remember_room
+
+        async def stalled(event: Any) -> None:
+            task = running.coordinator._task
+            assert task is not None
+            task.cancel()  # no more heartbeats: the lease lapses
+            await gate.wait()
+            await remember_room(event)
+
+        running.router._remember_room = stalled  # type: ignore[method-assign]
+        llm.reply("from the room's new holder")
+        assert (
+            await first.post(create_event("@talkbot a question", room="rooma", message_id=1)) == 200
+        )
+        await until(lambda: len(answers(talk)) == 1, timeout_s=15)
+        gate.set()
+        await running.dispatcher.wait_idle()
+        assert talk.texts("rooma") == ["from the room's new holder"]
+        history = await second.runtime.running.store.recent_history("rooma", 10)
+        assert [entry.message_id for entry in history if entry.role == "user"] == ["1"]
+
+
 async def test_p07_an_approve_through_another_replica_runs_it_and_answers_in_its_room(
     tmp_path: Path, talk: FakeTalk, llm: FakeLLM, postgres_url: str
 ) -> None:

@@ -63,6 +63,7 @@ class Router:
         directory: Directory | None = None,
         language: Callable[[], str] = lambda: i18n.DEFAULT,
         none_waiting: NoneWaiting = lambda _room: False,
+        shared: bool = False,
     ) -> None:
         self._store = store
         self._access = access
@@ -75,6 +76,9 @@ class Router:
         self._pending = pending
         self.greeting = greeting
         self._none_waiting = none_waiting
+        # With replicas any event may be redone by a room's new holder while the replica
+        # that first ran it, stalled, still records it: every message is recorded once.
+        self._shared = shared
         self._rooms_seen: dict[str, tuple[str, bool]] = {}
         # Each room's mode as triage last read it; a room command forgets it (!mode).
         self._modes: dict[str, str | None] = {}
@@ -117,7 +121,7 @@ class Router:
             await self._on_membership(event)
             return
         if route.kind in (RouteKind.CHAT, RouteKind.IGNORE, RouteKind.REMEMBER):
-            await self._record(event, role, once=triaged.redone)
+            await self._record(event, role, once=triaged.redone or self._shared)
         handler = self._routes.get(route.kind)
         if handler is None:
             return
