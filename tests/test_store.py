@@ -206,10 +206,10 @@ async def test_h09_a_row_stamped_in_the_future_does_not_hold_the_purge_back(
     assert [row["id"] for row in left] == [stored[10]]  # only the one from the future
 
 
-def _action(code: str, turn: str = "{}") -> NewPendingAction:
+def _action(code: str, turn: str = "{}", turn_id: str = "") -> NewPendingAction:
     return NewPendingAction(
         code=code,
-        turn_id=f"turn-{code}",
+        turn_id=turn_id or f"turn-{code}",
         call_id="c1",
         room="r1",
         requester="users/alice",
@@ -256,6 +256,28 @@ async def test_h09_decided_actions_let_their_paused_turn_go_then_their_row(
     assert await store.get_pending(done.id) is None
     assert await store.pending_by_code("DONE1") is None
     assert await store.get_pending(still_open.id) is not None
+
+
+async def test_h09_a_turn_just_decided_keeps_its_paused_turn_for_its_resume(
+    store: Store, clock: ManualClock
+) -> None:
+    """A turn paused on two calls: one denied 15 days ago, the other done just now and
+    its resume not claimed yet. Housekeeping in between keeps the paused turn: the age
+    that counts is the turn's last decision, not each action's own."""
+    turn = '{"messages": []}'
+    created = await store.create_pending(
+        [_action("PAIR1", turn, turn_id="t-pair"), _action("PAIR2", turn, turn_id="t-pair")]
+    )
+    assert created is not None
+    first, second = created
+    assert await store.transition_pending(first.id, "pending", "denied", decided_by="alice")
+    clock.advance(15 * 24 * 3600)
+    for before, after in (("pending", "approved"), ("approved", "running"), ("running", "done")):
+        assert await store.transition_pending(second.id, before, after)
+    await store.purge_pending()
+    decided = await store.claim_turn_resume("t-pair")
+    assert decided is not None
+    assert [action.state_json for action in decided] == [turn, turn]
 
 
 async def test_h09_housekeeping_runs_both_purges(store: Store, clock: ManualClock) -> None:

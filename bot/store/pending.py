@@ -126,30 +126,30 @@ class Pending(Aggregate):
         """Housekeeping: a decided action keeps its paused turn (``state_json``: the turn's
         messages, often tens of KB) only until that turn was resumed or ended, yet it stayed
         in the store for good. It goes ``turns_older_than_s`` after the last change of
-        status; the row goes after ``rows_older_than_s`` (a late answer to its code is then
-        one to an unknown code). Open actions are never touched, nor any action of a turn
-        that still waits on another of its calls."""
+        status of its turn's actions; the row goes after ``rows_older_than_s`` (a late answer
+        to its code is then one to an unknown code). Open actions are never touched, nor
+        any action of a turn that still waits on another of its calls."""
         now = self._clock.now()
-        # Decided, and so is every other call its turn paused on: the turn resumes from
-        # the first action's paused turn, with each one's result, once the last is decided.
+        # Every call its turn paused on decided, the last of them before the cutoff: the
+        # turn resumes from the first action's paused turn, with each one's result, once
+        # the last is decided (an action's own row is among the others).
         done = (
-            f"status NOT IN {_OPEN} AND NOT EXISTS (SELECT 1 FROM pending_actions AS other"  # noqa: S608 - constants only
+            f"NOT EXISTS (SELECT 1 FROM pending_actions AS other"  # noqa: S608 - constants only
             " WHERE other.turn_id = pending_actions.turn_id"
-            f" AND other.status IN {_OPEN})"
+            f" AND (other.status IN {_OPEN} OR other.updated_at >= ?))"
         )
 
         def forget_turns(tx: Tx) -> int:
             return tx.execute(
                 "UPDATE pending_actions SET state_json = '' WHERE id IN (SELECT id FROM"  # noqa: S608 - fixed fragments, values bound
-                f" pending_actions WHERE {done} AND updated_at < ?"
-                " AND state_json != '' ORDER BY id LIMIT ?)",
+                f" pending_actions WHERE {done} AND state_json != '' ORDER BY id LIMIT ?)",
                 (now - turns_older_than_s, PURGE_CHUNK),
             ).rowcount
 
         def delete_rows(tx: Tx) -> int:
             return tx.execute(
                 "DELETE FROM pending_actions WHERE id IN (SELECT id FROM pending_actions"  # noqa: S608 - fixed fragments, values bound
-                f" WHERE {done} AND updated_at < ? ORDER BY id LIMIT ?)",
+                f" WHERE {done} ORDER BY id LIMIT ?)",
                 (now - rows_older_than_s, PURGE_CHUNK),
             ).rowcount
 
