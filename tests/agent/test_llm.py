@@ -15,6 +15,7 @@ import pytest
 from multidict import CIMultiDict
 from pydantic import SecretStr
 
+from bot import __version__
 from bot.agent import llm as llm_module
 from bot.agent.llm import (
     LLM,
@@ -372,6 +373,12 @@ async def test_r01_a_connection_lost_every_time_is_unavailable(
         "lost the connection to the model server",
     )
     assert len(fake.requests) == 3
+
+
+async def test_the_model_server_sees_talkbot_calling(fake: FakeLLM, llm: LLM) -> None:
+    await llm.complete(USER, [])
+    (request,) = fake.requests
+    assert request.headers["User-Agent"] == f"talkbot/{__version__}"
 
 
 async def test_a_closed_client_sends_nothing(fake: FakeLLM) -> None:
