@@ -8,6 +8,7 @@ re-checked at fire time). Fire times are driven by moving a ManualClock and call
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import textwrap
@@ -32,6 +33,7 @@ from bot.scheduler import (
     ScheduleError,
     Scheduler,
     Skipped,
+    Timer,
     build_trigger,
     check_schedules,
     crontab_weekdays,
@@ -107,9 +109,42 @@ async def test_r10_timer_job_defaults_are_explicit(store: Store, clock: ManualCl
             "max_instances": job.max_instances,
         }
     finally:
-        scheduler.timer.stop()
+        await scheduler.timer.stop()
     assert armed == {"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
     assert armed == TIMER_JOB_DEFAULTS
+
+
+async def test_r08_a_job_due_as_the_timer_stops_is_left_without_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job falls due in the very loop tick in which the daemon stops its timer (seen in
+    a rolling restart): APScheduler must not hand out a wake-up it then cancels before its
+    first step, which it logs as "Error running job" with a CancelledError traceback. The
+    wake-up is simply not handed out; the next start catches the fire time up (R10)."""
+    clock = ManualClock()
+    timer = Timer(clock)
+    woke: list[str] = []
+
+    async def wake(job_id: str) -> None:
+        woke.append(job_id)
+
+    timer.start()
+    timer.arm("tick", clock.now() + 3600, wake)
+    for _ in range(3):
+        await asyncio.sleep(0)  # APScheduler has looked and set its own timer
+    job = timer.aps.get_job("tick")
+    job._modify(next_run_time=datetime.now(UTC))  # due now, APScheduler not told
+    timer.aps._lookup_jobstore("default").update_job(job)
+    with caplog.at_level(logging.ERROR, logger="apscheduler"):
+        stopping = asyncio.create_task(timer.stop())
+        await asyncio.sleep(0)  # the stop has begun
+        timer.aps._process_jobs()  # APScheduler's own timer firing in that same tick
+        await stopping
+        for _ in range(3):
+            await asyncio.sleep(0)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("apscheduler")] == []
+    assert woke == []
+    assert not timer.aps.running
 
 
 # -- triggers --------------------------------------------------------------------------
@@ -359,7 +394,7 @@ async def test_r11_crash_mid_run_never_delivers_that_fire_time_again(
     run.cancel()  # the process dies while the message is being sent
     with pytest.raises(asyncio.CancelledError):
         await run
-    first.timer.stop()
+    await first.timer.stop()
     deliveries = Deliveries()
     store, second = await restart(tmp_path, store, clock, deliveries, hourly())
     assert deliveries.calls == []

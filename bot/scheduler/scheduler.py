@@ -97,7 +97,7 @@ class Scheduler:
     async def stop(self, deadline_s: float = STOP_DEADLINE_S) -> None:
         """Stop the timer; give runs in flight ``deadline_s`` to finish, then cancel them."""
         self._running = False
-        self.timer.stop()
+        await self.timer.stop()
         tasks = list(self._tasks)
         if not tasks:
             return

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,9 +45,15 @@ class Timer:
         if not self.aps.running:
             self.aps.start()
 
-    def stop(self) -> None:
-        if self.aps.running:
-            self.aps.shutdown(wait=False)
+    async def stop(self) -> None:
+        """Stop waking jobs. A wake-up APScheduler has just handed to the loop is let run
+        first (the scheduler's own stop makes it a no-op): shutting down at once cancels
+        it before its first step, and APScheduler logs that as an error with a traceback."""
+        if not self.aps.running:
+            return
+        self.aps.pause()  # no wake-up is handed out from here on
+        await asyncio.sleep(0)  # those handed out already run their one step
+        self.aps.shutdown(wait=False)
 
     def arm(self, job_id: str, fire_time: float, wake: WakeUp) -> None:
         # The delay comes from the injected clock; APScheduler counts it on its own clock.
