@@ -23,8 +23,8 @@ from bot.lifecycle import housekeep
 from bot.store import PURGE_CHUNK, HistoryEntry, Store, TokenCount
 from bot.store import engine as engine_module
 from bot.store.engine import Tx
-from bot.store.records import NewPendingAction
 from bot.store.sqlite import SqliteDriver
+from tests.test_store_postgres import action
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -206,24 +206,6 @@ async def test_h09_a_row_stamped_in_the_future_does_not_hold_the_purge_back(
     assert [row["id"] for row in left] == [stored[10]]  # only the one from the future
 
 
-def _action(code: str, turn: str = "{}", turn_id: str = "") -> NewPendingAction:
-    return NewPendingAction(
-        code=code,
-        turn_id=turn_id or f"turn-{code}",
-        call_id="c1",
-        room="r1",
-        requester="users/alice",
-        requester_name="alice",
-        tool="file_write",
-        args_json="{}",
-        args_hash="h",
-        approver="requester",
-        state_json=turn,
-        after_message_id="1",
-        expires_at=2_000_000_000.0,
-    )
-
-
 async def test_h09_decided_actions_let_their_paused_turn_go_then_their_row(
     store: Store, clock: ManualClock
 ) -> None:
@@ -232,7 +214,9 @@ async def test_h09_decided_actions_let_their_paused_turn_go_then_their_row(
     day = 24 * 3600
     turn = '{"messages": ["' + "m" * 5000 + '"]}'
 
-    created = await store.create_pending([_action("DONE1", turn), _action("OPEN1", turn)])
+    created = await store.create_pending(
+        [action("DONE1", "t-done", state_json=turn), action("OPEN1", "t-open", state_json=turn)]
+    )
     assert created is not None
     done, still_open = created
     assert await store.transition_pending(done.id, "pending", "denied", decided_by="alice")
@@ -266,7 +250,7 @@ async def test_h09_a_turn_just_decided_keeps_its_paused_turn_for_its_resume(
     that counts is the turn's last decision, not each action's own."""
     turn = '{"messages": []}'
     created = await store.create_pending(
-        [_action("PAIR1", turn, turn_id="t-pair"), _action("PAIR2", turn, turn_id="t-pair")]
+        [action("PAIR1", "t-pair", state_json=turn), action("PAIR2", "t-pair", state_json=turn)]
     )
     assert created is not None
     first, second = created
@@ -277,12 +261,12 @@ async def test_h09_a_turn_just_decided_keeps_its_paused_turn_for_its_resume(
     await store.purge_pending()
     decided = await store.claim_turn_resume("t-pair")
     assert decided is not None
-    assert [action.state_json for action in decided] == [turn, turn]
+    assert [one.state_json for one in decided] == [turn, turn]
 
 
 async def test_h09_housekeeping_runs_both_purges(store: Store, clock: ManualClock) -> None:
     """What the daemon's housekeeping task runs: the inbox's purge and the actions'."""
-    created = await store.create_pending([_action("HOUSE1")])
+    created = await store.create_pending([action("HOUSE1")])
     assert created is not None
     [decided] = created
     assert await store.transition_pending(decided.id, "pending", "denied", decided_by="alice")
@@ -293,7 +277,7 @@ async def test_h09_housekeeping_runs_both_purges(store: Store, clock: ManualCloc
     task = asyncio.create_task(housekeep(store, interval_s=3600))
     try:
         async with asyncio.timeout(5):
-            while (action := await store.get_pending(decided.id)) and action.state_json:  # noqa: ASYNC110 - polls the store
+            while (found := await store.get_pending(decided.id)) and found.state_json:  # noqa: ASYNC110 - polls the store
                 await asyncio.sleep(0.01)
     finally:
         task.cancel()

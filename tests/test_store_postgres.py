@@ -33,7 +33,8 @@ async def replicas(postgres_url: str, clock: ManualClock) -> AsyncIterator[list[
         await store.close()
 
 
-def action(code: str, turn: str = "t1") -> NewPendingAction:
+def action(code: str, turn: str = "t1", *, state_json: str = "{}") -> NewPendingAction:
+    """A pending action of turn ``turn``; ``state_json`` is its paused turn."""
     return NewPendingAction(
         code=code,
         turn_id=turn,
@@ -45,7 +46,7 @@ def action(code: str, turn: str = "t1") -> NewPendingAction:
         args_json="{}",
         args_hash="h",
         approver="requester",
-        state_json="{}",
+        state_json=state_json,
         after_message_id="1",
         expires_at=10_000.0,
     )
