@@ -78,6 +78,8 @@ class Dispatcher:
         # triaged on arrival. Until they are, nothing of the room is settled on arrival
         # (#19); a plain chat turn triaged already changes nothing for later events.
         self._unsure: dict[str, int] = {}
+        # Per room: resolved once its unsure events are triaged (``when_sure``).
+        self._sure: dict[str, asyncio.Future[None]] = {}
         self._turns: dict[str, RoomQueue] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._busy_noticed: dict[str, float] = {}
@@ -173,8 +175,31 @@ class Dispatcher:
         say). A plain chat turn triaged on arrival does not count: it cannot change how
         later events are judged, and counting it sent the room's next events the usual
         way, each of which then held up the ones after it."""
+        return self.settles_on_arrival and room not in self._unsure
+
+    @property
+    def settles_on_arrival(self) -> bool:
+        """Whether anything may be settled on arrival: accepting, the store's only writer."""
         shared = self._coordinator is not None and self._coordinator.shared
-        return self._accepting and not shared and room not in self._unsure
+        return self._accepting and not shared
+
+    def when_sure(self, room: str) -> asyncio.Future[None] | None:
+        """Resolved once the intake holds nothing of ``room`` still to be triaged, so
+        that a webhook waiting behind such an event may be settled after all; None when
+        nothing can be settled on arrival here (stopped, or replicas share the store)."""
+        if not self.settles_on_arrival:
+            return None
+        sure = self._sure.get(room)
+        if sure is None:
+            sure = self._sure[room] = asyncio.get_running_loop().create_future()
+            if room not in self._unsure:
+                self._wake(room)
+        return sure
+
+    def _wake(self, room: str) -> None:
+        sure = self._sure.pop(room, None)
+        if sure is not None and not sure.done():
+            sure.set_result(None)
 
     def refuses_turn(self, room: str, sender: str) -> bool:
         """Whether a chat turn of ``sender`` would be refused a place in ``room`` now, as
@@ -211,6 +236,8 @@ class Dispatcher:
         for intake in self._intake.values():
             intake.clear()  # still pending in the store; resumed on the next start
         self._unsure.clear()  # nothing is settled on arrival once stopped
+        for room in list(self._sure):
+            self._wake(room)  # their webhooks go the usual way: stored pending
         for turns in self._turns.values():
             turns.clear()
         self._known.clear()
@@ -324,6 +351,7 @@ class Dispatcher:
             self._unsure[room] = left
         else:
             self._unsure.pop(room, None)
+            self._wake(room)
 
     def _let_go(self, room: str) -> None:
         """Forget a room's queued events (still open in the store) for another replica."""

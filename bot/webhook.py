@@ -30,10 +30,21 @@ STORE_UNAVAILABLE = 503  # the store cannot commit: refused, never a 500 (H04)
 # Join and Leave name the bot itself as actor; they update the room registry.
 MEMBERSHIP_EVENTS = frozenset({"Join", "Leave"})
 MAX_COUNTED_PAIRS = 256
+# How long a webhook waits for an earlier event of its room to be judged, to be settled on
+# arrival after it; past that it goes the usual way (stored pending, then triaged).
+ORDER_WAIT_S = 0.25
 
 
 class BodyTooLargeError(Exception):
     pass
+
+
+class _Gate:
+    """The webhooks of one room waiting for its earlier events, in arrival order."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.waiting = 0
 
 
 # Store.accept_event, or Store.accept_settled with its settled arguments bound.
@@ -69,6 +80,9 @@ class WebhookReceiver:
         # Rooms with a webhook being stored the usual way: until it reaches the dispatcher
         # no later event of the room is settled (it would overtake a `!mode`, say).
         self._unsettled: dict[str, int] = {}
+        self._stored_waiters: dict[str, asyncio.Future[None]] = {}
+        # Rooms with webhooks waiting for an earlier event to be judged (_judge).
+        self._gates: dict[str, _Gate] = {}
         self._secret = secret
         self._store = store
         self._dispatcher = dispatcher
@@ -110,7 +124,7 @@ class WebhookReceiver:
         if event.actor.is_bot and event.type not in MEMBERSHIP_EVENTS:
             # Talk never webhooks bot messages, but system messages bots cause (W12).
             return 200, event.type
-        settled, plain_turn = self._settle(event)
+        settled, plain_turn = await self._judge(event)
         if settled is not None:
             accept: Accept = partial(
                 self._store.accept_settled,
@@ -123,14 +137,10 @@ class WebhookReceiver:
             return await self._store_event(
                 event, body, random, self._store.accept_event, triaged=plain_turn
             )
-        room = event.room.token
-        self._unsettled[room] = self._unsettled.get(room, 0) + 1
-        try:
+        try:  # the usual way: _judge counted it in the room's unsettled events
             return await self._store_event(event, body, random, self._store.accept_event)
         finally:
-            self._unsettled[room] -= 1
-            if not self._unsettled[room]:
-                del self._unsettled[room]
+            self._stored_usual_way(event.room.token)
 
     async def _store_event(
         self,
@@ -180,6 +190,77 @@ class WebhookReceiver:
             self._settler.settled(event, settled)
         return 200, event.type
 
+    async def _judge(self, event: Event) -> tuple[Settled | None, Triage | None]:
+        """``_settle``'s verdict, once no earlier event of the room is still to be judged:
+        an event that arrives while one is (being stored the usual way, or not triaged
+        yet) waits for it, up to ORDER_WAIT_S, in arrival order. Sent the usual way at
+        once instead, it would hold up the room's next event in turn, and at a busy
+        room's pace that never ends: each costs a second commit and the store's reads.
+        An event sent the usual way is counted in ``_unsettled`` before this returns."""
+        room = event.room.token
+        if self._settler is None or not self._dispatcher.settles_on_arrival:
+            return self._usual_way(room)
+        if room not in self._gates and self._in_order(room):
+            return self._decide(event)
+        # From arrival: the ones ahead wait until their own (earlier) deadlines at most.
+        deadline = asyncio.get_running_loop().time() + ORDER_WAIT_S
+        gate = self._gates.get(room)
+        if gate is None:
+            gate = self._gates[room] = _Gate()
+        gate.waiting += 1
+        try:
+            async with gate.lock:
+                if await self._wait_in_order(room, deadline):
+                    return self._decide(event)
+                return self._usual_way(room)
+        finally:
+            gate.waiting -= 1
+            if not gate.waiting:
+                del self._gates[room]
+
+    def _in_order(self, room: str) -> bool:
+        return room not in self._unsettled and self._dispatcher.may_settle_at_once(room)
+
+    async def _wait_in_order(self, room: str, deadline: float) -> bool:
+        loop = asyncio.get_running_loop()
+        while not self._in_order(room):
+            wake = (
+                self._stored(room) if room in self._unsettled else self._dispatcher.when_sure(room)
+            )
+            left = deadline - loop.time()
+            if wake is None or left <= 0:
+                return False
+            done, _ = await asyncio.wait((wake,), timeout=left)
+            if not done:
+                return False
+        return True
+
+    def _decide(self, event: Event) -> tuple[Settled | None, Triage | None]:
+        settled, plain_turn = self._settle(event)
+        if settled is None and plain_turn is None:
+            return self._usual_way(event.room.token)
+        return settled, plain_turn
+
+    def _usual_way(self, room: str) -> tuple[None, None]:
+        self._unsettled[room] = self._unsettled.get(room, 0) + 1
+        return None, None
+
+    def _stored(self, room: str) -> asyncio.Future[None]:
+        """Resolved once no event of ``room`` is being stored the usual way."""
+        stored = self._stored_waiters.get(room)
+        if stored is None:
+            stored = self._stored_waiters[room] = asyncio.get_running_loop().create_future()
+        return stored
+
+    def _stored_usual_way(self, room: str) -> None:
+        self._unsettled[room] -= 1
+        if self._unsettled[room]:
+            return
+        del self._unsettled[room]
+        stored = self._stored_waiters.pop(room, None)
+        if stored is not None and not stored.done():
+            stored.set_result(None)
+
     def _settle(self, event: Event) -> tuple[Settled | None, Triage | None]:
         """Most messages in a busy room are nothing for the bot: decided on arrival when
         the router can be sure, they cost one commit and no queue (#19). Also whether an
@@ -187,9 +268,7 @@ class WebhookReceiver:
         cannot change how the room's later messages are judged (a command could, or an
         event the router could not be sure of), so those may still be settled meanwhile."""
         room = event.room.token
-        if self._settler is None or room in self._unsettled:
-            return None, None
-        if not self._dispatcher.may_settle_at_once(room):
+        if self._settler is None:
             return None, None
         try:
             settled = self._settler.settle_now(event)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from bot import replies
+from bot import webhook as webhook_module
 from bot.clock import ManualClock
 from bot.config import ConfirmSettings
 from bot.confirmations import Confirmations, PendingCall, Requester
@@ -276,6 +277,159 @@ async def test_h08_a_plain_chat_turn_is_triaged_once_on_arrival_and_answered(
         assert triaged_at_intake == []
         await daemon.say(said("!mode all", 1104, sender="carol", participant_type="1"))
         assert len(triaged_at_intake) == 1  # a command: triaged at the intake as usual
+
+
+class HeldTriage:
+    """The intake's triage of one message waits until ``release`` is set."""
+
+    def __init__(self, daemon: Daemon, monkeypatch: pytest.MonkeyPatch, message_id: int) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        dispatcher = daemon.runtime.running.dispatcher
+        triage = dispatcher._triage
+        assert triage is not None
+
+        async def held(item: InboxItem, parsed: Any = None) -> Any:
+            if _message_id(item) == str(message_id):
+                self.started.set()
+                await self.release.wait()
+            return await triage(item, parsed)
+
+        monkeypatch.setattr(dispatcher, "_triage", held)
+
+
+async def arrived(daemon: Daemon, posts: list[asyncio.Task[int]]) -> None:
+    """Until each of the room's ``posts`` is answered or waits for an earlier event."""
+    webhook = daemon.runtime.running.webhook
+    async with asyncio.timeout(5):
+        while True:
+            gate = webhook._gates.get(GROUP)
+            if (gate.waiting if gate else 0) + sum(post.done() for post in posts) >= len(posts):
+                return
+            await asyncio.sleep(0.005)
+
+
+async def test_h08_chatter_behind_an_event_still_to_be_triaged_waits_then_is_settled(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy room's chatter that arrives while an earlier event is still being triaged
+    waits for it and is settled after it, in arrival order, instead of going the usual
+    way (a second commit and the store's reads each, and each would hold up the next)."""
+    async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
+        for message_id in (801, 802):
+            await daemon.say(said(f"chatter {message_id}", message_id))
+        queued = Queued(daemon, monkeypatch)
+        held = HeldTriage(daemon, monkeypatch, 803)
+        command = asyncio.create_task(daemon.post(said("!help", 803)))
+        await held.started.wait()
+        chatter = [
+            asyncio.create_task(daemon.post(said(f"chatter {n}", n))) for n in (804, 805, 806)
+        ]
+        await arrived(daemon, chatter)
+        assert not any(task.done() for task in chatter)  # waiting: no 200 before their turn
+        held.release.set()
+        assert await asyncio.gather(command, *chatter) == [200] * 4
+        await daemon.idle()
+        assert queued.ids == ["803"]
+        assert await history_ids(daemon) == ["801", "802", "804", "805", "806"]
+        assert (await statuses(daemon))["806"] == "done"
+        assert daemon.runtime.running.webhook._gates == {}
+    assert len(talk.messages) == 1  # the help
+    assert llm.requests == []
+
+
+async def test_h08_events_waiting_their_turn_are_judged_in_arrival_order(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`!mode all` and a question both wait behind an event still being triaged: the
+    question is judged after `!mode` has taken effect, so it is answered, not settled as
+    chatter under the old mode."""
+    async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
+        for message_id in (901, 902):
+            await daemon.say(said(f"chatter {message_id}", message_id))
+        queued = Queued(daemon, monkeypatch)
+        held = HeldTriage(daemon, monkeypatch, 903)
+        first = asyncio.create_task(daemon.post(said("!help", 903)))
+        await held.started.wait()
+        mode = asyncio.create_task(
+            daemon.post(said("!mode all", 904, sender="carol", participant_type="1"))
+        )
+        await arrived(daemon, [mode])
+        question = asyncio.create_task(daemon.post(said("what is 2+2?", 905)))
+        await arrived(daemon, [mode, question])
+        llm.reply("four")
+        held.release.set()
+        assert await asyncio.gather(first, mode, question) == [200] * 3
+        await daemon.idle()
+        assert queued.ids == ["903", "904", "905"]
+    assert answers_to(talk, 905) == ["four"]
+
+
+async def test_h08_a_webhook_waits_its_turn_briefly_then_goes_the_usual_way(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier event whose triage takes long (Nextcloud slow to name a person's
+    groups, say) holds up a later one's 200 for ORDER_WAIT_S at most: it is then stored
+    pending and triaged after the earlier one, as before."""
+    monkeypatch.setattr(webhook_module, "ORDER_WAIT_S", 0.05)
+    async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
+        for message_id in (1001, 1002):
+            await daemon.say(said(f"chatter {message_id}", message_id))
+        queued = Queued(daemon, monkeypatch)
+        held = HeldTriage(daemon, monkeypatch, 1003)
+        first = asyncio.create_task(daemon.post(said("!help", 1003)))
+        await held.started.wait()
+        assert await daemon.post(said("chatter 1004", 1004)) == 200
+        assert (await statuses(daemon))["1004"] == "pending"  # its triage waits its turn
+        held.release.set()
+        assert await first == 200
+        await daemon.idle()
+        assert queued.ids == ["1003", "1004"]
+        assert await history_ids(daemon) == ["1001", "1002", "1004"]
+        assert daemon.runtime.running.webhook._gates == {}
+
+
+@pytest.mark.timing  # wall-clock waits of 0.3 s each
+async def test_h08_a_webhook_waits_its_turn_for_order_wait_s_from_its_arrival(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three webhooks behind an earlier event whose triage takes long: each waits
+    ORDER_WAIT_S from its own arrival, not that long after the one ahead of it gave up."""
+    monkeypatch.setattr(webhook_module, "ORDER_WAIT_S", 0.3)
+    async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
+        for message_id in (1101, 1102):
+            await daemon.say(said(f"chatter {message_id}", message_id))
+        held = HeldTriage(daemon, monkeypatch, 1103)
+        first = asyncio.create_task(daemon.post(said("!help", 1103)))
+        await held.started.wait()
+        started = time.monotonic()
+        chatter = [daemon.post(said(f"chatter {n}", n)) for n in (1104, 1105, 1106)]
+        assert await asyncio.gather(*chatter) == [200] * 3
+        assert time.monotonic() - started < 0.6  # 0.9 s if each waited after the one ahead
+        held.release.set()
+        assert await first == 200
+        await daemon.idle()
+        assert await history_ids(daemon) == ["1101", "1102", "1104", "1105", "1106"]
+
+
+async def test_h08_webhooks_waiting_their_turn_go_the_usual_way_once_stopping() -> None:
+    """Stopping wakes every webhook waiting for its room: nothing is settled on arrival
+    any more, so each is stored pending, resumed by the next start."""
+    dispatcher = Dispatcher(
+        store=None,  # type: ignore[arg-type]
+        handle=None,  # type: ignore[arg-type]
+        clock=ManualClock(),
+    )
+    dispatcher._accepting = True
+    dispatcher._unsure[GROUP] = 1
+    sure = dispatcher.when_sure(GROUP)
+    assert sure is not None
+    assert not sure.done()
+    assert dispatcher.when_sure(GROUP) is sure  # one per room
+    await dispatcher.stop(0.1)
+    assert sure.done()
+    assert dispatcher.when_sure(GROUP) is None
+    assert not dispatcher.settles_on_arrival
 
 
 class People:
