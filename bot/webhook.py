@@ -198,10 +198,12 @@ class WebhookReceiver:
         room's pace that never ends: each costs a second commit and the store's reads.
         An event sent the usual way is counted in ``_unsettled`` before this returns."""
         room = event.room.token
-        if self._settler is None or not self._dispatcher.settles_on_arrival:
-            return self._usual_way(room)
-        if room not in self._gates and self._in_order(room):
-            return self._decide(event)
+        if room not in self._gates:
+            if self._settler is None or not self._dispatcher.settles_on_arrival:
+                return self._usual_way(room)
+            if self._in_order(room):
+                return self._decide(event)
+        # Behind the room's waiting webhooks even once stopping: stored after them.
         # From arrival: the ones ahead wait until their own (earlier) deadlines at most.
         deadline = asyncio.get_running_loop().time() + ORDER_WAIT_S
         gate = self._gates.get(room)
@@ -224,6 +226,8 @@ class WebhookReceiver:
     async def _wait_in_order(self, room: str, deadline: float) -> bool:
         loop = asyncio.get_running_loop()
         while not self._in_order(room):
+            if not self._dispatcher.settles_on_arrival:
+                return False  # stopping: the usual way, in turn
             wake = (
                 self._stored(room) if room in self._unsettled else self._dispatcher.when_sure(room)
             )

@@ -30,6 +30,7 @@ from tests.fakes.talk_server import FakeTalk
 from tests.handlers.test_confirm import Run, ask_for_write, danger_tool, said
 from tests.harness import GROUP, Daemon, running_daemon
 from tests.test_fairness import answers_to
+from tests.test_replicas import until
 
 
 class Queued:
@@ -412,9 +413,52 @@ async def test_h08_a_webhook_waits_its_turn_for_order_wait_s_from_its_arrival(
         assert await history_ids(daemon) == ["1101", "1102", "1104", "1105", "1106"]
 
 
-async def test_h08_webhooks_waiting_their_turn_go_the_usual_way_once_stopping() -> None:
-    """Stopping wakes every webhook waiting for its room: nothing is settled on arrival
-    any more, so each is stored pending, resumed by the next start."""
+async def test_h08_a_webhook_during_drain_never_overtakes_one_waiting_its_turn(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped (draining, the port still open), a new webhook goes the usual way, but
+    behind the room's webhooks still waiting their turn: stored after them, so the next
+    start resumes them in arrival order and the question after `!mode all` is answered."""
+    monkeypatch.setattr(webhook_module, "ORDER_WAIT_S", 2.0)
+    async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
+        for message_id in (1201, 1202):
+            await daemon.say(said(f"chatter {message_id}", message_id))
+        running = daemon.runtime.running
+        store, webhook, dispatcher = running.store, running.webhook, running.dispatcher
+        release = asyncio.Event()
+        accept = store.accept_event
+
+        async def slow(**kw: Any) -> Any:  # 1203's commit takes a while to come back
+            stored = await accept(**kw)
+            if str(kw.get("dedupe_key", "")).endswith(":1203"):
+                await release.wait()
+            return stored
+
+        monkeypatch.setattr(store, "accept_event", slow)
+        first = asyncio.create_task(daemon.post(said("!help", 1203)))
+        await until(lambda: GROUP in webhook._unsettled)
+        mode = asyncio.create_task(
+            daemon.post(said("!mode all", 1204, sender="carol", participant_type="1"))
+        )
+        await arrived(daemon, [mode])
+        await dispatcher.stop(1.0)  # drain: the port still takes webhooks
+        question = asyncio.create_task(daemon.post(said("what is 2+2?", 1205)))
+        await asyncio.sleep(0.05)
+        assert not question.done()  # behind 1204, which waits for 1203's commit
+        release.set()
+        assert await asyncio.gather(first, mode, question) == [200, 200, 200]
+        llm.reply("four")
+        await dispatcher.start()  # as the next process would: open events in id order
+        await daemon.idle()
+        rows = await store._engine.read("SELECT dedupe_key FROM inbox ORDER BY id")
+        order = [str(row["dedupe_key"]).rpartition(":")[2] for row in rows]
+        assert [m for m in order if m in ("1203", "1204", "1205")] == ["1203", "1204", "1205"]
+    assert answers_to(talk, 1205) == ["four"]
+
+
+async def test_h08_stopping_resolves_what_waiting_webhooks_wait_for() -> None:
+    """Stopping resolves each room's `when_sure`: nothing is settled on arrival any
+    more, so a webhook waiting for its room goes the usual way, stored pending."""
     dispatcher = Dispatcher(
         store=None,  # type: ignore[arg-type]
         handle=None,  # type: ignore[arg-type]
