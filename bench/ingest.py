@@ -16,6 +16,10 @@ alike:
   (stalled), so every turn it starts waits forever: what is measured is verify, parse,
   store, route.
 
+With --recorded a fourth server runs, interleaved the same way (info): the limit plus the
+work every message needs whatever the design, talkbot's own parse, routing and history row
+(``Recorded``), without any of talkbot's plumbing; the floor under what talkbot can cost.
+
 Measured for each: the peak rate closed-loop at --connections (goal: talkbot >= 0.9 x the
 limit), the p99 ack closed-loop at --low-connections (goal: talkbot <= 1.5 x the limit),
 the p99 paced at half the limit's peak and at a busy Talk server's rate, the server CPU
@@ -46,11 +50,16 @@ from typing import Any, cast
 from aiohttp import web
 
 from bench import rig
+from bot.access import Access
+from bot.agent.history import message_entry
 from bot.clock import ManualClock, SystemClock
+from bot.config import AccessSettings, ChatSettings, ConfirmSettings
+from bot.routing import RouteKind, RoutingPolicy, classify
 from bot.store.engine import Engine, Row
+from bot.store.history import INSERT_HISTORY, history_row
 from bot.store.inbox import INSERT_EVENT, Inbox, event_params
 from bot.store.sqlite import SqliteDriver, Synchronous
-from bot.talk.events import message_key, parse_event
+from bot.talk.events import EventParseError, bot_actor_id, message_key, parse_event
 from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, verify_webhook
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
@@ -92,6 +101,7 @@ def serve_baseline(port: int) -> None:
 # -- the durable limit: the bare app plus talkbot's inbox INSERT, group-committed -----------
 
 Params = tuple[Any, ...]
+Statements = tuple[tuple[str, Params], ...]
 _PRAGMA_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 
 
@@ -188,7 +198,7 @@ class DurableLimit:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={_PRAGMA_SYNCHRONOUS[synchronous]}")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="limit-writer")
-        self._batch: list[tuple[Params, asyncio.Future[None]]] = []
+        self._batch: list[tuple[Statements, asyncio.Future[None]]] = []
         self._writing = False  # a batch is with the writer, or about to be handed to it
 
     async def webhook(self, request: web.Request) -> web.Response:
@@ -197,17 +207,21 @@ class DurableLimit:
         if random is None:
             return web.Response(status=401)
         try:
-            params = insert_params(body, random, time.time())
-        except (ValueError, KeyError, TypeError):
+            statements = self.statements(body, random, time.time())
+        except (ValueError, KeyError, TypeError, EventParseError):
             return web.Response(status=400)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._batch.append((params, done))
+        self._batch.append((statements, done))
         if not self._writing:
             self._writing = True
             loop.call_soon(self._hand_over, loop)  # webhooks of this loop tick join it
         await done
         return web.Response(status=200)
+
+    def statements(self, body: bytes, random: str, now: float) -> Statements:
+        """What the writer runs for one webhook: its inbox row."""
+        return ((INSERT_EVENT, insert_params(body, random, now)),)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the loop: the whole waiting list to the writer thread."""
@@ -215,14 +229,15 @@ class DurableLimit:
         self._writer.submit(self._commit, loop, batch)
 
     def _commit(
-        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Params, asyncio.Future[None]]]
+        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Statements, asyncio.Future[None]]]
     ) -> None:
         """On the writer thread: one transaction for the batch, then its answers."""
         error: Exception | None = None
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            for params, _ in batch:
-                self._db.execute(INSERT_EVENT, params).fetchall()
+            for statements, _ in batch:
+                for sql, params in statements:
+                    self._db.execute(sql, params).fetchall()
             self._db.execute("COMMIT")
         except Exception as exc:
             error = exc
@@ -233,7 +248,7 @@ class DurableLimit:
     def _committed(
         self,
         loop: asyncio.AbstractEventLoop,
-        batch: list[tuple[Params, asyncio.Future[None]]],
+        batch: list[tuple[Statements, asyncio.Future[None]]],
         error: Exception | None,
     ) -> None:
         """On the loop: answer the batch, hand over what came meanwhile."""
@@ -250,9 +265,51 @@ class DurableLimit:
             self._writing = False
 
 
-def serve_limit(port: int, store: Path, synchronous: Synchronous) -> None:
+class Recorded(DurableLimit):
+    """The durable limit plus the work each message needs, whatever the design (info):
+    talkbot's own parse (``parse_event``), role and routing (``Access.role_of``,
+    ``classify``, with the benchmark's [access] and [chat]) and, for a message that is
+    nothing for the bot, its history row (``message_entry``, ``INSERT_HISTORY``) in the
+    same commit as its inbox row, stored done; a message for the bot is stored pending.
+    No room registry, no trimming, no queue, no budget or health: a floor under what
+    talkbot can cost, to read talkbot's distance from the limit against."""
+
+    def __init__(self, path: Path, synchronous: Synchronous) -> None:
+        super().__init__(path, synchronous)
+        access = AccessSettings(admins=("root",), admin_room="adminroom1")
+        chat = ChatSettings(bot_name="talkbot")
+        self._access = Access(access)
+        self._policy = RoutingPolicy(access, chat, ConfirmSettings(), bot_actor_id("bench"))
+
+    def statements(self, body: bytes, random: str, now: float) -> Statements:
+        event = parse_event(body)
+        role = self._access.role_of(event.actor.id)
+        route = classify(event, role=role, policy=self._policy)
+        keep = event.message is not None and route.kind is RouteKind.IGNORE and role != "none"
+        params = event_params(
+            room=event.room.token,
+            kind=event.type,
+            body=body,
+            random=random,
+            dedupe_key=event.dedupe_key,
+            message_id=event.talk_message_number,
+            now=now,
+            finished=("done", "") if route.kind is RouteKind.IGNORE else None,
+        )
+        if not keep or event.message is None:
+            return ((INSERT_EVENT, params),)
+        entry = message_entry(
+            actor_id=event.actor.id,
+            actor_name=event.actor.name,
+            text=event.message.text,
+            message_id=event.message.id,
+        )
+        return (INSERT_EVENT, params), (INSERT_HISTORY, history_row(event.room.token, entry, now))
+
+
+def serve_limit(port: int, store: Path, synchronous: Synchronous, *, recorded: bool) -> None:
     check_matches_talkbot()
-    limit = DurableLimit(store, synchronous)
+    limit = (Recorded if recorded else DurableLimit)(store, synchronous)
     app = web.Application()
     app.router.add_post("/webhook", limit.webhook)
     app.router.add_get("/readyz", _baseline_ready)
@@ -400,6 +457,21 @@ async def run(args: argparse.Namespace) -> None:
             if bot.wal is None or limit.wal is None:
                 raise RuntimeError("talkbot's config has no SQLite store")
             async with contextlib.AsyncExitStack() as more:
+                if args.recorded:
+                    port, store = rig.free_port(), tmp / "recorded.sqlite3"
+                    servers["recorded"] = await more.enter_async_context(
+                        rig.spawn(
+                            [
+                                *serve,
+                                *("--serve-limit", str(port), "--limit-store", str(store)),
+                                *("--synchronous", args.synchronous, "--recorded"),
+                            ],
+                            f"http://127.0.0.1:{port}",
+                            tmp / "recorded.log",
+                            "/readyz",
+                            store=store,
+                        )
+                    )
                 if args.before is not None:
                     (tmp / "before").mkdir()
                     servers["before"] = await more.enter_async_context(
@@ -480,6 +552,14 @@ def report(rounds: dict[str, Rounds], half_rate: float, args: argparse.Namespace
         f"median p99 at {args.steady_rate:,.0f}/s: bare {bare.steady_p99_ms():.1f} ms,"
         f" limit {limit.steady_p99_ms():.1f} ms, talkbot {bot.steady_p99_ms():.1f} ms"
     )
+    if "recorded" in rounds:
+        recorded = rounds["recorded"]
+        print(
+            f"recorded (the limit plus each message's parse, routing and history row):"
+            f" median peak {recorded.peak_rate():,.0f}/s, recorded/limit"
+            f" {recorded.peak_rate() / limit.peak_rate():.2f} (info), talkbot/recorded"
+            f" {bot.peak_rate() / recorded.peak_rate():.2f}"
+        )
     if "before" in rounds:
         before = rounds["before"]
         print(
@@ -519,6 +599,12 @@ def main() -> None:
         help="also run talkbot from this checkout (e.g. a git worktree of an older commit),"
         " interleaved with the others: before and after in one run",
     )
+    parser.add_argument(
+        "--recorded",
+        action="store_true",
+        help="also run the limit plus the work each message needs whatever the design (its"
+        " parse, routing and history row), interleaved with the others",
+    )
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-limit", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--limit-store", type=Path, help=argparse.SUPPRESS)
@@ -529,7 +615,7 @@ def main() -> None:
     if args.serve_limit:
         if args.limit_store is None:
             parser.error("--serve-limit needs --limit-store")
-        serve_limit(args.serve_limit, args.limit_store, args.synchronous)
+        serve_limit(args.serve_limit, args.limit_store, args.synchronous, recorded=args.recorded)
         return
     asyncio.run(run(args))
 
