@@ -226,6 +226,20 @@ class Confirmations:
                 result.append(action)
         return result
 
+    async def expire_stale(self) -> int:
+        """Housekeeping: mark expired every action that waited past its expiry and the
+        grace after it (``open_in_room``'s rule), though nobody looked at its room since
+        (a prompt left unanswered in a room that fell silent). Until then it keeps its
+        paused turn, which the purge of decided actions only takes once it is decided.
+        How many it marked."""
+        now = self._clock.now()
+        marked = 0
+        for action in await self._store.list_open_pending():
+            late = action.expires_at + self._settings.ttl_s <= now
+            if action.status == "pending" and late and await self.expire(action):
+                marked += 1
+        return marked
+
     async def by_code(self, code: str) -> PendingAction | None:
         return await self._store.pending_by_code(code.strip().upper())
 

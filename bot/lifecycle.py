@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -32,12 +32,20 @@ HOUSEKEEPING_INTERVAL_S = 6 * 3600
 READYZ_STORE_TIMEOUT_S = 1.0
 
 
-async def housekeep(store: Store, interval_s: float = HOUSEKEEPING_INTERVAL_S) -> None:
-    """Old inbox bodies and rows go, every few hours, and decided actions' paused turns;
-    a failure is logged and tried again later."""
+async def housekeep(
+    store: Store,
+    interval_s: float = HOUSEKEEPING_INTERVAL_S,
+    *,
+    expire_stale: Callable[[], Awaitable[int]] | None = None,
+) -> None:
+    """Old inbox bodies and rows go, every few hours; actions left waiting past their
+    expiry are marked expired (``expire_stale``), then decided actions' paused turns go.
+    A failure is logged and tried again later."""
     while True:
         try:
             await store.purge()
+            if expire_stale is not None:
+                await expire_stale()
             await store.purge_pending()
         except Exception:
             log.exception("store.housekeeping_failed")
@@ -90,7 +98,9 @@ async def start_parts(runtime: Runtime, parts: Parts, *, schedules: bool = True)
     if schedules:
         alive = await parts.coordinator.alive()
         await parts.scheduler.start(runtime.settings.schedules, alive=alive)
-    parts.housekeeping = asyncio.create_task(housekeep(parts.store), name="housekeeping")
+    parts.housekeeping = asyncio.create_task(
+        housekeep(parts.store, expire_stale=parts.approvals.expire_stale), name="housekeeping"
+    )
 
 
 def replica_duties(runtime: Runtime, parts: Parts) -> Duties:

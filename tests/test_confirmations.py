@@ -286,3 +286,28 @@ async def test_i06_a_withdrawn_action_no_longer_waits_and_is_audited(
     assert audit[-1].action == "confirm.refused"
     assert "too large to show" in audit[-1].detail
     assert not await confirmations.withdraw(action, reason="again")
+
+
+async def test_h09_a_prompt_nobody_answers_is_expired_by_housekeeping(
+    confirmations: Confirmations, store: Store, clock: ManualClock
+) -> None:
+    """A prompt left unanswered in a room that fell silent: nothing ever looks at the room
+    again, so housekeeping marks it expired once its grace is over (as a look would), and
+    from then on the purge of decided actions takes its paused turn in due time."""
+    waiting = await _one(confirmations)
+    answered = await _one(confirmations, RESTART)
+    assert await confirmations.deny(answered, by="users/alice")
+    clock.advance(2 * TTL - 1)  # expired, but a late yes is still told so (A09)
+    assert await confirmations.expire_stale() == 0
+    clock.advance(1)
+    assert await confirmations.expire_stale() == 1
+    found = await store.get_pending(waiting.id)
+    assert found is not None
+    assert found.status == "expired"
+    assert (await store.recent_audit())[-1].action == "confirm.expired"
+    assert await confirmations.expire_stale() == 0  # once
+    clock.advance(15 * 24 * 3600)
+    await store.purge_pending()
+    purged = await store.get_pending(waiting.id)
+    assert purged is not None
+    assert purged.state_json == ""

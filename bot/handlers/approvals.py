@@ -60,6 +60,10 @@ class Approvals:
         self._timezone = timezone
         self._prefix = command_prefix
 
+    async def expire_stale(self) -> int:
+        """Housekeeping: actions left waiting past their expiry are marked expired."""
+        return await self._confirmations.expire_stale()
+
     def none_waiting(self, room: str) -> bool:
         """Sure, without the store, that no prompt waits in ``room`` (one process only)."""
         return self._confirmations.known_none_open(room)

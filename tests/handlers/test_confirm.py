@@ -405,6 +405,26 @@ async def test_pending_action_survives_a_restart(
     assert any("please write notes.txt" in str(m.get("content")) for m in resumed)
 
 
+async def test_h09_housekeeping_at_start_expires_a_prompt_nobody_answered(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, runs: list[Run]
+) -> None:
+    """The daemon's housekeeping (its first run is at start) marks an action expired that
+    waited past its expiry and grace while nobody looked at its room."""
+    tools = [danger_tool(runs)]
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
+        _, code = await ask_for_write(first)
+        ttl = first.settings.confirm.ttl_s
+    clock.advance(2 * ttl)
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as second:
+        store = second.runtime.running.store
+        async with asyncio.timeout(5):
+            while (action := await store.pending_by_code(code)) and action.status == "pending":  # noqa: ASYNC110 - polls the store
+                await asyncio.sleep(0.01)
+        assert action is not None
+        assert action.status == "expired"
+    assert runs == []
+
+
 async def test_a10_an_interrupted_run_fails_and_is_never_rerun(
     tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, runs: list[Run]
 ) -> None:
