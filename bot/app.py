@@ -8,7 +8,7 @@ from collections.abc import Callable
 import aiohttp
 import structlog
 
-from bot import __version__, replies
+from bot import USER_AGENT, __version__, replies
 from bot.access import Access, stored_roles
 from bot.agent.history import History
 from bot.clock import Clock
@@ -94,7 +94,7 @@ async def _build_parts(
     leases = open_store(settings.storage, clock, replica=me.id) if shared else store
     coordinator = Coordinator(leases, clock, me, shared=shared, lease_s=settings.storage.lease_s)
     resources.push_async_callback(coordinator.close)  # the leases' own connection
-    session = aiohttp.ClientSession(trust_env=False)
+    session = aiohttp.ClientSession(trust_env=False, headers={"User-Agent": USER_AGENT})
     resources.push_async_callback(session.close)
     secret = settings.nextcloud.bot_secret.get_secret_value()
     talk = TalkClient(session, settings.nextcloud.url, secret, clock=clock)

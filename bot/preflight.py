@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import structlog
 
+from bot import USER_AGENT
 from bot.clock import SystemClock
 from bot.config import NextcloudSettings, Role, Settings, StorageSettings, config_warnings
 from bot.errors import ConfigError, NextcloudError
@@ -69,7 +70,7 @@ async def _dry_run_tools(settings: Settings) -> None:
     are imported and their make_tools run, so a broken one is found before anything starts."""
     clock = SystemClock()
     store = Store.open(Path(":memory:"), clock)
-    session = aiohttp.ClientSession(trust_env=False)
+    session = aiohttp.ClientSession(trust_env=False, headers={"User-Agent": USER_AGENT})
     fetcher = HttpFetcher(settings.tools.http_fetch)
     talk = TalkClient(session, settings.nextcloud.url, "", clock=clock)  # never called
     delivery = JobDelivery(
@@ -98,7 +99,9 @@ async def describe_account(nextcloud: NextcloudSettings, mapped: tuple[str, ...]
     """For ``talkbot check``: does Nextcloud take the service account, and which groups
     can it see (those it is group admin of)? One request; a 401 is not tried again.
     ``mapped`` are the groups of ``[access.groups]``: any it cannot see grants nothing."""
-    async with aiohttp.ClientSession(trust_env=False) as session:
+    async with aiohttp.ClientSession(
+        trust_env=False, headers={"User-Agent": USER_AGENT}
+    ) as session:
         api = Provisioning(
             session, nextcloud.url, nextcloud.user, nextcloud.app_password.get_secret_value()
         )

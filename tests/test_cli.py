@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from bot import __version__
 from bot.cli import EXIT_CONFIG, main
 from bot.commands.check import probe_models
 from bot.config import PLACEHOLDER_SECRET, LLMSettings, ScheduleSettings, load_settings
@@ -450,6 +451,7 @@ async def test_send_explains_a_401_with_its_two_usual_causes(
     assert "`occ talk:bot:install`" in err
     assert talk.messages == []
     assert SECRET not in err
+    assert talk.requests[-1].headers["User-Agent"] == f"talkbot/{__version__}"
 
 
 async def test_send_says_a_post_without_an_answer_may_have_been_posted(

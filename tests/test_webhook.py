@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from bot import __version__
 from bot.talk.signature import RANDOM_HEADER, SIGNATURE_HEADER, sign
 from tests.harness import SECRET, Daemon, create_event, dm_event, php_json, signed_headers
 from tests.talk.fixtures import all_webhooks
@@ -18,6 +19,9 @@ async def test_dm_message_gets_exactly_one_signed_reply(daemon: Daemon) -> None:
     sent = daemon.talk.messages[0]
     assert sent.token == "dmroom01"
     assert sent.reply_to is not None
+    # Named in Nextcloud's logs as talkbot, not as aiohttp.
+    [post] = [r for r in daemon.talk.requests if r.method == "POST" and "/message" in r.path]
+    assert post.headers["User-Agent"] == f"talkbot/{__version__}"
 
 
 async def test_w04_same_webhook_twice_answers_once(daemon: Daemon) -> None:

@@ -24,7 +24,7 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from bot import __version__
+from bot import USER_AGENT
 from bot.config import LLMSettings, strip_credentials
 from bot.errors import LLMError
 
@@ -148,8 +148,7 @@ class LLM:
             "Authorization": basic or f"Bearer {self._secret or 'not-needed'}",
             "Content-Type": "application/json",
             "Accept": "application/json",
-            # Who is calling, in the model server's logs (not aiohttp's own name).
-            "User-Agent": f"talkbot/{__version__}",
+            "User-Agent": USER_AGENT,
         }
         proxy = env_proxy(str(self._url))
         self._proxy = URL(proxy).with_user(None) if proxy else None

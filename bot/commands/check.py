@@ -16,6 +16,7 @@ from typing import TextIO
 import aiohttp
 import structlog
 
+from bot import USER_AGENT
 from bot.agent.llm import endpoint_url
 from bot.commands.invocation import config_path
 from bot.commands.serve import preflight
@@ -91,7 +92,9 @@ async def probe_models(llm: LLMSettings, timeout_s: float = PROBE_TIMEOUT_S) -> 
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
         async with (
-            aiohttp.ClientSession(trust_env=False, timeout=timeout) as session,
+            aiohttp.ClientSession(
+                trust_env=False, timeout=timeout, headers={"User-Agent": USER_AGENT}
+            ) as session,
             session.get(f"{endpoint_url(llm)}/models", headers=headers) as response,
         ):
             status = response.status

@@ -7,6 +7,7 @@ import asyncio
 
 import aiohttp
 
+from bot import USER_AGENT
 from bot.commands.invocation import EXIT_CONFIG, EXIT_USAGE, fail, load
 from bot.config import Settings, strip_credentials
 from bot.errors import (
@@ -39,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _send_once(settings: Settings, room: str, message: str, retry: RetryPolicy) -> None:
-    async with aiohttp.ClientSession(trust_env=False) as session:
+    async with aiohttp.ClientSession(
+        trust_env=False, headers={"User-Agent": USER_AGENT}
+    ) as session:
         secret = settings.nextcloud.bot_secret.get_secret_value()
         client = TalkClient(session, settings.nextcloud.url, secret, retry=retry)
         await client.send_message(room, message)

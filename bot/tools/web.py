@@ -18,7 +18,7 @@ from aiohttp.abc import AbstractResolver
 from pydantic import BaseModel, ConfigDict, Field
 from yarl import URL
 
-from bot import __version__
+from bot import USER_AGENT
 from bot.config import HttpFetchSettings
 from bot.errors import ToolError
 from bot.tools import Tool, ToolContext, roles_from
@@ -41,7 +41,7 @@ MAX_REDIRECTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
 STEP_TIMEOUT_S = 10.0  # connect and between two reads; the total is the setting
-USER_AGENT = f"talkbot/{__version__} (+http_fetch)"
+FETCH_USER_AGENT = f"{USER_AGENT} (+http_fetch)"
 ACCEPT = "text/html, text/plain;q=0.9, application/json;q=0.9, text/*;q=0.8"
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 TEXT_TYPES = frozenset({"application/json", "application/xml", "application/javascript"})
@@ -161,7 +161,7 @@ class HttpFetcher:
                 connector=connector,
                 trust_env=False,  # HTTP(S)_PROXY must not route around the guard (S06)
                 cookie_jar=aiohttp.DummyCookieJar(),
-                headers={"User-Agent": USER_AGENT, "Accept": ACCEPT},
+                headers={"User-Agent": FETCH_USER_AGENT, "Accept": ACCEPT},
             )
         return self._session
 
