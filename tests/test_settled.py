@@ -299,6 +299,21 @@ class HeldTriage:
         monkeypatch.setattr(dispatcher, "_triage", held)
 
 
+async def command_held_in_triage(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch, first_id: int
+) -> tuple[Queued, HeldTriage, asyncio.Task[int]]:
+    """A known room (two messages, ``first_id`` and the next), then `!help` (the id after)
+    stored the usual way, its triage held: what reaches the dispatcher from then on, the
+    hold, and the `!help` webhook's post."""
+    for message_id in (first_id, first_id + 1):
+        await daemon.say(said(f"chatter {message_id}", message_id))
+    queued = Queued(daemon, monkeypatch)
+    held = HeldTriage(daemon, monkeypatch, first_id + 2)
+    command = asyncio.create_task(daemon.post(said("!help", first_id + 2)))
+    await held.started.wait()
+    return queued, held, command
+
+
 async def arrived(daemon: Daemon, posts: list[asyncio.Task[int]]) -> None:
     """Until each of the room's ``posts`` is answered or waits for an earlier event."""
     webhook = daemon.runtime.running.webhook
@@ -317,12 +332,7 @@ async def test_h08_chatter_behind_an_event_still_to_be_triaged_waits_then_is_set
     waits for it and is settled after it, in arrival order, instead of going the usual
     way (a second commit and the store's reads each, and each would hold up the next)."""
     async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
-        for message_id in (801, 802):
-            await daemon.say(said(f"chatter {message_id}", message_id))
-        queued = Queued(daemon, monkeypatch)
-        held = HeldTriage(daemon, monkeypatch, 803)
-        command = asyncio.create_task(daemon.post(said("!help", 803)))
-        await held.started.wait()
+        queued, held, command = await command_held_in_triage(daemon, monkeypatch, 801)
         chatter = [
             asyncio.create_task(daemon.post(said(f"chatter {n}", n))) for n in (804, 805, 806)
         ]
@@ -346,12 +356,7 @@ async def test_h08_events_waiting_their_turn_are_judged_in_arrival_order(
     question is judged after `!mode` has taken effect, so it is answered, not settled as
     chatter under the old mode."""
     async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
-        for message_id in (901, 902):
-            await daemon.say(said(f"chatter {message_id}", message_id))
-        queued = Queued(daemon, monkeypatch)
-        held = HeldTriage(daemon, monkeypatch, 903)
-        first = asyncio.create_task(daemon.post(said("!help", 903)))
-        await held.started.wait()
+        queued, held, first = await command_held_in_triage(daemon, monkeypatch, 901)
         mode = asyncio.create_task(
             daemon.post(said("!mode all", 904, sender="carol", participant_type="1"))
         )
@@ -374,12 +379,7 @@ async def test_h08_a_webhook_waits_its_turn_briefly_then_goes_the_usual_way(
     pending and triaged after the earlier one, as before."""
     monkeypatch.setattr(webhook_module, "ORDER_WAIT_S", 0.05)
     async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
-        for message_id in (1001, 1002):
-            await daemon.say(said(f"chatter {message_id}", message_id))
-        queued = Queued(daemon, monkeypatch)
-        held = HeldTriage(daemon, monkeypatch, 1003)
-        first = asyncio.create_task(daemon.post(said("!help", 1003)))
-        await held.started.wait()
+        queued, held, first = await command_held_in_triage(daemon, monkeypatch, 1001)
         assert await daemon.post(said("chatter 1004", 1004)) == 200
         assert (await statuses(daemon))["1004"] == "pending"  # its triage waits its turn
         held.release.set()
@@ -398,11 +398,7 @@ async def test_h08_a_webhook_waits_its_turn_for_order_wait_s_from_its_arrival(
     ORDER_WAIT_S from its own arrival, not that long after the one ahead of it gave up."""
     monkeypatch.setattr(webhook_module, "ORDER_WAIT_S", 0.3)
     async with running_daemon(tmp_path, talk, llm, clock=ManualClock()) as daemon:
-        for message_id in (1101, 1102):
-            await daemon.say(said(f"chatter {message_id}", message_id))
-        held = HeldTriage(daemon, monkeypatch, 1103)
-        first = asyncio.create_task(daemon.post(said("!help", 1103)))
-        await held.started.wait()
+        _queued, held, first = await command_held_in_triage(daemon, monkeypatch, 1101)
         started = time.monotonic()
         chatter = [daemon.post(said(f"chatter {n}", n)) for n in (1104, 1105, 1106)]
         assert await asyncio.gather(*chatter) == [200] * 3
