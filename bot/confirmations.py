@@ -216,15 +216,16 @@ class Confirmations:
         return room in self._none_open
 
     async def list_open(self) -> list[PendingAction]:
-        """Every unfinished action in every room, expired ones marked first (!pending)."""
+        """Every unfinished action in every room (!pending): expired ones are left out,
+        and marked expired once their grace is over, as ``open_in_room`` does (within it
+        a late yes is still told the action expired, A09)."""
+        await self.expire_stale()
         now = self._clock.now()
-        result = []
-        for action in await self._store.list_open_pending():
-            if action.status == "pending" and action.expires_at <= now:
-                await self.expire(action)
-            else:
-                result.append(action)
-        return result
+        return [
+            action
+            for action in await self._store.list_open_pending()
+            if action.status != "pending" or action.expires_at > now
+        ]
 
     async def expire_stale(self) -> int:
         """Housekeeping: mark expired every action that waited past its expiry and the
@@ -232,11 +233,10 @@ class Confirmations:
         (a prompt left unanswered in a room that fell silent). Until then it keeps its
         paused turn, which the purge of decided actions only takes once it is decided.
         How many it marked."""
-        now = self._clock.now()
+        graced = self._clock.now() - self._settings.ttl_s
         marked = 0
-        for action in await self._store.list_open_pending():
-            late = action.expires_at + self._settings.ttl_s <= now
-            if action.status == "pending" and late and await self.expire(action):
+        for action in await self._store.pending_expired_before(graced):
+            if await self.expire(action):
                 marked += 1
         return marked
 

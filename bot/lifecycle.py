@@ -41,14 +41,17 @@ async def housekeep(
     """Old inbox bodies and rows go, every few hours; actions left waiting past their
     expiry are marked expired (``expire_stale``), then decided actions' paused turns go.
     A failure is logged and tried again later."""
+    steps: list[Callable[[], Awaitable[object]]] = [store.purge, store.purge_pending]
+    if expire_stale is not None:
+        steps.insert(1, expire_stale)  # before the purge of decided actions: it decides
     while True:
-        try:
-            await store.purge()
-            if expire_stale is not None:
-                await expire_stale()
-            await store.purge_pending()
-        except Exception:
-            log.exception("store.housekeeping_failed")
+        for step in steps:  # each on its own: one failing does not hold up the others
+            try:
+                await step()
+            except Exception:
+                log.exception(
+                    "store.housekeeping_failed", step=getattr(step, "__name__", repr(step))
+                )
         await asyncio.sleep(interval_s)
 
 

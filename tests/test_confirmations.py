@@ -270,6 +270,22 @@ async def test_list_open_and_by_code_for_admins(
     assert await confirmations.list_open() == []
 
 
+async def test_a09_listing_pending_actions_keeps_the_grace_for_a_late_yes(
+    confirmations: Confirmations, store: Store, clock: ManualClock
+) -> None:
+    """An admin's `!pending` just after an action expired leaves it out, but does not
+    mark it expired before its grace is over: a late yes is still told it expired."""
+    action = await _one(confirmations)
+    clock.advance(TTL + 1)
+    assert await confirmations.list_open() == []
+    assert [a.id for a in await confirmations.open_in_room(ROOM)] == [action.id]
+    clock.advance(TTL)
+    assert await confirmations.list_open() == []
+    found = await store.get_pending(action.id)
+    assert found is not None
+    assert found.status == "expired"
+
+
 async def test_i06_a_withdrawn_action_no_longer_waits_and_is_audited(
     confirmations: Confirmations, store: Store
 ) -> None:

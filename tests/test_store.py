@@ -288,6 +288,34 @@ async def test_h09_housekeeping_runs_both_purges(store: Store, clock: ManualCloc
     assert event.body == b""
 
 
+async def test_h09_one_housekeeping_step_failing_does_not_hold_up_the_others(
+    store: Store, clock: ManualClock
+) -> None:
+    """Marking stale prompts expired fails (a bug, say): the purge of decided actions
+    still runs in the same pass, not six hours later."""
+    created = await store.create_pending([action("HOUSE2")])
+    assert created is not None
+    [decided] = created
+    assert await store.transition_pending(decided.id, "pending", "denied", decided_by="alice")
+    clock.advance(15 * 24 * 3600)
+    tried: list[str] = []
+
+    async def broken() -> int:
+        tried.append("expire_stale")
+        raise RuntimeError("a bug")
+
+    task = asyncio.create_task(housekeep(store, interval_s=3600, expire_stale=broken))
+    try:
+        async with asyncio.timeout(5):
+            while (found := await store.get_pending(decided.id)) and found.state_json:  # noqa: ASYNC110 - polls the store
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert tried == ["expire_stale"]
+
+
 async def test_events_survive_reopening(tmp_path: Path, clock: ManualClock) -> None:
     first = Store.open(tmp_path / "db.sqlite3", clock)
     await first.accept_event(room="r", kind="Create", body=b"{}", random="x" * 64, dedupe_key="k")

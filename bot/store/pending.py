@@ -68,6 +68,13 @@ class Pending(Aggregate):
         """Every action not finished yet, in every room, oldest first (for !pending)."""
         return await self._pending_where(f"status IN {_OPEN} ORDER BY id", ())
 
+    async def pending_expired_before(self, cutoff: float) -> list[PendingAction]:
+        """Actions still waiting for an answer whose expiry is ``cutoff`` or earlier, in
+        every room, oldest first (housekeeping marks them expired)."""
+        return await self._pending_where(
+            "status = 'pending' AND expires_at <= ? ORDER BY id", (cutoff,)
+        )
+
     async def interrupted_pending(self, alive: Sequence[str] = ()) -> list[PendingAction]:
         """Actions approved or running on a replica that is gone (never re-run, A10): not
         this one and not one in ``alive``."""
