@@ -16,9 +16,10 @@ alike:
   (stalled), so every turn it starts waits forever: what is measured is verify, parse,
   store, route.
 
-With --recorded a fourth server runs, interleaved the same way (info): the limit plus the
-work every message needs whatever the design, talkbot's own parse, routing and history row
-(``Recorded``), without any of talkbot's plumbing; the floor under what talkbot can cost.
+With --floors two more servers run, interleaved the same way (info): the limit plus
+talkbot's own parse and routing of each message (routed), and plus its history row as well
+(recorded), without any of talkbot's plumbing (``Recorded``): floors under what talkbot can
+cost, and the history row's share.
 
 Measured for each: the peak rate closed-loop at --connections (goal: talkbot >= 0.9 x the
 limit), the p99 ack closed-loop at --low-connections (goal: talkbot <= 1.5 x the limit),
@@ -51,10 +52,10 @@ from aiohttp import web
 
 from bench import rig
 from bot.access import Access
-from bot.agent.history import message_entry
 from bot.clock import ManualClock, SystemClock
 from bot.config import AccessSettings, ChatSettings, ConfirmSettings
-from bot.routing import RouteKind, RoutingPolicy, classify
+from bot.handlers.router import SETTLED_ROUTES, Router
+from bot.routing import RoutingPolicy, classify
 from bot.store.engine import Engine, Row
 from bot.store.history import INSERT_HISTORY, history_row
 from bot.store.inbox import INSERT_EVENT, Inbox, event_params
@@ -235,9 +236,10 @@ class DurableLimit:
         error: Exception | None = None
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            for statements, _ in batch:
-                for sql, params in statements:
-                    self._db.execute(sql, params).fetchall()
+            for ((sql, params), *rest), _ in batch:
+                if self._db.execute(sql, params).fetchall():  # a repeat: nothing more
+                    for more in rest:
+                        self._db.execute(*more)
             self._db.execute("COMMIT")
         except Exception as exc:
             error = exc
@@ -266,26 +268,29 @@ class DurableLimit:
 
 
 class Recorded(DurableLimit):
-    """The durable limit plus the work each message needs, whatever the design (info):
-    talkbot's own parse (``parse_event``), role and routing (``Access.role_of``,
-    ``classify``, with the benchmark's [access] and [chat]) and, for a message that is
-    nothing for the bot, its history row (``message_entry``, ``INSERT_HISTORY``) in the
-    same commit as its inbox row, stored done; a message for the bot is stored pending.
-    No room registry, no trimming, no queue, no budget or health: a floor under what
-    talkbot can cost, to read talkbot's distance from the limit against."""
+    """The durable limit plus talkbot's own work for each message (info): its parse
+    (``parse_event``), role and routing (``Access.role_of``, ``classify``, with the
+    benchmark's [access] and [chat]); a message that is nothing for the bot is stored
+    done, with its history row in the same commit when ``history`` (``recorded``), without
+    it when not (``routed``); any other event is stored pending. No room registry, no
+    trimming, no queue, no budget or health: floors under what talkbot can cost, to read
+    talkbot's distance from the limit against, and the history row's share of it."""
 
-    def __init__(self, path: Path, synchronous: Synchronous) -> None:
+    def __init__(self, path: Path, synchronous: Synchronous, *, history: bool = True) -> None:
         super().__init__(path, synchronous)
+        self._history = history
         access = AccessSettings(admins=("root",), admin_room="adminroom1")
         chat = ChatSettings(bot_name="talkbot")
         self._access = Access(access)
         self._policy = RoutingPolicy(access, chat, ConfirmSettings(), bot_actor_id("bench"))
 
     def statements(self, body: bytes, random: str, now: float) -> Statements:
+        """As talkbot stores a message it settles (Router.settle_now, Inbox.accept_settled):
+        done, with the history row Router.history_entry gives; any other event pending."""
         event = parse_event(body)
         role = self._access.role_of(event.actor.id)
         route = classify(event, role=role, policy=self._policy)
-        keep = event.message is not None and route.kind is RouteKind.IGNORE and role != "none"
+        settled = route.kind in SETTLED_ROUTES
         params = event_params(
             room=event.room.token,
             kind=event.type,
@@ -294,22 +299,24 @@ class Recorded(DurableLimit):
             dedupe_key=event.dedupe_key,
             message_id=event.talk_message_number,
             now=now,
-            finished=("done", "") if route.kind is RouteKind.IGNORE else None,
+            finished=("done", "") if settled else None,
         )
-        if not keep or event.message is None:
+        entry = Router.history_entry(event, role) if settled and self._history else None
+        if entry is None:
             return ((INSERT_EVENT, params),)
-        entry = message_entry(
-            actor_id=event.actor.id,
-            actor_name=event.actor.name,
-            text=event.message.text,
-            message_id=event.message.id,
-        )
         return (INSERT_EVENT, params), (INSERT_HISTORY, history_row(event.room.token, entry, now))
 
 
-def serve_limit(port: int, store: Path, synchronous: Synchronous, *, recorded: bool) -> None:
+FLOORS = ("routed", "recorded")
+
+
+def serve_limit(port: int, store: Path, synchronous: Synchronous, kind: str = "limit") -> None:
     check_matches_talkbot()
-    limit = (Recorded if recorded else DurableLimit)(store, synchronous)
+    limit = (
+        Recorded(store, synchronous, history=kind == "recorded")
+        if kind in FLOORS
+        else DurableLimit(store, synchronous)
+    )
     app = web.Application()
     app.router.add_post("/webhook", limit.webhook)
     app.router.add_get("/readyz", _baseline_ready)
@@ -457,17 +464,17 @@ async def run(args: argparse.Namespace) -> None:
             if bot.wal is None or limit.wal is None:
                 raise RuntimeError("talkbot's config has no SQLite store")
             async with contextlib.AsyncExitStack() as more:
-                if args.recorded:
-                    port, store = rig.free_port(), tmp / "recorded.sqlite3"
-                    servers["recorded"] = await more.enter_async_context(
+                for kind in FLOORS if args.floors else ():
+                    port, store = rig.free_port(), tmp / f"{kind}.sqlite3"
+                    servers[kind] = await more.enter_async_context(
                         rig.spawn(
                             [
                                 *serve,
                                 *("--serve-limit", str(port), "--limit-store", str(store)),
-                                *("--synchronous", args.synchronous, "--recorded"),
+                                *("--synchronous", args.synchronous, "--serve-as", kind),
                             ],
                             f"http://127.0.0.1:{port}",
-                            tmp / "recorded.log",
+                            tmp / f"{kind}.log",
                             "/readyz",
                             store=store,
                         )
@@ -553,11 +560,13 @@ def report(rounds: dict[str, Rounds], half_rate: float, args: argparse.Namespace
         f" limit {limit.steady_p99_ms():.1f} ms, talkbot {bot.steady_p99_ms():.1f} ms"
     )
     if "recorded" in rounds:
-        recorded = rounds["recorded"]
+        routed, recorded = rounds["routed"], rounds["recorded"]
         print(
-            f"recorded (the limit plus each message's parse, routing and history row):"
-            f" median peak {recorded.peak_rate():,.0f}/s, recorded/limit"
-            f" {recorded.peak_rate() / limit.peak_rate():.2f} (info), talkbot/recorded"
+            f"floors (info): routed (the limit plus each message's parse and routing)"
+            f" {routed.peak_rate():,.0f}/s, routed/limit"
+            f" {routed.peak_rate() / limit.peak_rate():.2f}; recorded (and its history row)"
+            f" {recorded.peak_rate():,.0f}/s, recorded/limit"
+            f" {recorded.peak_rate() / limit.peak_rate():.2f}; talkbot/recorded"
             f" {bot.peak_rate() / recorded.peak_rate():.2f}"
         )
     if "before" in rounds:
@@ -600,14 +609,17 @@ def main() -> None:
         " interleaved with the others: before and after in one run",
     )
     parser.add_argument(
-        "--recorded",
+        "--floors",
         action="store_true",
-        help="also run the limit plus the work each message needs whatever the design (its"
-        " parse, routing and history row), interleaved with the others",
+        help="also run the limit plus talkbot's parse and routing of each message (routed),"
+        " and plus its history row as well (recorded), interleaved with the others",
     )
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-limit", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--limit-store", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve-as", choices=["limit", *FLOORS], default="limit", help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.serve_baseline:
         serve_baseline(args.serve_baseline)
@@ -615,7 +627,7 @@ def main() -> None:
     if args.serve_limit:
         if args.limit_store is None:
             parser.error("--serve-limit needs --limit-store")
-        serve_limit(args.serve_limit, args.limit_store, args.synchronous, recorded=args.recorded)
+        serve_limit(args.serve_limit, args.limit_store, args.synchronous, args.serve_as)
         return
     asyncio.run(run(args))
 

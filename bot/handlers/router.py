@@ -151,7 +151,7 @@ class Router:
             return Settled(None, turn=True, triage=Triage(event, role, route))
         if route.kind not in SETTLED_ROUTES:
             return None
-        entry = self._history_entry(event, role)
+        entry = self.history_entry(event, role)
         return Settled(entry, self._history.trim_due(token) if entry is not None else None)
 
     def _known_at_once(self, event: Event) -> bool:
@@ -189,12 +189,12 @@ class Router:
     async def _record(self, event: Event, role: Role, *, once: bool) -> None:
         """The message into the room's history; ``once``: unless it is there already (the
         event is redone after a restart, and its first run may have recorded it)."""
-        entry = self._history_entry(event, role)
+        entry = self.history_entry(event, role)
         if entry is not None:
             await self._history.record_message(event.room.token, entry, once=once)
 
     @staticmethod
-    def _history_entry(event: Event, role: Role) -> HistoryEntry | None:
+    def history_entry(event: Event, role: Role) -> HistoryEntry | None:
         """A person's message as the room's history keeps it; None for what is not kept
         (other events, people without a role, an Activity without files)."""
         message = event.message
