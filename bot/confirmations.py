@@ -220,12 +220,11 @@ class Confirmations:
         and marked expired once their grace is over, as ``open_in_room`` does (within it
         a late yes is still told the action expired, A09)."""
         await self.expire_stale()
-        now = self._clock.now()
-        return [
-            action
-            for action in await self._store.list_open_pending()
-            if action.status != "pending" or action.expires_at > now
-        ]
+        return await self.unfinished()
+
+    async def unfinished(self) -> list[PendingAction]:
+        """Every action waiting or running, expired ones left out; marks nothing."""
+        return self.still_open(await self._store.list_open_pending())
 
     async def expire_stale(self) -> int:
         """Housekeeping: mark expired every action that waited past its expiry and the
@@ -245,6 +244,17 @@ class Confirmations:
 
     def is_expired(self, action: PendingAction) -> bool:
         return action.expires_at <= self._clock.now()
+
+    def shown_status(self, action: PendingAction) -> str:
+        """Its status as the admin commands show it: "expired" once past its expiry,
+        though not yet marked so (within the grace a late yes is still told, A09)."""
+        return (
+            "expired" if action.status == "pending" and self.is_expired(action) else action.status
+        )
+
+    def still_open(self, actions: Sequence[PendingAction]) -> list[PendingAction]:
+        """Those not shown as expired."""
+        return [action for action in actions if self.shown_status(action) != "expired"]
 
     def match_answer(
         self,

@@ -19,7 +19,7 @@ async def status_facts(runtime: Runtime) -> dict[str, Any]:
     """What !status shows; never a secret. The keys are msgids: !status translates them."""
     parts, settings = runtime.running, runtime.settings
     rooms = await parts.store.list_rooms()
-    pending = await parts.store.list_open_pending()
+    pending = await parts.approvals.unfinished()  # as !pending lists them
     return {
         N_("uptime"): uptime_text(runtime.started_at, runtime.clock.now()),
         N_("store"): _store_fact(parts.store.health),

@@ -19,9 +19,13 @@ import aiohttp
 import pytest
 import structlog
 import uvicorn
+from aiohttp import web
 
+from bot import USER_AGENT
 from bot.clock import ManualClock
+from bot.config import McpServerSettings
 from bot.logs import LogRing, Redactor, configure_logging
+from bot.tools.mcp.server import McpServer
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.talk_server import FakeTalk
 from tests.harness import ADMIN_ROOM, Daemon, create_event, running_daemon
@@ -472,3 +476,38 @@ async def test_m08_check_connects_to_each_server_and_says_what_it_offers(
     assert "mcp server notes: connected, 8 tools offered (2 ask first)" in out
     assert "mcp server broken: cannot connect: " in out
     assert SECRET not in out + err
+
+
+async def user_agents_seen(headers: dict[str, str]) -> list[list[str]]:
+    """The User-Agent header(s) of each request an MCP server over HTTP gets from us."""
+    seen: list[list[str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.headers.getall("User-Agent", []))
+        return web.Response(status=500)  # enough: the client gives up on this server
+
+    app = web.Application()
+    app.router.add_route("*", "/mcp", record)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        site = web.SockSite(runner, sock)
+        await site.start()
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+        settings = McpServerSettings(name="web", url=url, timeout_s=5, headers=headers)
+        server = McpServer(settings, ManualClock(), lambda: None)
+        server.start()
+        try:
+            await asyncio.wait_for(server.settled(), 10)
+        finally:
+            await server.stop()
+            await runner.cleanup()
+    return seen
+
+
+async def test_an_mcp_server_over_http_sees_talkbot_by_name() -> None:
+    """In the MCP server's logs the bot is talkbot/<version>, not httpx; a User-Agent the
+    config gives (any case) is sent instead, once."""
+    assert (await user_agents_seen({}))[0] == [USER_AGENT]
+    assert (await user_agents_seen({"user-agent": "ours/1"}))[0] == ["ours/1"]

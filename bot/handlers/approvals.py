@@ -170,11 +170,19 @@ class Approvals:
         action = await self._confirmations.by_code(code)
         if action is None:
             return replies.admin_no_action(code.upper())
+        if action.status == "pending" and self._confirmations.is_expired(action):
+            # Too late to decide, as for a yes: marked expired; its turn is not resumed.
+            await self._confirmations.expire(action)
+            return replies.confirmation_expired(action.code)
         if not await self._confirmations.deny(action, by=admin_id):
             return replies.admin_action_not_waiting(action.code, action.status)
         role = self._access.role_of(action.requester)
         await self.after_decision(_origin_event(action), role, action, "denied")
         return replies.admin_cancelled(action.code)
+
+    async def unfinished(self) -> list[PendingAction]:
+        """Every action waiting or running, expired ones left out (!status counts them)."""
+        return await self._confirmations.unfinished()
 
     async def listing(self) -> str:
         """``!pending``: every unfinished action in every room, oldest first, abbreviated."""
@@ -203,7 +211,7 @@ class Approvals:
             tool=action.tool,
             room=action.room,
             requester=action.requester,
-            status=action.status,
+            status=self._confirmations.shown_status(action),
             expires=_clock_time(action.expires_at, self._timezone()),
             args=_args_for_display(action.args_json),
             args_hash=action.args_hash,

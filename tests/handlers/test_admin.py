@@ -11,6 +11,7 @@ import structlog
 from pydantic import BaseModel
 
 from bot.agent import llm as llm_module
+from bot.clock import ManualClock
 from bot.config import load_settings
 from bot.tools import Tool, ToolContext
 from bot.tools.toolbox import roles_from
@@ -276,6 +277,29 @@ async def test_pending_approve_and_cancel(daemon: Daemon, tmp_path: Path) -> Non
     still = await ask(daemon, "!pending")
     assert codes[1] in still
     assert codes[0] not in still
+
+
+async def test_a09_an_expired_action_is_neither_listed_counted_nor_cancelled_into_its_room(
+    daemon: Daemon, clock: ManualClock
+) -> None:
+    """Past its expiry, within the grace (a late yes is still told it expired): `!pending`
+    leaves it out, `!status` does not count it, `!pending CODE` says expired, and `!cancel`
+    marks it expired without resuming its turn, so nothing is posted into its room."""
+    daemon.llm.calls([("file_write", {"path": "a.txt", "content": "one"}, None)])
+    await daemon.say(dm_event("write a file", sender="root", other="bob"))
+    [code] = re.findall(r"\*\*([A-Z2-9]{5})\*\*", await ask(daemon, "!pending"))
+    assert "pending confirmations: 1" in await ask(daemon, "!status")
+    clock.advance(daemon.settings.confirm.ttl_s + 1)
+    assert code not in await ask(daemon, "!pending")
+    assert "pending confirmations: 0" in await ask(daemon, "!status")
+    assert "expired" in await ask(daemon, f"!pending {code}")
+    before = len(daemon.talk.texts("dmroom01"))
+    daemon.llm.reply("resumed after expiry")
+    assert "expired" in await ask(daemon, f"!cancel {code}")
+    assert daemon.talk.texts("dmroom01")[before:] == []
+    stored = await daemon.runtime.running.store.pending_by_code(code)
+    assert stored is not None
+    assert stored.status == "expired"
 
 
 async def test_job_add_list_pause_run_remove(daemon: Daemon) -> None:

@@ -21,6 +21,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
+from bot import USER_AGENT
 from bot.clock import Clock
 from bot.config import McpServerSettings, strip_credentials
 from bot.errors import ToolError
@@ -258,6 +259,8 @@ class McpServer:
         settings = self.settings
         if settings.transport == "http":
             headers = {k: v.get_secret_value() for k, v in settings.headers.items()}
+            if not any(name.lower() == "user-agent" for name in headers):
+                headers["User-Agent"] = USER_AGENT  # not httpx's name; the config's wins
             http = await stack.enter_async_context(create_mcp_http_client(headers=headers))
             return watching(
                 streamable_http_client(settings.url, http_client=http), self.connection_lost
