@@ -301,20 +301,33 @@ class Confirmations:
         ):
             await self._audit(action, "approved", by, "approved")
             return Verdict.OK
-        current = await self._store.get_pending(action.id)
-        if current is not None and current.status == "pending":
-            await self.expire(current)
-            return Verdict.EXPIRED
-        if current is not None and current.status == "expired":
+        current = await self._expire_if_waiting(action)
+        if current.status == "expired":
             return Verdict.EXPIRED
         return Verdict.ALREADY_DECIDED
 
     async def deny(self, action: PendingAction, *, by: str) -> bool:
-        """pending -> denied (a no-word, a 👎, or an admin's cancel)."""
-        if await self._store.transition_pending(action.id, "pending", "denied", decided_by=by):
+        """pending -> denied (a no-word, a 👎, or an admin's cancel), only before the
+        expiry, like a yes: an expired action's turn is never resumed (A09)."""
+        if await self._store.transition_pending(
+            action.id, "pending", "denied", decided_by=by, unexpired_at=self._clock.now()
+        ):
             await self._audit(action, "denied", by, "denied")
             return True
+        await self._expire_if_waiting(action)
         return False
+
+    async def current(self, action: PendingAction) -> PendingAction:
+        """The action as the store has it now (another answer may have decided it)."""
+        return await self._store.get_pending(action.id) or action
+
+    async def _expire_if_waiting(self, action: PendingAction) -> PendingAction:
+        """After a decision that did not take: the action now, marked expired if it still
+        waits (so the decision came too late)."""
+        current = await self.current(action)
+        if current.status == "pending" and await self.expire(current):
+            return await self.current(current)
+        return current
 
     async def cancel_for_requester(self, room: str, requester: str) -> list[PendingAction]:
         """The requester moved on: every action of theirs waiting in the room is cancelled."""
@@ -325,10 +338,16 @@ class Confirmations:
             if self.is_expired(action):
                 await self.expire(action)
             elif await self._store.transition_pending(
-                action.id, "pending", "cancelled", decided_by=requester
+                action.id,
+                "pending",
+                "cancelled",
+                decided_by=requester,
+                unexpired_at=self._clock.now(),
             ):
                 await self._audit(action, "cancelled", requester, "cancelled")
                 cancelled.append(action)
+            else:
+                await self._expire_if_waiting(action)
         return cancelled
 
     async def withdraw(self, action: PendingAction, *, reason: str) -> bool:

@@ -170,12 +170,12 @@ class Approvals:
         action = await self._confirmations.by_code(code)
         if action is None:
             return replies.admin_no_action(code.upper())
-        if action.status == "pending" and self._confirmations.is_expired(action):
-            # Too late to decide, as for a yes: marked expired; its turn is not resumed.
-            await self._confirmations.expire(action)
-            return replies.confirmation_expired(action.code)
+        # Past its expiry deny refuses and marks it expired: its turn is not resumed.
         if not await self._confirmations.deny(action, by=admin_id):
-            return replies.admin_action_not_waiting(action.code, action.status)
+            current = await self._confirmations.current(action)
+            if current.status == "expired":
+                return replies.confirmation_expired(action.code)
+            return replies.admin_action_not_waiting(action.code, current.status)
         role = self._access.role_of(action.requester)
         await self.after_decision(_origin_event(action), role, action, "denied")
         return replies.admin_cancelled(action.code)

@@ -106,7 +106,9 @@ class ConfirmHandler:
             # between storing the action and posting the prompt: then it is posted now.
             log.info("confirm.turn_already_waiting", room=event.room.token)
             for action in waiting:
-                if not action.prompted:
+                if self._confirmations.is_expired(action):  # too late to ask now (A09)
+                    await self._confirmations.expire(action)
+                elif not action.prompted:
                     text = action.prompt_text or replies.defuse_mentions(
                         self._approvals.prompt_for(action, "UTC")
                     )
@@ -141,6 +143,8 @@ class ConfirmHandler:
                 await self._approve(event, role, action)
             elif await self._confirmations.deny(action, by=event.actor.id):
                 await self._approvals.after_decision(event, role, action, "denied")
+            elif (await self._confirmations.current(action)).status == "expired":
+                await self._refuse(event, Match(Verdict.EXPIRED, action))  # at the boundary
             return
         await self._refuse(event, match)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -300,6 +301,37 @@ async def test_a09_an_expired_action_is_neither_listed_counted_nor_cancelled_int
     stored = await daemon.runtime.running.store.pending_by_code(code)
     assert stored is not None
     assert stored.status == "expired"
+
+
+async def requested_write(daemon: Daemon) -> str:
+    """root asks for a file write in a one-to-one room; the code of its waiting action."""
+    daemon.llm.calls([("file_write", {"path": "a.txt", "content": "one"}, None)])
+    await daemon.say(dm_event("write a file", sender="root", other="bob"))
+    [code] = re.findall(r"\*\*([A-Z2-9]{5})\*\*", await ask(daemon, "!pending"))
+    return code
+
+
+async def test_a_cancel_racing_an_approval_says_what_became_of_the_action(
+    daemon: Daemon, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`!cancel` read the action while it waited; the requester's yes approved it just
+    before its expiry. The admin is told it is no longer waiting, as what, not that it
+    expired unrun."""
+    code = await requested_write(daemon)
+    confirmations = daemon.runtime.running.approvals._confirmations
+    stale = await confirmations.by_code(code)
+    assert stale is not None
+    store = daemon.runtime.running.store
+    assert await store.transition_pending(stale.id, "pending", "approved", unexpired_at=clock.now())
+    clock.advance(daemon.settings.confirm.ttl_s + 1)
+
+    async def read_before_the_yes(_code: str) -> Any:
+        return stale
+
+    monkeypatch.setattr(confirmations, "by_code", read_before_the_yes)
+    answer = await ask(daemon, f"!cancel {code}")
+    assert "expired" not in answer
+    assert "approved" in answer
 
 
 async def test_job_add_list_pause_run_remove(daemon: Daemon) -> None:

@@ -425,6 +425,31 @@ async def test_h09_housekeeping_at_start_expires_a_prompt_nobody_answered(
     assert runs == []
 
 
+async def test_a09_a_lost_prompt_is_not_posted_once_its_action_expired(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, runs: list[Run]
+) -> None:
+    """The process died after storing the action, before its prompt went out, and comes
+    back after the expiry: the request is redone, but a prompt nobody can answer any more
+    is not posted; the action is marked expired."""
+    tools = [danger_tool(runs)]
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
+        _, code = await ask_for_write(first)
+        path = first.settings.storage.path
+        ttl = first.settings.confirm.ttl_s
+    with sqlite3.connect(path) as db:  # as if cut off between the action and its prompt
+        db.execute("UPDATE inbox SET status = 'running' WHERE kind = 'Create'")
+        db.execute("UPDATE pending_actions SET prompted = 0")
+    clock.advance(ttl + 1)
+    before = len(talk.messages)
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as second:
+        await second.idle()
+        action = await second.runtime.running.store.pending_by_code(code)
+    assert not any(code in m.message for m in talk.messages[before:])
+    assert action is not None
+    assert action.status == "expired"
+    assert runs == []
+
+
 async def test_a10_an_interrupted_run_fails_and_is_never_rerun(
     tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, runs: list[Run]
 ) -> None:
