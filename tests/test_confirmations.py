@@ -327,3 +327,22 @@ async def test_h09_a_prompt_nobody_answers_is_expired_by_housekeeping(
     purged = await store.get_pending(waiting.id)
     assert purged is not None
     assert purged.state_json == ""
+
+
+async def test_a09_a_decision_that_lands_after_the_expiry_marks_it_expired_once(
+    confirmations: Confirmations, store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A no, or the requester moving on, looked at the action just before its expiry and
+    decides just after: refused by the store's compare-and-set, marked expired, audited
+    once; nothing is denied or cancelled."""
+    denied, moved_on = await _one(confirmations), await _one(confirmations, RESTART)
+    clock.advance(TTL + 1)
+    assert not await confirmations.deny(denied, by="users/alice")
+    monkeypatch.setattr(confirmations, "is_expired", lambda _action: False)  # looked before
+    assert await confirmations.cancel_for_requester(ROOM, ALICE.actor_id) == []
+    for action in (denied, moved_on):
+        found = await store.get_pending(action.id)
+        assert found is not None
+        assert found.status == "expired"
+    expired = [e for e in await store.recent_audit() if e.action == "confirm.expired"]
+    assert len(expired) == 2

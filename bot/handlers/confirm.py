@@ -106,9 +106,11 @@ class ConfirmHandler:
             # between storing the action and posting the prompt: then it is posted now.
             log.info("confirm.turn_already_waiting", room=event.room.token)
             for action in waiting:
-                if self._confirmations.is_expired(action):  # too late to ask now (A09)
+                if action.prompted:
+                    continue  # its prompt is out: a late yes keeps its grace (A09)
+                if self._confirmations.is_expired(action):  # too late to ask now
                     await self._confirmations.expire(action)
-                elif not action.prompted:
+                else:
                     text = action.prompt_text or replies.defuse_mentions(
                         self._approvals.prompt_for(action, "UTC")
                     )

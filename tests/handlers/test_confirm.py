@@ -450,6 +450,47 @@ async def test_a09_a_lost_prompt_is_not_posted_once_its_action_expired(
     assert runs == []
 
 
+async def test_a09_a_redo_past_the_expiry_keeps_the_grace_of_a_posted_prompt(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, runs: list[Run]
+) -> None:
+    """The prompt went out, the process died before the request was marked done, and
+    comes back after the expiry: the redo leaves the action alone, so a late yes within
+    the grace is still told it expired."""
+    tools = [danger_tool(runs)]
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
+        _, code = await ask_for_write(first)
+        path = first.settings.storage.path
+        ttl = first.settings.confirm.ttl_s
+    with sqlite3.connect(path) as db:  # the prompt is out, the event not marked done
+        db.execute("UPDATE inbox SET status = 'running' WHERE kind = 'Create'")
+    clock.advance(ttl + 1)
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as second:
+        await second.idle()
+        texts = await second.say(said(f"yes {code}", REQUEST_ID + 1))
+    assert runs == []
+    assert any("expired" in text and code in text for text in texts), texts
+
+
+async def test_a09_a_no_at_the_expiry_is_told_it_expired(
+    bot: Daemon, clock: ManualClock, runs: list[Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A no matched just before the expiry whose decision comes after it: the store
+    refuses it as it refuses a late yes, and the requester is told it expired."""
+    _, code = await ask_for_write(bot)
+    confirmations = bot.runtime.running.approvals._confirmations
+    match = confirmations.match_answer
+
+    def matched_then_expired(*args: Any, **kwargs: Any) -> Any:
+        found = match(*args, **kwargs)
+        clock.advance(TTL + 1)
+        return found
+
+    monkeypatch.setattr(confirmations, "match_answer", matched_then_expired)
+    texts = await bot.say(said("no", REQUEST_ID + 1))
+    assert any("expired" in text and code in text for text in texts), texts
+    assert runs == []
+
+
 async def test_a10_an_interrupted_run_fails_and_is_never_rerun(
     tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, runs: list[Run]
 ) -> None:
