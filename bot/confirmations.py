@@ -226,6 +226,10 @@ class Confirmations:
         """Every action waiting or running, expired ones left out; marks nothing."""
         return self.still_open(await self._store.list_open_pending())
 
+    async def of_message(self, room: str, message_id: str) -> list[PendingAction]:
+        """The actions a turn paused on after this message, whatever became of them."""
+        return await self._store.pending_of_message(room, message_id)
+
     async def expire_stale(self) -> int:
         """Housekeeping: mark expired every action that waited past its expiry and the
         grace after it (``open_in_room``'s rule), though nobody looked at its room since

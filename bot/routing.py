@@ -43,6 +43,8 @@ class Route:
     code: str | None = None
     reason: str = ""
     cancels_pending: bool = False  # a new turn from a requester who had a pending action
+    # The event is redone after a crash (its first run may have got far: a turn paused).
+    redone: bool = False
 
 
 class Lane(StrEnum):

@@ -338,6 +338,9 @@ async def test_a09_a_decision_that_lands_after_the_expiry_marks_it_expired_once(
     denied, moved_on = await _one(confirmations), await _one(confirmations, RESTART)
     clock.advance(TTL + 1)
     assert not await confirmations.deny(denied, by="users/alice")
+    found = await store.get_pending(denied.id)
+    assert found is not None
+    assert found.status == "expired"  # by the refused deny itself
     monkeypatch.setattr(confirmations, "is_expired", lambda _action: False)  # looked before
     assert await confirmations.cancel_for_requester(ROOM, ALICE.actor_id) == []
     for action in (denied, moved_on):

@@ -113,6 +113,12 @@ class Approvals:
         await self._chat.say(event, text)
         await self._confirmations.prompted(action)
 
+    async def tell_expired(self, event: Event, action: PendingAction) -> None:
+        """Instead of a prompt a crash kept from being posted, now too late to answer:
+        the requester is told the request expired and to ask again; marked as told."""
+        await self._chat.say(event, replies.confirmation_expired(action.code))
+        await self._confirmations.prompted(action)
+
     def prompt_for(self, action: PendingAction, timezone: str) -> str:
         return replies.confirmation_prompt(
             tool=action.tool,

@@ -100,22 +100,27 @@ class ConfirmHandler:
         """A chat turn; from a requester with actions waiting, it cancels them first (§5).
         The turn's outcome is settled here: answered, or parked until someone says yes."""
         note = None
-        if route.cancels_pending and (waiting := await self._already_paused_on(event)):
-            # This very message is resumed after a crash, and its turn had already paused
-            # on a confirmation: the action waits. Its prompt is out, unless the crash came
-            # between storing the action and posting the prompt: then it is posted now.
-            log.info("confirm.turn_already_waiting", room=event.room.token)
-            for action in waiting:
+        if route.redone and (paused := await self._already_paused_on(event)):
+            # This very message is redone after a crash, and its turn had already paused
+            # on confirmations: that turn goes on from them (answered, expired or still
+            # waiting), never run again. The requester has seen each one's prompt, unless
+            # the crash came between storing the action and posting it: then the prompt
+            # is posted now or, past its expiry, they are told it expired.
+            log.info("confirm.turn_already_paused", room=event.room.token)
+            for action in paused:
                 if action.prompted:
-                    continue  # its prompt is out: a late yes keeps its grace (A09)
-                if self._confirmations.is_expired(action):  # too late to ask now
-                    await self._confirmations.expire(action)
-                else:
+                    continue  # seen: decided, or waiting with its grace for a late yes
+                if action.status == "pending" and not self._confirmations.is_expired(action):
                     text = action.prompt_text or replies.defuse_mentions(
                         self._approvals.prompt_for(action, "UTC")
                     )
                     await self._approvals.post_prompt(event, action, text)
                     log.info("confirm.prompt_posted_late", code=action.code)
+                    continue
+                if action.status == "pending":
+                    await self._confirmations.expire(action)
+                if (await self._confirmations.current(action)).status == "expired":
+                    await self._approvals.tell_expired(event, action)
             return
         if route.cancels_pending:
             cancelled = await self._confirmations.cancel_for_requester(
@@ -128,12 +133,13 @@ class ConfirmHandler:
         await self._approvals.settle(event, outcome)
 
     async def _already_paused_on(self, event: Event) -> list[PendingAction]:
-        """The actions this very message's turn paused on (empty: it did not)."""
+        """The actions this very message's turn paused on, whatever became of them
+        (empty: it did not pause)."""
         message_id = event.message.id if event.message is not None else ""
         return [
             action
-            for action in await self._confirmations.open_in_room(event.room.token)
-            if action.requester == event.actor.id and action.after_message_id == message_id
+            for action in await self._confirmations.of_message(event.room.token, message_id)
+            if action.requester == event.actor.id
         ]
 
     # -- deciding ----------------------------------------------------------------------

@@ -7,7 +7,7 @@ constructor; the router itself only keeps the room registry and the room's histo
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -128,6 +128,8 @@ class Router:
         changes_room = route.kind in (RouteKind.ROOM_COMMAND, RouteKind.ADMIN_COMMAND)
         if changes_room:
             self._modes.pop(event.room.token, None)  # it may change the room's mode
+        if triaged.redone:
+            route = replace(route, redone=True)
         try:
             await handler(event, role, route)
         finally:

@@ -68,6 +68,13 @@ class Pending(Aggregate):
         """Every action not finished yet, in every room, oldest first (for !pending)."""
         return await self._pending_where(f"status IN {_OPEN} ORDER BY id", ())
 
+    async def pending_of_message(self, room: str, message_id: str) -> list[PendingAction]:
+        """Every action a turn paused on after this message of the room, whatever its
+        status, oldest first (the request is redone after a crash)."""
+        return await self._pending_where(
+            "room = ? AND after_message_id = ? ORDER BY id", (room, message_id)
+        )
+
     async def pending_expired_before(self, cutoff: float) -> list[PendingAction]:
         """Actions still waiting for an answer whose expiry is ``cutoff`` or earlier, in
         every room, oldest first (housekeeping marks them expired)."""

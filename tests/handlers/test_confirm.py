@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from bot import replies
 from bot.agent import prompts
 from bot.clock import ManualClock
 from bot.store import Store
@@ -425,12 +426,20 @@ async def test_h09_housekeeping_at_start_expires_a_prompt_nobody_answered(
     assert runs == []
 
 
+@pytest.mark.parametrize("ttls_later", [1, 2])
 async def test_a09_a_lost_prompt_is_not_posted_once_its_action_expired(
-    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, runs: list[Run]
+    tmp_path: Path,
+    talk: FakeTalk,
+    llm: FakeLLM,
+    clock: ManualClock,
+    runs: list[Run],
+    *,
+    ttls_later: int,
 ) -> None:
     """The process died after storing the action, before its prompt went out, and comes
-    back after the expiry: the request is redone, but a prompt nobody can answer any more
-    is not posted; the action is marked expired."""
+    back after the expiry (within the grace, or after it, once housekeeping marked it):
+    the request is redone, but instead of a prompt nobody can answer any more the
+    requester is told it expired, once; the model is not asked again."""
     tools = [danger_tool(runs)]
     async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
         _, code = await ask_for_write(first)
@@ -439,12 +448,13 @@ async def test_a09_a_lost_prompt_is_not_posted_once_its_action_expired(
     with sqlite3.connect(path) as db:  # as if cut off between the action and its prompt
         db.execute("UPDATE inbox SET status = 'running' WHERE kind = 'Create'")
         db.execute("UPDATE pending_actions SET prompted = 0")
-    clock.advance(ttl + 1)
-    before = len(talk.messages)
+    clock.advance(ttls_later * ttl + 1)
+    before, asked = len(talk.messages), len(llm.requests)
     async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as second:
         await second.idle()
         action = await second.runtime.running.store.pending_by_code(code)
-    assert not any(code in m.message for m in talk.messages[before:])
+    assert [m.message for m in talk.messages[before:]] == [replies.confirmation_expired(code)]
+    assert len(llm.requests) == asked
     assert action is not None
     assert action.status == "expired"
     assert runs == []
@@ -469,6 +479,32 @@ async def test_a09_a_redo_past_the_expiry_keeps_the_grace_of_a_posted_prompt(
         texts = await second.say(said(f"yes {code}", REQUEST_ID + 1))
     assert runs == []
     assert any("expired" in text and code in text for text in texts), texts
+
+
+async def test_a09_a_request_redone_long_after_its_actions_expired_is_not_run_again(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, runs: list[Run]
+) -> None:
+    """The process died mid-turn after its prompt went out and comes back more than twice
+    the TTL later: housekeeping has marked the action expired, yet the redo still knows
+    the turn paused on it, so the model is not asked again and no second prompt goes out."""
+    tools = [danger_tool(runs)]
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
+        _, code = await ask_for_write(first)
+        path = first.settings.storage.path
+        ttl = first.settings.confirm.ttl_s
+    with sqlite3.connect(path) as db:  # the prompt is out, the event not marked done
+        db.execute("UPDATE inbox SET status = 'running' WHERE kind = 'Create'")
+    clock.advance(2 * ttl + 1)
+    asked, posted = len(llm.requests), len(talk.messages)
+    llm.calls([("danger_write", {"path": "notes.txt", "content": "hello"}, None)])
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as second:
+        await second.idle()
+        action = await second.runtime.running.store.pending_by_code(code)
+    assert len(llm.requests) == asked
+    assert talk.messages[posted:] == []
+    assert action is not None
+    assert action.status == "expired"
+    assert runs == []
 
 
 async def test_a09_a_no_at_the_expiry_is_told_it_expired(
