@@ -43,7 +43,7 @@ class ConfirmHandler:
     async def on_answer(self, event: Event, role: Role, route: Route) -> None:
         """CONFIRM / DENY: a yes- or no-word from someone the routing saw as a requester."""
         message = event.message
-        if message is None:
+        if message is None or await self._went_on_before_a_crash(event, route):
             return
         waiting = await self._confirmations.open_in_room(event.room.token)
         match = self._confirmations.match_answer(
@@ -90,6 +90,8 @@ class ConfirmHandler:
                 reason=reason,
             )
             return
+        if await self._went_on_before_a_crash(event, route):
+            return
         waiting = await self._confirmations.open_in_room(event.room.token)
         match = self._confirmations.match_answer(
             waiting, actor_id=event.actor.id, message_id=message.id, code=route.code
@@ -100,27 +102,7 @@ class ConfirmHandler:
         """A chat turn; from a requester with actions waiting, it cancels them first (§5).
         The turn's outcome is settled here: answered, or parked until someone says yes."""
         note = None
-        if route.redone and (paused := await self._already_paused_on(event)):
-            # This very message is redone after a crash, and its turn had already paused
-            # on confirmations: that turn goes on from them (answered, expired or still
-            # waiting), never run again. The requester has seen each one's prompt, unless
-            # the crash came between storing the action and posting it: then the prompt
-            # is posted now or, past its expiry, they are told it expired.
-            log.info("confirm.turn_already_paused", room=event.room.token)
-            for action in paused:
-                if action.prompted:
-                    continue  # seen: decided, or waiting with its grace for a late yes
-                if action.status == "pending" and not self._confirmations.is_expired(action):
-                    text = action.prompt_text or replies.defuse_mentions(
-                        self._approvals.prompt_for(action, "UTC")
-                    )
-                    await self._approvals.post_prompt(event, action, text)
-                    log.info("confirm.prompt_posted_late", code=action.code)
-                    continue
-                if action.status == "pending":
-                    await self._confirmations.expire(action)
-                if (await self._confirmations.current(action)).status == "expired":
-                    await self._approvals.tell_expired(event, action)
+        if await self._went_on_before_a_crash(event, route):
             return
         if route.cancels_pending:
             cancelled = await self._confirmations.cancel_for_requester(
@@ -131,6 +113,32 @@ class ConfirmHandler:
         if outcome is not None:  # the room's new holder redoes this event: post nothing
             self._chat.check_still_serving(event.room.token)
         await self._approvals.settle(event, outcome)
+
+    async def _went_on_before_a_crash(self, event: Event, route: Route) -> bool:
+        """Whether this message is redone after a crash and its turn (a chat turn, or one
+        resumed by this answer) had already paused on confirmations: that turn goes on
+        from them (answered, expired or still waiting) and is never run again. The
+        requester has seen each one's prompt, unless the crash came between storing the
+        action and posting it: then the prompt is posted now or, past its expiry, they
+        are told it expired."""
+        if not route.redone or not (paused := await self._already_paused_on(event)):
+            return False
+        log.info("confirm.turn_already_paused", room=event.room.token)
+        for action in paused:
+            if action.prompted:
+                continue  # seen: decided, or waiting with its grace for a late yes
+            if action.status == "pending" and not self._confirmations.is_expired(action):
+                text = action.prompt_text or replies.defuse_mentions(
+                    self._approvals.prompt_for(action, "UTC")
+                )
+                await self._approvals.post_prompt(event, action, text)
+                log.info("confirm.prompt_posted_late", code=action.code)
+                continue
+            if action.status == "pending":
+                await self._confirmations.expire(action)
+            if (await self._confirmations.current(action)).status == "expired":
+                await self._approvals.tell_expired(event, action)
+        return True
 
     async def _already_paused_on(self, event: Event) -> list[PendingAction]:
         """The actions this very message's turn paused on, whatever became of them

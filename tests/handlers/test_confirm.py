@@ -507,6 +507,38 @@ async def test_a09_a_request_redone_long_after_its_actions_expired_is_not_run_ag
     assert runs == []
 
 
+async def test_r09_a_yes_redone_after_its_turn_paused_again_posts_the_lost_prompt(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, runs: list[Run]
+) -> None:
+    """The yes ran the first call and its resumed turn paused on a second one; the
+    process died before that prompt went out and before the yes was marked done. The redo
+    of the yes is no new answer ("written before I asked"): the second prompt goes out,
+    once, and the model is not asked again."""
+    tools = [danger_tool(runs)]
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
+        _, code = await ask_for_write(first)
+        llm.calls([("danger_write", {"path": "b.txt", "content": "two"}, None)])
+        texts = await first.say(said("yes", REQUEST_ID + 1))  # routed as an answer again
+        second_code = code_of(texts[-1])
+        assert second_code != code
+        path = first.settings.storage.path
+    with sqlite3.connect(path) as db:  # as if cut off before the second prompt went out
+        db.execute(
+            "UPDATE inbox SET status = 'running' WHERE dedupe_key LIKE ?",
+            (f"%:{REQUEST_ID + 1}",),
+        )
+        db.execute("UPDATE pending_actions SET prompted = 0 WHERE code = ?", (second_code,))
+    before, asked = len(talk.messages), len(llm.requests)
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as second:
+        await second.idle()
+    posted = [m.message for m in talk.messages[before:]]
+    assert len(posted) == 1, posted
+    assert second_code in posted[0]
+    assert "before I asked" not in posted[0]
+    assert len(llm.requests) == asked
+    assert [run.path for run in runs] == ["notes.txt"]
+
+
 async def test_a09_a_no_at_the_expiry_is_told_it_expired(
     bot: Daemon, clock: ManualClock, runs: list[Run], monkeypatch: pytest.MonkeyPatch
 ) -> None:
