@@ -75,6 +75,8 @@ class ConfirmHandler:
         """
         answer = reaction_answer(event.reaction)
         message = event.message
+        if message is not None and await self._went_on_before_a_crash(event, route):
+            return  # the prompt it answered is decided: routing no longer names it
         reason = route.reason or "not an answer"
         if (
             route.code is not None
@@ -89,8 +91,6 @@ class ConfirmHandler:
                 actor=event.actor.id,
                 reason=reason,
             )
-            return
-        if await self._went_on_before_a_crash(event, route):
             return
         waiting = await self._confirmations.open_in_room(event.room.token)
         match = self._confirmations.match_answer(

@@ -539,6 +539,32 @@ async def test_r09_a_yes_redone_after_its_turn_paused_again_posts_the_lost_promp
     assert [run.path for run in runs] == ["notes.txt"]
 
 
+async def test_r09_a_thumbs_up_redone_after_its_turn_paused_again_posts_the_lost_prompt(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, runs: list[Run]
+) -> None:
+    """As for a yes: a 👍 that ran the first call, whose resumed turn paused on a second
+    one, redone after a crash that kept the second prompt from going out. Routing no
+    longer names the reacted prompt (its action is done), yet the second prompt goes out."""
+    tools = [danger_tool(runs)]
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
+        prompt, _code = await ask_for_write(first)
+        llm.calls([("danger_write", {"path": "b.txt", "content": "two"}, None)])
+        texts = await first.say(like(prompt, reactor="alice", message_id=REQUEST_ID + 1))
+        second_code = code_of(texts[-1])
+        path = first.settings.storage.path
+    with sqlite3.connect(path) as db:  # as if cut off before the second prompt went out
+        db.execute("UPDATE inbox SET status = 'running' WHERE kind = 'Like'")
+        db.execute("UPDATE pending_actions SET prompted = 0 WHERE code = ?", (second_code,))
+    before, asked = len(talk.messages), len(llm.requests)
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as second:
+        await second.idle()
+    posted = [m.message for m in talk.messages[before:]]
+    assert len(posted) == 1, posted
+    assert second_code in posted[0]
+    assert len(llm.requests) == asked
+    assert [run.path for run in runs] == ["notes.txt"]
+
+
 async def test_a09_a_no_at_the_expiry_is_told_it_expired(
     bot: Daemon, clock: ManualClock, runs: list[Run], monkeypatch: pytest.MonkeyPatch
 ) -> None:
