@@ -13,7 +13,7 @@ import hashlib
 import secrets
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import structlog
@@ -224,7 +224,11 @@ class Confirmations:
 
     async def unfinished(self) -> list[PendingAction]:
         """Every action waiting or running, expired ones left out; marks nothing."""
-        return self.still_open(await self._store.list_open_pending())
+        return [
+            action
+            for action in await self._store.list_open_pending()
+            if self.shown_status(action) != "expired"
+        ]
 
     async def of_message(self, room: str, message_id: str) -> list[PendingAction]:
         """The actions a turn paused on after this message, whatever became of them."""
@@ -255,10 +259,6 @@ class Confirmations:
         return (
             "expired" if action.status == "pending" and self.is_expired(action) else action.status
         )
-
-    def still_open(self, actions: Sequence[PendingAction]) -> list[PendingAction]:
-        """Those not shown as expired."""
-        return [action for action in actions if self.shown_status(action) != "expired"]
 
     def match_answer(
         self,
@@ -330,7 +330,7 @@ class Confirmations:
         waits (so the decision came too late)."""
         current = await self.current(action)
         if current.status == "pending" and await self.expire(current):
-            return await self.current(current)
+            return replace(current, status="expired")
         return current
 
     async def cancel_for_requester(self, room: str, requester: str) -> list[PendingAction]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from datetime import date
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -264,6 +264,19 @@ async def test_h09_a_turn_just_decided_keeps_its_paused_turn_for_its_resume(
     assert [one.state_json for one in decided] == [turn, turn]
 
 
+async def housekept(task: Coroutine[Any, Any, None], store: Store, action_id: int) -> None:
+    """Run the housekeeping loop until it has emptied this decided action's paused turn."""
+    running = asyncio.create_task(task)
+    try:
+        async with asyncio.timeout(5):
+            while (found := await store.get_pending(action_id)) and found.state_json:  # noqa: ASYNC110 - polls the store
+                await asyncio.sleep(0.01)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
 async def test_h09_housekeeping_runs_both_purges(store: Store, clock: ManualClock) -> None:
     """What the daemon's housekeeping task runs: the inbox's purge and the actions'."""
     created = await store.create_pending([action("HOUSE1")])
@@ -274,15 +287,7 @@ async def test_h09_housekeeping_runs_both_purges(store: Store, clock: ManualCloc
     assert event_id is not None
     await store.finish_event(event_id)
     clock.advance(15 * 24 * 3600)
-    task = asyncio.create_task(housekeep(store, interval_s=3600))
-    try:
-        async with asyncio.timeout(5):
-            while (found := await store.get_pending(decided.id)) and found.state_json:  # noqa: ASYNC110 - polls the store
-                await asyncio.sleep(0.01)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await housekept(housekeep(store, interval_s=3600), store, decided.id)
     event = await store.get_event(event_id)
     assert event is not None
     assert event.body == b""
@@ -304,15 +309,7 @@ async def test_h09_one_housekeeping_step_failing_does_not_hold_up_the_others(
         tried.append("expire_stale")
         raise RuntimeError("a bug")
 
-    task = asyncio.create_task(housekeep(store, interval_s=3600, expire_stale=broken))
-    try:
-        async with asyncio.timeout(5):
-            while (found := await store.get_pending(decided.id)) and found.state_json:  # noqa: ASYNC110 - polls the store
-                await asyncio.sleep(0.01)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await housekept(housekeep(store, interval_s=3600, expire_stale=broken), store, decided.id)
     assert tried == ["expire_stale"]
 
 

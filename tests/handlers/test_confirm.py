@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -426,6 +426,50 @@ async def test_h09_housekeeping_at_start_expires_a_prompt_nobody_answered(
     assert runs == []
 
 
+async def paused_then_cut_off(
+    tmp_path: Path, talk: FakeTalk, llm: FakeLLM, clock: ManualClock, tools: list[Tool[Any]]
+) -> tuple[str, Path, int]:
+    """A request's turn paused on a confirmation, its prompt out; then the process died
+    before the request was marked done. The action's code, the store, [confirm] ttl_s."""
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
+        _, code = await ask_for_write(first)
+        path = first.settings.storage.path
+        ttl = first.settings.confirm.ttl_s
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE inbox SET status = 'running' WHERE kind = 'Create'")
+    return code, path, ttl
+
+
+async def paused_again_then_cut_off(
+    tmp_path: Path,
+    talk: FakeTalk,
+    llm: FakeLLM,
+    clock: ManualClock,
+    tools: list[Tool[Any]],
+    *,
+    answer: Callable[[str], dict[str, Any]],
+    kind: str,
+) -> str:
+    """The answer (given the first prompt) ran the first call and its resumed turn paused
+    on a second one; the process died before that prompt went out and before the answer
+    was marked done (its inbox row of ``kind``). The second action's code."""
+    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
+        prompt, code = await ask_for_write(first)
+        llm.calls([("danger_write", {"path": "b.txt", "content": "two"}, None)])
+        texts = await first.say(answer(prompt))
+        second_code = code_of(texts[-1])
+        assert second_code != code
+        path = first.settings.storage.path
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE inbox SET status = 'running' WHERE kind = ? AND id = (SELECT max(id)"
+            " FROM inbox WHERE kind = ?)",
+            (kind, kind),
+        )
+        db.execute("UPDATE pending_actions SET prompted = 0 WHERE code = ?", (second_code,))
+    return second_code
+
+
 @pytest.mark.parametrize("ttls_later", [1, 2])
 async def test_a09_a_lost_prompt_is_not_posted_once_its_action_expired(
     tmp_path: Path,
@@ -441,12 +485,8 @@ async def test_a09_a_lost_prompt_is_not_posted_once_its_action_expired(
     the request is redone, but instead of a prompt nobody can answer any more the
     requester is told it expired, once; the model is not asked again."""
     tools = [danger_tool(runs)]
-    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
-        _, code = await ask_for_write(first)
-        path = first.settings.storage.path
-        ttl = first.settings.confirm.ttl_s
-    with sqlite3.connect(path) as db:  # as if cut off between the action and its prompt
-        db.execute("UPDATE inbox SET status = 'running' WHERE kind = 'Create'")
+    code, path, ttl = await paused_then_cut_off(tmp_path, talk, llm, clock, tools)
+    with sqlite3.connect(path) as db:  # cut off between the action and its prompt
         db.execute("UPDATE pending_actions SET prompted = 0")
     clock.advance(ttls_later * ttl + 1)
     before, asked = len(talk.messages), len(llm.requests)
@@ -467,12 +507,7 @@ async def test_a09_a_redo_past_the_expiry_keeps_the_grace_of_a_posted_prompt(
     comes back after the expiry: the redo leaves the action alone, so a late yes within
     the grace is still told it expired."""
     tools = [danger_tool(runs)]
-    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
-        _, code = await ask_for_write(first)
-        path = first.settings.storage.path
-        ttl = first.settings.confirm.ttl_s
-    with sqlite3.connect(path) as db:  # the prompt is out, the event not marked done
-        db.execute("UPDATE inbox SET status = 'running' WHERE kind = 'Create'")
+    code, _path, ttl = await paused_then_cut_off(tmp_path, talk, llm, clock, tools)
     clock.advance(ttl + 1)
     async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as second:
         await second.idle()
@@ -488,12 +523,7 @@ async def test_a09_a_request_redone_long_after_its_actions_expired_is_not_run_ag
     the TTL later: housekeeping has marked the action expired, yet the redo still knows
     the turn paused on it, so the model is not asked again and no second prompt goes out."""
     tools = [danger_tool(runs)]
-    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
-        _, code = await ask_for_write(first)
-        path = first.settings.storage.path
-        ttl = first.settings.confirm.ttl_s
-    with sqlite3.connect(path) as db:  # the prompt is out, the event not marked done
-        db.execute("UPDATE inbox SET status = 'running' WHERE kind = 'Create'")
+    code, _path, ttl = await paused_then_cut_off(tmp_path, talk, llm, clock, tools)
     clock.advance(2 * ttl + 1)
     asked, posted = len(llm.requests), len(talk.messages)
     llm.calls([("danger_write", {"path": "notes.txt", "content": "hello"}, None)])
@@ -515,19 +545,15 @@ async def test_r09_a_yes_redone_after_its_turn_paused_again_posts_the_lost_promp
     of the yes is no new answer ("written before I asked"): the second prompt goes out,
     once, and the model is not asked again."""
     tools = [danger_tool(runs)]
-    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
-        _, code = await ask_for_write(first)
-        llm.calls([("danger_write", {"path": "b.txt", "content": "two"}, None)])
-        texts = await first.say(said("yes", REQUEST_ID + 1))  # routed as an answer again
-        second_code = code_of(texts[-1])
-        assert second_code != code
-        path = first.settings.storage.path
-    with sqlite3.connect(path) as db:  # as if cut off before the second prompt went out
-        db.execute(
-            "UPDATE inbox SET status = 'running' WHERE dedupe_key LIKE ?",
-            (f"%:{REQUEST_ID + 1}",),
-        )
-        db.execute("UPDATE pending_actions SET prompted = 0 WHERE code = ?", (second_code,))
+    second_code = await paused_again_then_cut_off(
+        tmp_path,
+        talk,
+        llm,
+        clock,
+        tools,
+        answer=lambda _prompt: said("yes", REQUEST_ID + 1),  # routed as an answer again
+        kind="Create",
+    )
     before, asked = len(talk.messages), len(llm.requests)
     async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as second:
         await second.idle()
@@ -546,15 +572,15 @@ async def test_r09_a_thumbs_up_redone_after_its_turn_paused_again_posts_the_lost
     one, redone after a crash that kept the second prompt from going out. Routing no
     longer names the reacted prompt (its action is done), yet the second prompt goes out."""
     tools = [danger_tool(runs)]
-    async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as first:
-        prompt, _code = await ask_for_write(first)
-        llm.calls([("danger_write", {"path": "b.txt", "content": "two"}, None)])
-        texts = await first.say(like(prompt, reactor="alice", message_id=REQUEST_ID + 1))
-        second_code = code_of(texts[-1])
-        path = first.settings.storage.path
-    with sqlite3.connect(path) as db:  # as if cut off before the second prompt went out
-        db.execute("UPDATE inbox SET status = 'running' WHERE kind = 'Like'")
-        db.execute("UPDATE pending_actions SET prompted = 0 WHERE code = ?", (second_code,))
+    second_code = await paused_again_then_cut_off(
+        tmp_path,
+        talk,
+        llm,
+        clock,
+        tools,
+        answer=lambda prompt: like(prompt, reactor="alice", message_id=REQUEST_ID + 1),
+        kind="Like",
+    )
     before, asked = len(talk.messages), len(llm.requests)
     async with running_daemon(tmp_path, talk, llm, clock=clock, extra_tools=tools) as second:
         await second.idle()
